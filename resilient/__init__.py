@@ -1,0 +1,39 @@
+"""resilient: circuit breakers and friends for sync and async Python.
+
+Layout: ``_core/`` is self-contained (clock, lock-free windows, declared options, the
+adapter that gives every policy its decorator, context-manager and call forms) and
+imports no policy. Each policy is one private module over that core (``_breaker.py``...).
+Errors live in ``_errors.py``. Users import only what this module re-exports, plus the
+public ``resilient.testing`` helpers.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from resilient._breaker import BreakerMetrics, CircuitBreaker, State
+from resilient._core.clock import Clock, SystemClock
+from resilient._errors import CircuitOpenError, ConfigError, RejectedError, ResilienceError
+
+try:
+    __version__ = version("resilient")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "BreakerMetrics",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "Clock",
+    "ConfigError",
+    "RejectedError",
+    "ResilienceError",
+    "State",
+    "SystemClock",
+    "__version__",
+]
+
+# Reprs and docs say resilient.X, not resilient._breaker.X.
+for _name in __all__:
+    _obj = globals()[_name]
+    if hasattr(_obj, "__module__"):
+        _obj.__module__ = __name__
+del _name, _obj

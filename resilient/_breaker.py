@@ -1,0 +1,526 @@
+"""The circuit breaker: stop calling a downstream that is failing, probe it, recover.
+
+State lives in one :class:`_Phase` object that is swapped whole (never edited in place
+where a reader could see half a change). A call is admitted under a phase and its outcome
+is reported back to *that* phase, so an outcome can never change a state it was not
+admitted under: a stale success cannot close an open breaker, a stale failure cannot
+extend its open time.
+
+The CLOSED path takes no lock: admission is a read of ``_state``, recording is a
+lock-free store into the phase's window (``_core.window``). The lock below guards only
+the rare things: transitions, and the handful of HALF_OPEN probe permits. It is never
+held while user code runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, NoReturn
+
+from resilient._core import options as opt
+from resilient._core.clock import SYSTEM_CLOCK, Clock
+from resilient._core.decorate import GuardForms
+from resilient._core.window import (
+    FAILURE,
+    SLOW_FAILURE,
+    SLOW_SUCCESS,
+    SUCCESS,
+    Tally,
+    Window,
+    count_window,
+    time_window,
+)
+from resilient._errors import CircuitOpenError, ConfigError
+
+__all__ = ["BreakerMetrics", "CircuitBreaker", "State"]
+
+
+class State(str, Enum):
+    """Where a breaker stands. The values are the spellings used in configuration."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    FORCED_OPEN = "forced_open"
+    DISABLED = "disabled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+CLOSED, OPEN, HALF_OPEN = State.CLOSED, State.OPEN, State.HALF_OPEN
+FORCED_OPEN, DISABLED = State.FORCED_OPEN, State.DISABLED
+
+
+@dataclass(frozen=True)
+class BreakerMetrics:
+    """A snapshot of a breaker's current window.
+
+    Rates are None until the window holds ``min_calls`` calls (in HALF_OPEN: until every
+    probe has reported), because below that the breaker does not decide on them either.
+    ``rejected`` counts rejections since construction or the last ``reset()``.
+    """
+
+    state: State
+    calls: int
+    failures: int
+    slow_calls: int
+    failure_rate: float | None
+    slow_call_rate: float | None
+    rejected: int
+
+
+class _Phase:
+    """One state of the breaker and what belongs to it; replaced whole on a transition."""
+
+    __slots__ = (
+        "admitted",
+        "append",
+        "failures",
+        "kind",
+        "pending",
+        "record",
+        "reopen_for",
+        "reported",
+        "since",
+        "slow",
+        "times_opened",
+        "until",
+        "window",
+    )
+
+    def __init__(
+        self,
+        kind: State,
+        window: Window,
+        *,
+        since: float = 0.0,
+        until: float = 0.0,
+        times_opened: int = 0,
+        reopen_for: float = 0.0,
+    ) -> None:
+        self.kind = kind
+        self.window = window
+        self.record = window.record
+        self.append: Any = getattr(window, "append", None)  # count windows: a C-level record
+        self.since = since
+        self.until = until
+        self.times_opened = times_opened
+        # HALF_OPEN: how long to open for if the probes fail, computed before the spell
+        # so that the user's open_for callable never runs under the lock.
+        self.reopen_for = reopen_for
+        # CLOSED: a rate is over its threshold but the window is still under min_calls,
+        # so successes must re-judge too (they can bring the window up to min_calls).
+        self.pending = False
+        # HALF_OPEN probe bookkeeping; only touched under the breaker's lock.
+        self.admitted = self.reported = self.failures = self.slow = 0
+
+
+_Token = _Phase | tuple[_Phase, float]  # timed tokens carry the start time
+
+_FAILED = {SUCCESS: FAILURE, SLOW_SUCCESS: SLOW_FAILURE}
+
+
+OPTIONS = (
+    opt.Option(
+        "failure_rate",
+        0.5,
+        opt.rate,
+        "a number with 0 < failure_rate <= 1",
+        "Open when the share of failed calls in the window reaches this (>=).",
+    ),
+    opt.Option(
+        "window_size",
+        100,
+        opt.positive_int,
+        "a whole number >= 1 (calls for a count window, seconds for a time window)",
+        "How much history the failure rate is computed over.",
+    ),
+    opt.Option(
+        "window_type",
+        "count",
+        opt.choice("count", "time"),
+        "'count' or 'time'",
+        "'count': the last window_size calls; 'time': the calls of the last window_size s.",
+    ),
+    opt.Option(
+        "min_calls",
+        20,
+        opt.positive_int,
+        "a whole number >= 1",
+        "No decision while the window holds fewer calls. 20, not 100 (resilience4j, Polly):"
+        " a Python service sees a downstream outage after 10 failures, yet a 10% error"
+        " rate reaches 50% of 20 calls with odds of about 1 in 150,000.",
+    ),
+    opt.Option(
+        "open_for",
+        30.0,
+        opt.duration_or_callable,
+        "seconds >= 0, or a callable(times_opened) returning them",
+        "How long to stay OPEN before letting probes through. 30 s sits between Polly's 5 s"
+        " (which keeps probing a service still restarting) and resilience4j's 60 s (which"
+        " leaves a recovered one unused for a minute); pass a callable to back off.",
+    ),
+    opt.Option(
+        "half_open_calls",
+        5,
+        opt.positive_int,
+        "a whole number >= 1",
+        "Probes admitted in HALF_OPEN; the breaker decides once all have reported. 5 gives"
+        " the failure rate something to stand on (1 probe would let a single lucky call"
+        " close the breaker) while risking few calls on a service that may still be down.",
+    ),
+    opt.Option(
+        "half_open_max_wait",
+        None,
+        opt.optional(opt.duration(allow_zero=False)),
+        "None or seconds > 0",
+        "If probes have not all reported this long after HALF_OPEN began, reopen.",
+    ),
+    opt.Option(
+        "slow_call_duration",
+        None,
+        opt.optional(opt.duration(allow_zero=False)),
+        "None or seconds > 0",
+        "Calls taking at least this long count as slow. None: no call is timed.",
+    ),
+    opt.Option(
+        "slow_call_rate",
+        1.0,
+        opt.rate,
+        "a number with 0 < slow_call_rate <= 1",
+        "Open when the share of slow calls reaches this (>=).",
+    ),
+    opt.Option(
+        "record",
+        Exception,
+        opt.exception_filter,
+        "an exception type, a tuple of them, or a predicate(exc) -> bool",
+        "Exceptions counted as failures; other exceptions count as successes.",
+    ),
+    opt.Option(
+        "ignore",
+        (),
+        opt.exception_filter,
+        "an exception type, a tuple of them, or a predicate(exc) -> bool",
+        "Exceptions counted as neither failure nor success; wins over record.",
+    ),
+    opt.Option(
+        "failure_result",
+        None,
+        opt.predicate,
+        "None or a predicate(result) -> bool",
+        "A returned value for which this is true counts as a failure.",
+    ),
+    opt.Option(
+        "clock",
+        None,
+        opt.clock,
+        "None or an object with monotonic(), sleep() and sleep_async()",
+        "Where time comes from; tests pass resilient.testing.ManualClock.",
+    ),
+)
+
+
+class CircuitBreaker(GuardForms):
+    """Stops calls to a failing downstream, then lets a few probes decide when to resume.
+
+    CLOSED counts outcomes in a sliding window; once it holds ``min_calls`` calls and the
+    failure (or slow-call) share reaches its threshold, the breaker opens. OPEN rejects
+    every call with :class:`CircuitOpenError` for ``open_for`` seconds; the next call
+    after that turns it HALF_OPEN, which admits ``half_open_calls`` probes and, once all
+    have reported, closes (with a fresh window) or opens again.
+
+    Use it as ``@breaker`` on ``def`` or ``async def``, ``with breaker:``,
+    ``async with breaker:``, ``breaker.call(fn, ...)`` or
+    ``await breaker.call_async(fn, ...)``. Defaults and their reasons: docs/breaker.md.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        failure_rate: float = 0.5,
+        window_size: int = 100,
+        window_type: str = "count",
+        min_calls: int = 20,
+        open_for: float | Callable[[int], float] = 30.0,
+        half_open_calls: int = 5,
+        half_open_max_wait: float | None = None,
+        slow_call_duration: float | None = None,
+        slow_call_rate: float = 1.0,
+        record: type[BaseException]
+        | tuple[type[BaseException], ...]
+        | Callable[[BaseException], bool] = Exception,
+        ignore: type[BaseException]
+        | tuple[type[BaseException], ...]
+        | Callable[[BaseException], bool] = (),
+        failure_result: Callable[[Any], bool] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigError("name", name, "None or a non-empty string", owner="CircuitBreaker")
+        self.name = name
+        given = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
+        cfg = opt.resolve(OPTIONS, given, owner=self._owner())
+        self._init_forms()
+        self._lock = threading.Lock()
+        self._rejected = itertools.count()
+        self._configure(cfg)
+        self._state = self._closed()
+
+    def _owner(self) -> str:
+        return "CircuitBreaker" if self.name is None else f"CircuitBreaker({self.name!r})"
+
+    def _configure(self, cfg: dict[str, Any]) -> None:
+        open_for = cfg["open_for"]
+        if callable(open_for):
+            self._open_for: Callable[[int], float] = open_for
+            self._open_duration(1)  # a callable that cannot answer fails now, not mid-outage
+        else:
+            self._open_for = lambda times_opened: open_for
+        self._failure_rate: float = cfg["failure_rate"]
+        self._window_size: int = cfg["window_size"]
+        self._window_type: str = cfg["window_type"]
+        min_calls: int = cfg["min_calls"]
+        if self._window_type == "count":
+            min_calls = min(min_calls, self._window_size)
+        self._min_calls = min_calls
+        self._half_open_calls: int = cfg["half_open_calls"]
+        self._half_open_max_wait: float | None = cfg["half_open_max_wait"]
+        slow_after: float | None = cfg["slow_call_duration"]
+        self._timed = slow_after is not None
+        self._slow_after = math.inf if slow_after is None else slow_after
+        self._slow_rate: float = cfg["slow_call_rate"]
+        self._is_failure: opt.ExceptionFilter = cfg["record"]
+        self._is_ignored: opt.ExceptionFilter = cfg["ignore"]
+        self._failure_result: Callable[[Any], bool] | None = cfg["failure_result"]
+        self._clock: Clock = cfg["clock"] or SYSTEM_CLOCK
+        self._now = self._clock.monotonic
+        # A success needs nothing but a slot store: no timing, no clock, no predicate.
+        self._plain_success = (
+            not self._timed and self._window_type == "count" and self._failure_result is None
+        )
+
+    def _new_window(self) -> Window:
+        if self._window_type == "count":
+            return count_window(self._window_size)
+        return time_window(self._window_size)
+
+    def _closed(self) -> _Phase:
+        return _Phase(CLOSED, self._new_window())
+
+    def _open_duration(self, times_opened: int) -> float:
+        value = self._open_for(times_opened)
+        try:
+            return opt.duration(allow_zero=True)(value)  # type: ignore[no-any-return]
+        except opt.Invalid:
+            raise ConfigError(
+                "open_for",
+                value,
+                f"the open_for callable to return seconds >= 0 (called with {times_opened})",
+                owner=self._owner(),
+            ) from None
+
+    # -- the call path ----------------------------------------------------------------
+
+    def _enter(self) -> _Token:
+        st = self._state
+        if st.kind is CLOSED:
+            return (st, self._now()) if self._timed else st
+        return self._admit(st)
+
+    def _exit(self, token: _Token, exc: BaseException | None, result: object) -> None:
+        if (
+            exc is None
+            and self._plain_success
+            and token.__class__ is _Phase
+            and token.kind is CLOSED
+        ):
+            token.append(SUCCESS)
+            if token.pending:
+                self._judge(token, 0.0)
+            return
+        self._settle(token, exc, result)
+
+    def _settle(self, token: _Token, exc: BaseException | None, result: object) -> None:
+        now = self._now()
+        if isinstance(token, tuple):
+            st, started = token
+            outcome = SLOW_SUCCESS if now - started >= self._slow_after else SUCCESS
+        else:
+            st, outcome = token, SUCCESS
+        if st.kind is DISABLED:
+            return
+        try:
+            counted = self._classify(outcome, exc, result)
+        except BaseException:
+            self._report(st, None, now)  # a raising predicate must not leak a probe permit
+            raise
+        self._report(st, counted, now)
+
+    def _classify(self, outcome: int, exc: BaseException | None, result: object) -> int | None:
+        """SUCCESS/FAILURE (slow or not), or None for a call that counts as neither."""
+        if exc is None:
+            if self._failure_result is not None and self._failure_result(result):
+                return _FAILED[outcome]
+            return outcome
+        if not isinstance(exc, Exception):
+            return None  # cancellation, KeyboardInterrupt, SystemExit, GeneratorExit
+        if self._is_ignored(exc):
+            return None
+        return _FAILED[outcome] if self._is_failure(exc) else outcome
+
+    def _report(self, st: _Phase, outcome: int | None, now: float) -> None:
+        if st.kind is CLOSED:
+            if outcome is not None:
+                st.record(outcome, now)
+                if outcome != SUCCESS or st.pending:
+                    self._judge(st, now)
+        elif st.kind is HALF_OPEN:
+            with self._lock:
+                if self._state is not st:
+                    return  # a probe of a half-open spell that has ended: stale
+                if outcome is None:
+                    st.admitted -= 1  # ignored or cancelled: let another probe in
+                    return
+                st.reported += 1
+                st.failures += outcome in (FAILURE, SLOW_FAILURE)
+                st.slow += outcome in (SLOW_SUCCESS, SLOW_FAILURE)
+                if st.reported < self._half_open_calls:
+                    return
+                if self._over(Tally(st.reported, st.failures, st.slow)):
+                    self._state = self._reopened(st, now)
+                else:
+                    self._state = self._closed()
+
+    def _over(self, tally: Tally) -> bool:
+        calls = tally.calls
+        return tally.failures / calls >= self._failure_rate or (
+            self._timed and tally.slow / calls >= self._slow_rate
+        )
+
+    def _judge(self, st: _Phase, now: float) -> None:
+        """Open if the window's rates are over their thresholds (called off the happy path)."""
+        tally = st.window.tally(now)
+        if not tally.calls:
+            return
+        over = self._over(tally)
+        if tally.calls < self._min_calls:
+            st.pending = over
+            return
+        st.pending = False
+        if over:
+            opened = self._opened(st, now)
+            with self._lock:
+                if self._state is st:
+                    self._state = opened
+
+    def _opened(self, st: _Phase, now: float) -> _Phase:
+        times = st.times_opened + 1
+        until = now + self._open_duration(times)
+        return _Phase(OPEN, st.window, since=now, until=until, times_opened=times)
+
+    def _reopened(self, st: _Phase, now: float) -> _Phase:
+        until = now + st.reopen_for
+        return _Phase(OPEN, st.window, since=now, until=until, times_opened=st.times_opened + 1)
+
+    def _admit(self, st: _Phase) -> _Token:
+        """Admission off the CLOSED fast path: DISABLED, OPEN, HALF_OPEN, FORCED_OPEN."""
+        while True:
+            kind = st.kind
+            if kind is CLOSED or kind is DISABLED:
+                return (st, self._now()) if self._timed and kind is CLOSED else st
+            if kind is FORCED_OPEN:
+                self._reject(st, None)
+            now = self._now()
+            if kind is OPEN:
+                if now < st.until:
+                    self._reject(st, st.until - now)
+                probing = _Phase(
+                    HALF_OPEN,
+                    st.window,
+                    since=now,
+                    times_opened=st.times_opened,
+                    reopen_for=self._open_duration(st.times_opened + 1),
+                )
+                with self._lock:
+                    if self._state is st:  # lazily: the first caller after open_for
+                        self._state = probing
+                    st = self._state
+                continue
+            with self._lock:
+                if self._state is st:
+                    max_wait = self._half_open_max_wait
+                    if max_wait is not None and now - st.since >= max_wait:
+                        self._state = self._reopened(st, now)
+                    elif st.admitted < self._half_open_calls:
+                        st.admitted += 1
+                        return (st, now) if self._timed else st
+                    else:
+                        break
+                st = self._state
+        self._reject(st, None)
+        return None
+
+    def _reject(self, st: _Phase, retry_after: float | None) -> NoReturn:
+        next(self._rejected)
+        raise CircuitOpenError(self.name, retry_after, st.kind)
+
+    # -- inspection and manual control ------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """The current state. OPEN turns HALF_OPEN lazily, on the first call after open_for."""
+        return self._state.kind
+
+    @property
+    def metrics(self) -> BreakerMetrics:
+        st = self._state
+        if st.kind is HALF_OPEN:
+            with self._lock:
+                tally = Tally(st.reported, st.failures, st.slow)
+            need = self._half_open_calls
+        else:
+            tally = st.window.tally(self._now())
+            need = self._min_calls
+        calls = tally.calls
+        enough = calls >= need and calls > 0
+        return BreakerMetrics(
+            state=st.kind,
+            calls=calls,
+            failures=tally.failures,
+            slow_calls=tally.slow,
+            failure_rate=tally.failures / calls if enough else None,
+            slow_call_rate=tally.slow / calls if enough else None,
+            rejected=int(repr(self._rejected)[6:-1]),
+        )
+
+    def force_open(self) -> None:
+        """Reject every call until ``reset()`` (retry_after is None: nobody knows when)."""
+        self._pin(FORCED_OPEN)
+
+    def disable(self) -> None:
+        """Let every call through and record nothing, until ``reset()``."""
+        self._pin(DISABLED)
+
+    def _pin(self, kind: State) -> None:
+        with self._lock:
+            self._state = _Phase(kind, self._state.window, since=self._now())
+
+    def reset(self) -> None:
+        """Back to CLOSED with an empty window; forgets open counts and rejections."""
+        with self._lock:
+            self._rejected = itertools.count()
+            self._state = self._closed()
+
+    def __repr__(self) -> str:
+        return f"<{self._owner()} {self._state.kind.value}>"
+
+
+_OPTION_NAMES = frozenset(option.name for option in OPTIONS)

@@ -1,0 +1,49 @@
+"""Time, injected: every policy reads durations from a :class:`Clock`, never from the wall.
+
+Tests swap in :class:`resilient.testing.ManualClock` so a state machine can be walked
+through minutes of simulated time without sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol, runtime_checkable
+
+import anyio
+
+__all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock"]
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Monotonic time in seconds, and the two ways of waiting on it."""
+
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary fixed point; never goes backwards."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Block the calling thread for ``seconds``."""
+        ...
+
+    async def sleep_async(self, seconds: float) -> None:
+        """Suspend the calling task for ``seconds`` (asyncio or trio, through anyio)."""
+        ...
+
+
+class SystemClock:
+    """The process's monotonic clock; the default for every policy."""
+
+    __slots__ = ()
+
+    monotonic = staticmethod(time.monotonic)
+    sleep = staticmethod(time.sleep)
+
+    async def sleep_async(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+    def __repr__(self) -> str:
+        return "SystemClock()"
+
+
+SYSTEM_CLOCK = SystemClock()

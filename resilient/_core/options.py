@@ -1,0 +1,163 @@
+"""Declared options: one place that says what each option takes, its default and why.
+
+A policy lists its options as :class:`Option` objects. The same declaration validates the
+constructor's keywords now, and is meant to drive environment overrides, the CLI listing
+and the docs table, so no second copy of a range or a default ever exists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from resilient._errors import ConfigError
+
+__all__ = [
+    "Invalid",
+    "Option",
+    "choice",
+    "duration",
+    "exception_filter",
+    "positive_int",
+    "predicate",
+    "rate",
+    "resolve",
+]
+
+
+class Invalid(Exception):
+    """Raised by a checker: the value is outside what the option accepts."""
+
+
+Checker = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One keyword of a policy: its default, what it accepts (``expected``) and why."""
+
+    name: str
+    default: Any
+    check: Checker
+    expected: str
+    doc: str
+
+    def validate(self, value: Any, owner: str) -> Any:
+        try:
+            return self.check(value)
+        except Invalid:
+            raise ConfigError(self.name, value, self.expected, owner=owner) from None
+
+
+def resolve(options: Sequence[Option], given: Mapping[str, Any], owner: str) -> dict[str, Any]:
+    """Validated values for every option: the given ones checked, the rest defaulted."""
+    return {
+        option.name: option.validate(given[option.name], owner)
+        if option.name in given
+        else option.default
+        for option in options
+    }
+
+
+# Checkers. Each returns the normalised value or raises Invalid. None is handled by
+# ``optional`` so that "no limit" is always spelled None, never a falsy number.
+
+
+def _real(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Invalid
+    number = float(value)
+    if not math.isfinite(number):
+        raise Invalid
+    return number
+
+
+def rate(value: Any) -> float:
+    """A share of calls: 0 < x <= 1."""
+    share = _real(value)
+    if not 0.0 < share <= 1.0:
+        raise Invalid
+    return share
+
+
+def positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise Invalid
+    return value
+
+
+def duration(*, allow_zero: bool) -> Checker:
+    """Seconds as a finite number, > 0 (or >= 0 where zero means "at once")."""
+
+    def check(value: Any) -> float:
+        seconds = _real(value)
+        if seconds < 0.0 or (seconds == 0.0 and not allow_zero):
+            raise Invalid
+        return seconds
+
+    return check
+
+
+def optional(check: Checker) -> Checker:
+    def check_optional(value: Any) -> Any:
+        return None if value is None else check(value)
+
+    return check_optional
+
+
+def choice(*choices: str) -> Checker:
+    def check(value: Any) -> str:
+        if value not in choices or not isinstance(value, str):
+            raise Invalid
+        return value
+
+    return check
+
+
+def predicate(value: Any) -> Any:
+    """A callable, or None."""
+    if value is not None and (not callable(value) or isinstance(value, type)):
+        raise Invalid
+    return value
+
+
+ExceptionFilter = Callable[[BaseException], bool]
+
+
+def exception_filter(value: Any) -> ExceptionFilter:
+    """An exception type, a tuple of them, or a predicate on the exception; as a predicate."""
+    if isinstance(value, type) and issubclass(value, BaseException):
+        types: tuple[type[BaseException], ...] = (value,)
+    elif isinstance(value, tuple) and all(
+        isinstance(t, type) and issubclass(t, BaseException) for t in value
+    ):
+        types = value
+    elif callable(value) and not isinstance(value, type):
+        return value  # type: ignore[no-any-return]
+    else:
+        raise Invalid
+    if not types:
+        return _never
+    return lambda exc: isinstance(exc, types)
+
+
+def _never(exc: BaseException) -> bool:
+    return False
+
+
+def duration_or_callable(value: Any) -> Any:
+    """Seconds (>= 0), or a callable that computes them."""
+    if callable(value) and not isinstance(value, type):
+        return value
+    return duration(allow_zero=True)(value)
+
+
+def clock(value: Any) -> Any:
+    """None for the system clock, or an object with monotonic(), sleep() and sleep_async()."""
+    if value is None:
+        return value
+    if not all(callable(getattr(value, name, None)) for name in ("monotonic", "sleep")):
+        raise Invalid
+    return value

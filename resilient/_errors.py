@@ -1,0 +1,86 @@
+"""The errors resilient raises; the caller's own exceptions always pass through untouched.
+
+::
+
+    ResilienceError
+      RejectedError (name, retry_after)   a policy refused to run the call
+        CircuitOpenError (state)
+      ConfigError (also ValueError)       an option got a value outside its range
+
+Each error also subclasses the stdlib parent that a caller would naturally catch, so
+``except ValueError`` still sees a bad option.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["CircuitOpenError", "ConfigError", "RejectedError", "ResilienceError"]
+
+
+class ResilienceError(Exception):
+    """Base class of every error that resilient itself raises."""
+
+
+class RejectedError(ResilienceError):
+    """A policy refused to run the call; nothing reached the downstream.
+
+    ``retry_after`` is how many seconds until the policy expects to admit calls again,
+    or None when it cannot know (a forced-open breaker, probes in flight).
+    """
+
+    def __init__(self, name: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(name, retry_after)
+        self.name = name
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        who = f"{self.name!r}" if self.name is not None else "(unnamed)"
+        hint = "" if self.retry_after is None else f"; retry after {self.retry_after:.3f}s"
+        return f"{type(self).__name__.removesuffix('Error').lower()} {who} rejected the call{hint}"
+
+
+class CircuitOpenError(RejectedError):
+    """The circuit breaker is not admitting calls (OPEN, FORCED_OPEN, or HALF_OPEN and full).
+
+    A fresh instance is raised on every rejection, so its traceback never grows.
+    """
+
+    def __init__(
+        self, name: str | None = None, retry_after: float | None = None, state: Any = None
+    ) -> None:
+        super().__init__(name, retry_after)
+        self.args = (name, retry_after, state)
+        self.state = state
+
+    def __str__(self) -> str:
+        who = f"{self.name!r}" if self.name is not None else "(unnamed)"
+        state = getattr(self.state, "value", self.state)
+        hint = "" if self.retry_after is None else f"; retry after {self.retry_after:.3f}s"
+        return f"circuit breaker {who} is {state}{hint}"
+
+
+class ConfigError(ResilienceError, ValueError):
+    """An option got a value it cannot take; raised at construction, never later.
+
+    ``option`` names the option (or environment variable), ``value`` is what was given and
+    ``expected`` says what would have been accepted.
+    """
+
+    def __init__(self, option: str, value: object, expected: str, *, owner: str = "") -> None:
+        super().__init__(option, value, expected, owner)
+        self.option = option
+        self.value = value
+        self.expected = expected
+        self.owner = owner
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_config_error, self.args)
+
+    def __str__(self) -> str:
+        where = f"{self.owner}: " if self.owner else ""
+        return f"{where}{self.option}={self.value!r} is invalid: expected {self.expected}"
+
+
+def _rebuild_config_error(option: str, value: object, expected: str, owner: str) -> ConfigError:
+    return ConfigError(option, value, expected, owner=owner)

@@ -1,0 +1,76 @@
+"""Shared fixtures: every scenario is written once and run in every form and flavour.
+
+A *flavour* is a way of making one guarded call: sync or async (on asyncio and trio), as a
+decorator, a context manager, or a plain call. ``flavour.call(policy, outcome)`` runs one
+call whose body returns ``outcome`` (or raises it, if it is an exception); ``before``
+runs inside the guarded body first, e.g. to advance a ManualClock and make a call slow.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+
+from resilient import CircuitBreaker
+
+MODES = ("sync", "asyncio", "trio")
+FORMS = ("decorator", "with", "call")
+
+
+@dataclass(frozen=True)
+class Flavour:
+    mode: str
+    form: str
+
+    def __str__(self) -> str:
+        return f"{self.mode}-{self.form}"
+
+    def call(
+        self, policy: CircuitBreaker, outcome: Any = "ok", before: Callable[[], None] | None = None
+    ) -> Any:
+        def body() -> Any:
+            if before is not None:
+                before()
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+
+        if self.mode == "sync":
+            if self.form == "decorator":
+                return policy(body)()
+            if self.form == "call":
+                return policy.call(body)
+            with policy:
+                return body()
+
+        async def abody() -> Any:
+            await anyio.lowlevel.checkpoint()
+            return body()
+
+        async def main() -> Any:
+            if self.form == "decorator":
+                return await policy(abody)()
+            if self.form == "call":
+                return await policy.call_async(abody)
+            async with policy:
+                return await abody()
+
+        return anyio.run(main, backend=self.mode)
+
+
+ALL_FLAVOURS = [Flavour(m, f) for m, f in itertools.product(MODES, FORMS)]
+
+
+@pytest.fixture(params=ALL_FLAVOURS, ids=str)
+def flavour(request: pytest.FixtureRequest) -> Flavour:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
