@@ -7,15 +7,15 @@ Errors live in ``_errors.py``. Users import only what this module re-exports, pl
 public ``resilient.testing`` helpers.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata as _metadata
 
 from resilient._breaker import BreakerMetrics, CircuitBreaker, State
 from resilient._core.clock import Clock, SystemClock
 from resilient._errors import CircuitOpenError, ConfigError, RejectedError, ResilienceError
 
 try:
-    __version__ = version("resilient")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _metadata.version("resilient")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [

@@ -1,0 +1,121 @@
+"""Bad options fail at construction with a ConfigError naming option, value and range."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from typing import Any
+
+import pytest
+
+from resilient import CircuitBreaker, ConfigError, ResilienceError
+from resilient.testing import ManualClock
+
+BAD = [
+    ("failure_rate", 0, "0 < failure_rate <= 1"),
+    ("failure_rate", 1.5, "0 < failure_rate <= 1"),
+    ("failure_rate", -0.1, "0 < failure_rate <= 1"),
+    ("failure_rate", math.nan, "0 < failure_rate <= 1"),
+    ("failure_rate", "0.5", "0 < failure_rate <= 1"),
+    ("failure_rate", True, "0 < failure_rate <= 1"),
+    ("window_size", 0, ">= 1"),
+    ("window_size", -5, ">= 1"),
+    ("window_size", 10.5, ">= 1"),
+    ("window_type", "sliding", "'count' or 'time'"),
+    ("min_calls", 0, ">= 1"),
+    ("open_for", -1, "seconds >= 0"),
+    ("open_for", math.inf, "seconds >= 0"),
+    ("open_for", "30s", "seconds >= 0"),
+    ("half_open_calls", 0, ">= 1"),
+    ("half_open_max_wait", 0, "seconds > 0"),
+    ("half_open_max_wait", -2.0, "seconds > 0"),
+    ("slow_call_duration", -1, "seconds > 0"),
+    ("slow_call_duration", 0, "seconds > 0"),
+    ("slow_call_rate", 0, "0 < slow_call_rate <= 1"),
+    ("slow_call_rate", 2, "0 < slow_call_rate <= 1"),
+    ("record", "ValueError", "exception type"),
+    ("record", int, "exception type"),
+    ("record", (ValueError, "KeyError"), "exception type"),
+    ("ignore", [KeyError], "exception type"),
+    ("failure_result", 503, "predicate"),
+    ("clock", object(), "monotonic()"),
+]
+
+
+@pytest.mark.parametrize(("option", "value", "expected"), BAD, ids=lambda x: repr(x)[:20])
+def test_bad_option_raises_config_error(option: str, value: Any, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        CircuitBreaker("payments", **{option: value})
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert isinstance(err, ResilienceError)
+    assert err.option == option
+    assert err.value is value
+    message = str(err)
+    assert option in message
+    assert repr(value) in message
+    assert expected in message
+    assert "payments" in message
+
+
+def test_bad_name() -> None:
+    with pytest.raises(ConfigError, match="name"):
+        CircuitBreaker("")
+    with pytest.raises(ConfigError, match="name"):
+        CircuitBreaker(42)  # type: ignore[arg-type]
+
+
+def test_open_for_callable_is_checked_at_construction() -> None:
+    with pytest.raises(ConfigError, match="open_for") as info:
+        CircuitBreaker(open_for=lambda n: -1.0)
+    assert info.value.value == -1.0
+    with pytest.raises(ConfigError, match="open_for"):
+        CircuitBreaker(open_for=lambda n: "soon")
+
+
+def test_open_for_callable_that_goes_bad_later_fails_loudly() -> None:
+    clock = ManualClock()
+    b = CircuitBreaker(
+        open_for=lambda n: 1.0 if n < 2 else math.nan,
+        min_calls=1,
+        window_size=1,
+        half_open_calls=1,
+        clock=clock,
+    )
+
+    def boom() -> None:
+        raise ConnectionError
+
+    with pytest.raises(ConnectionError):
+        b.call(boom)
+    clock.advance(1)
+    with pytest.raises(ConfigError, match="open_for"):
+        b.call(boom)  # entering HALF_OPEN computes the next open time: nan
+
+
+def test_good_edge_values_are_accepted() -> None:
+    CircuitBreaker(
+        failure_rate=1,
+        window_size=1,
+        min_calls=1,
+        open_for=0,
+        half_open_calls=1,
+        half_open_max_wait=0.001,
+        slow_call_duration=0.001,
+        slow_call_rate=1,
+        record=(ConnectionError, TimeoutError),
+        ignore=(),
+        failure_result=lambda r: r is None,
+        clock=ManualClock(),
+    )
+
+
+def test_config_error_pickles() -> None:
+    err = ConfigError("window_size", 0, "a whole number >= 1", owner="CircuitBreaker('x')")
+    copy = pickle.loads(pickle.dumps(err))
+    assert (copy.option, copy.value, copy.expected, str(copy)) == (
+        err.option,
+        err.value,
+        err.expected,
+        str(err),
+    )
