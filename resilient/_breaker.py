@@ -153,9 +153,9 @@ OPTIONS = (
         20,
         opt.positive_int,
         "a whole number >= 1",
-        "No decision while the window holds fewer calls. 20, not 100 (resilience4j, Polly):"
-        " a Python service sees a downstream outage after 10 failures, yet a 10% error"
-        " rate reaches 50% of 20 calls with odds of about 1 in 150,000.",
+        "No decision while the window holds fewer calls. 20 rather than resilience4j's and"
+        " Polly's 100: an outage is acted on after 20 calls, not 100, yet a steady 10% error"
+        " rate reaches 50% of 20 calls with odds of about 1 in 140,000 (of 10: 1 in 600).",
     ),
     opt.Option(
         "open_for",

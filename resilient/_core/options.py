@@ -161,3 +161,12 @@ def clock(value: Any) -> Any:
     if not all(callable(getattr(value, name, None)) for name in ("monotonic", "sleep")):
         raise Invalid
     return value
+
+
+def markdown_table(options: Sequence[Option]) -> str:
+    """The options as a Markdown table, for the docs (a test keeps the docs in step)."""
+    rows = ["| option | default | accepts | what it does |", "| --- | --- | --- | --- |"]
+    for option in options:
+        default = getattr(option.default, "__name__", None) or repr(option.default)
+        rows.append(f"| `{option.name}` | `{default}` | {option.expected} | {option.doc} |")
+    return "\n".join(rows)
