@@ -137,8 +137,8 @@ OPTIONS = (
     opt.Option(
         "window_size",
         100,
-        opt.positive_int,
-        "a whole number >= 1 (calls for a count window, seconds for a time window)",
+        opt.window_size,
+        "a whole number of calls >= 1 (count window), or of seconds > 0 (time window)",
         "How much history the failure rate is computed over.",
     ),
     opt.Option(
@@ -285,10 +285,15 @@ class CircuitBreaker(GuardForms):
         else:
             self._open_for = lambda times_opened: open_for
         self._failure_rate: float = cfg["failure_rate"]
-        self._window_size: int = cfg["window_size"]
         self._window_type: str = cfg["window_type"]
+        self._window_size: float = cfg["window_size"]
         min_calls: int = cfg["min_calls"]
         if self._window_type == "count":
+            if not isinstance(self._window_size, int):
+                option = next(o for o in OPTIONS if o.name == "window_size")
+                raise ConfigError(
+                    "window_size", self._window_size, option.expected, owner=self._owner()
+                )
             min_calls = min(min_calls, self._window_size)
         self._min_calls = min_calls
         self._half_open_calls: int = cfg["half_open_calls"]
@@ -309,7 +314,7 @@ class CircuitBreaker(GuardForms):
 
     def _new_window(self) -> Window:
         if self._window_type == "count":
-            return count_window(self._window_size)
+            return count_window(int(self._window_size))
         return time_window(self._window_size)
 
     def _closed(self) -> _Phase:

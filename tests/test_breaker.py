@@ -111,6 +111,16 @@ class TestClosed:
         fail(flavour, b, 1)  # 2 of 4 in the last 10 s
         assert b.state is State.OPEN
 
+    def test_time_window_takes_fractional_seconds(self, clock: ManualClock) -> None:
+        b = breaker(clock, window_type="time", window_size=0.5, min_calls=2)
+        sync = Flavour("sync", "call")
+        fail(sync, b, 1)
+        clock.advance(0.6)
+        fail(sync, b, 1)
+        assert (b.state, b.metrics.calls) == (State.CLOSED, 1)
+        fail(sync, b, 1)
+        assert b.state is State.OPEN
+
     def test_time_window_min_calls_is_not_capped(self, clock: ManualClock) -> None:
         b = breaker(clock, window_type="time", window_size=2, min_calls=5)
         fail(Flavour("sync", "call"), b, 4)

@@ -91,14 +91,7 @@ class GuardForms:
         else:
 
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                token = guard._enter()
-                try:
-                    result = fn(*args, **kwargs)
-                except BaseException as exc:
-                    guard._exit(token, exc, None)
-                    raise
-                guard._exit(token, None, result)
-                return result
+                return _run(guard, fn, args, kwargs)
 
         return functools.update_wrapper(wrapper, fn)
 
@@ -106,14 +99,7 @@ class GuardForms:
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` through this policy."""
-        token = self._enter()
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            self._exit(token, exc, None)
-            raise
-        self._exit(token, None, result)
-        return result
+        return _run(self, fn, args, kwargs)
 
     async def call_async(
         self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
@@ -151,12 +137,27 @@ class GuardForms:
         self.__exit__(exc_type, exc, tb)
 
 
+def _run(
+    guard: GuardForms, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> R:
+    """The one sync driver: admit, run, report."""
+    token = guard._enter()
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        guard._exit(token, exc, None)
+        raise
+    guard._exit(token, None, result)
+    return result
+
+
 async def _run_async(
     guard: GuardForms,
     fn: Callable[..., Awaitable[R]],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> R:
+    """The one async driver: the same steps, awaiting the call."""
     token = guard._enter()
     try:
         result = await fn(*args, **kwargs)

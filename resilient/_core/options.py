@@ -88,6 +88,16 @@ def positive_int(value: Any) -> int:
     return value
 
 
+def window_size(value: Any) -> int | float:
+    """A positive whole number, or a positive finite float (seconds of a time window)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return positive_int(value)
+    seconds = _real(value)
+    if seconds <= 0.0:
+        raise Invalid
+    return seconds
+
+
 def duration(*, allow_zero: bool) -> Checker:
     """Seconds as a finite number, > 0 (or >= 0 where zero means "at once")."""
 
