@@ -9,7 +9,7 @@ public ``resilient.testing`` helpers.
 
 from importlib import metadata as _metadata
 
-from resilient._breaker import BreakerMetrics, CircuitBreaker, State
+from resilient._breaker import BreakerMetrics, CircuitBreaker, State, StateChange
 from resilient._core.clock import Clock, SystemClock
 from resilient._errors import CircuitOpenError, ConfigError, RejectedError, ResilienceError
 
@@ -27,6 +27,7 @@ __all__ = [
     "RejectedError",
     "ResilienceError",
     "State",
+    "StateChange",
     "SystemClock",
     "__version__",
 ]

@@ -20,11 +20,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, NoReturn
+from typing import Any, TypeVar
 
 from resilient._core import options as opt
 from resilient._core.clock import SYSTEM_CLOCK, Clock
 from resilient._core.decorate import GuardForms
+from resilient._core.events import Listeners
 from resilient._core.window import (
     FAILURE,
     SLOW_FAILURE,
@@ -32,12 +33,15 @@ from resilient._core.window import (
     SUCCESS,
     Tally,
     Window,
+    count_value,
     count_window,
     time_window,
 )
 from resilient._errors import CircuitOpenError, ConfigError
 
-__all__ = ["BreakerMetrics", "CircuitBreaker", "State"]
+__all__ = ["BreakerMetrics", "CircuitBreaker", "State", "StateChange"]
+
+L = TypeVar("L", bound=Callable[..., object])
 
 
 class State(str, Enum):
@@ -73,6 +77,19 @@ class BreakerMetrics:
     failure_rate: float | None
     slow_call_rate: float | None
     rejected: int
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """Published to a breaker's listeners after it moved from ``old`` to ``new``.
+
+    ``at`` is the breaker clock's monotonic time of the change.
+    """
+
+    breaker: CircuitBreaker
+    old: State
+    new: State
+    at: float
 
 
 class _Phase:
@@ -270,6 +287,7 @@ class CircuitBreaker(GuardForms):
         cfg = opt.resolve(OPTIONS, given, owner=self._owner())
         self._init_forms()
         self._lock = threading.Lock()
+        self._listeners: Listeners[StateChange] = Listeners()
         self._rejected = itertools.count()
         self._configure(cfg)
         self._state = self._closed()
@@ -399,10 +417,9 @@ class CircuitBreaker(GuardForms):
                 st.slow += outcome in (SLOW_SUCCESS, SLOW_FAILURE)
                 if st.reported < self._half_open_calls:
                     return
-                if self._over(Tally(st.reported, st.failures, st.slow)):
-                    self._state = self._reopened(st, now)
-                else:
-                    self._state = self._closed()
+                probes = Tally(st.reported, st.failures, st.slow)
+            # Only the last probe to report gets here, once per spell.
+            self._swap(st, self._reopened(st, now) if self._over(probes) else self._closed())
 
     def _over(self, tally: Tally) -> bool:
         calls = tally.calls
@@ -421,10 +438,22 @@ class CircuitBreaker(GuardForms):
             return
         st.pending = False
         if over:
-            opened = self._opened(st, now)
-            with self._lock:
-                if self._state is st:
-                    self._state = opened
+            self._swap(st, self._opened(st, now))
+
+    def _swap(self, expected: _Phase | None, new: _Phase) -> bool:
+        """Make ``new`` current if ``expected`` still is (None: whatever is), then publish.
+
+        This compare-and-swap is the only place the state changes, and the only lock on
+        the CLOSED path's side of the breaker; listeners hear of it after the lock.
+        """
+        with self._lock:
+            old = self._state
+            if expected is not None and old is not expected:
+                return False
+            self._state = new
+        if self._listeners and old.kind is not new.kind:
+            self._listeners.emit(StateChange(self, old.kind, new.kind, self._now()))
+        return True
 
     def _opened(self, st: _Phase, now: float) -> _Phase:
         times = st.times_opened + 1
@@ -442,11 +471,11 @@ class CircuitBreaker(GuardForms):
             if kind is CLOSED or kind is DISABLED:
                 return (st, self._now()) if self._timed and kind is CLOSED else st
             if kind is FORCED_OPEN:
-                self._reject(st, None)
+                raise self._rejection(st, None)
             now = self._now()
             if kind is OPEN:
                 if now < st.until:
-                    self._reject(st, st.until - now)
+                    raise self._rejection(st, st.until - now)
                 probing = _Phase(
                     HALF_OPEN,
                     st.window,
@@ -454,28 +483,27 @@ class CircuitBreaker(GuardForms):
                     times_opened=st.times_opened,
                     reopen_for=self._open_duration(st.times_opened + 1),
                 )
-                with self._lock:
-                    if self._state is st:  # lazily: the first caller after open_for
-                        self._state = probing
-                    st = self._state
+                self._swap(st, probing)  # lazily: the first caller after open_for wins
+                st = self._state
+                continue
+            max_wait = self._half_open_max_wait
+            if max_wait is not None and now - st.since >= max_wait:
+                self._swap(st, self._reopened(st, now))  # probes hung: open again
+                st = self._state
                 continue
             with self._lock:
                 if self._state is st:
-                    max_wait = self._half_open_max_wait
-                    if max_wait is not None and now - st.since >= max_wait:
-                        self._state = self._reopened(st, now)
-                    elif st.admitted < self._half_open_calls:
+                    if st.admitted < self._half_open_calls:
                         st.admitted += 1
                         return (st, now) if self._timed else st
-                    else:
-                        break
+                    break
                 st = self._state
-        self._reject(st, None)
-        return None
+        raise self._rejection(st, None)
 
-    def _reject(self, st: _Phase, retry_after: float | None) -> NoReturn:
+    def _rejection(self, st: _Phase, retry_after: float | None) -> CircuitOpenError:
+        """A fresh error for each rejection, so no traceback ever grows."""
         next(self._rejected)
-        raise CircuitOpenError(self.name, retry_after, st.kind)
+        return CircuitOpenError(self.name, retry_after, st.kind)
 
     # -- inspection and manual control ------------------------------------------------
 
@@ -503,7 +531,7 @@ class CircuitBreaker(GuardForms):
             slow_calls=tally.slow,
             failure_rate=tally.failures / calls if enough else None,
             slow_call_rate=tally.slow / calls if enough else None,
-            rejected=int(repr(self._rejected)[6:-1]),
+            rejected=count_value(self._rejected),
         )
 
     def force_open(self) -> None:
@@ -515,14 +543,24 @@ class CircuitBreaker(GuardForms):
         self._pin(DISABLED)
 
     def _pin(self, kind: State) -> None:
-        with self._lock:
-            self._state = _Phase(kind, self._state.window, since=self._now())
+        self._swap(None, _Phase(kind, self._state.window, since=self._now()))
 
     def reset(self) -> None:
         """Back to CLOSED with an empty window; forgets open counts and rejections."""
-        with self._lock:
-            self._rejected = itertools.count()
-            self._state = self._closed()
+        self._rejected = itertools.count()
+        self._swap(None, self._closed())
+
+    def add_listener(self, listener: L) -> L:
+        """Call ``listener(StateChange)`` after every change of state; usable as a decorator.
+
+        Listeners run in the thread that caused the change, after it is complete and
+        outside any lock; an exception they raise is logged (logger ``resilient``) and
+        never reaches the guarded call.
+        """
+        return self._listeners.add(listener)
+
+    def remove_listener(self, listener: Callable[[StateChange], object]) -> None:
+        self._listeners.remove(listener)
 
     def __repr__(self) -> str:
         return f"<{self._owner()} {self._state.kind.value}>"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import traceback
 from typing import Any
 
@@ -10,7 +11,7 @@ import anyio
 import pytest
 import trio
 
-from resilient import BreakerMetrics, CircuitBreaker, CircuitOpenError, State
+from resilient import BreakerMetrics, CircuitBreaker, CircuitOpenError, State, StateChange
 from resilient.testing import ManualClock
 
 from .conftest import Flavour
@@ -518,3 +519,77 @@ class TestMetrics:
             "forced_open",
             "disabled",
         }
+
+
+class TestListeners:
+    def test_state_changes_are_published_in_order(
+        self, flavour: Flavour, clock: ManualClock
+    ) -> None:
+        b = breaker(clock, half_open_calls=1)
+        seen: list[StateChange] = []
+        b.add_listener(seen.append)
+        trip(flavour, b)
+        clock.advance(10)
+        succeed(flavour, b, 1)
+        b.force_open()
+        b.disable()
+        b.reset()
+        b.reset()  # CLOSED to CLOSED is no change
+        assert [(e.old, e.new) for e in seen] == [
+            (State.CLOSED, State.OPEN),
+            (State.OPEN, State.HALF_OPEN),
+            (State.HALF_OPEN, State.CLOSED),
+            (State.CLOSED, State.FORCED_OPEN),
+            (State.FORCED_OPEN, State.DISABLED),
+            (State.DISABLED, State.CLOSED),
+        ]
+        assert [e.at for e in seen[:3]] == [0.0, 10.0, 10.0]
+        assert all(e.breaker is b for e in seen)
+
+    def test_a_failing_listener_is_logged_and_the_call_goes_on(
+        self, clock: ManualClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        b = breaker(clock)
+        seen: list[State] = []
+
+        @b.add_listener
+        def broken(event: StateChange) -> None:
+            raise RuntimeError("listener bug")
+
+        b.add_listener(lambda event: seen.append(event.new))
+        trip(Flavour("sync", "call"), b)  # the 4th failure still raises ConnectionError
+        assert seen == [State.OPEN]
+        assert "listener bug" in caplog.text
+        assert caplog.records[0].name == "resilient"
+
+    def test_listeners_run_outside_the_lock(self, clock: ManualClock) -> None:
+        b = breaker(clock, half_open_calls=2)
+        snapshots: list[BreakerMetrics] = []
+        b.add_listener(lambda event: snapshots.append(b.metrics))  # would deadlock under it
+
+        def scenario() -> None:
+            sync = Flavour("sync", "call")
+            trip(sync, b)
+            clock.advance(10)
+            succeed(sync, b, 2)
+
+        worker = threading.Thread(target=scenario, daemon=True)
+        worker.start()
+        worker.join(timeout=10)
+        assert not worker.is_alive()
+        assert [m.state for m in snapshots] == [State.OPEN, State.HALF_OPEN, State.CLOSED]
+
+    def test_remove_listener_and_bad_listeners(self, clock: ManualClock) -> None:
+        b = breaker(clock)
+        seen: list[StateChange] = []
+        b.add_listener(seen.append)
+        b.remove_listener(seen.append)
+        b.force_open()
+        assert seen == []
+        with pytest.raises(ValueError, match="not in list"):
+            b.remove_listener(seen.append)
+
+        async def async_listener(event: StateChange) -> None: ...
+
+        with pytest.raises(TypeError, match="not async"):
+            b.add_listener(async_listener)

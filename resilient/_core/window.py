@@ -38,6 +38,7 @@ __all__ = [
     "Tally",
     "TimeWindow",
     "Window",
+    "count_value",
     "count_window",
     "time_window",
 ]
@@ -71,7 +72,7 @@ def _gil_enabled() -> bool:
     return True if check is None else bool(check())
 
 
-def _count_value(counter: itertools.count[int]) -> int:
+def count_value(counter: itertools.count[int]) -> int:
     # itertools.count exposes its value only through repr ("count(42)"); __reduce__ is
     # deprecated since 3.12 and gone in 3.14. Reads happen off the happy path.
     return int(repr(counter)[6:-1])
@@ -114,7 +115,7 @@ class _Bucket:
         self.frozen: tuple[int, int, int, int, int] | None = None
 
     def values(self) -> tuple[int, int, int, int, int]:
-        s, f, ss, sf = (_count_value(c) for c in self.counters[1:])
+        s, f, ss, sf = (count_value(c) for c in self.counters[1:])
         return (0, s, f, ss, sf)
 
 
