@@ -367,7 +367,7 @@ class CircuitBreaker(GuardForms):
         ):
             token.append(SUCCESS)
             if token.pending:
-                self._judge(token, 0.0)
+                self._judge(token, self._now())
             return
         self._settle(token, exc, result)
 

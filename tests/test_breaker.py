@@ -593,3 +593,15 @@ class TestListeners:
 
         with pytest.raises(TypeError, match="not async"):
             b.add_listener(async_listener)
+
+
+def test_a_success_that_opens_measures_open_for_from_now() -> None:
+    clock = ManualClock(start=1000.0)
+    b = breaker(clock, min_calls=4, failure_rate=0.5, open_for=30)
+    sync = Flavour("sync", "call")
+    fail(sync, b, 2)
+    succeed(sync, b, 2)  # the success that reaches min_calls opens the breaker
+    assert b.state is State.OPEN
+    with pytest.raises(CircuitOpenError) as info:
+        sync.call(b)
+    assert info.value.retry_after == pytest.approx(30.0)

@@ -106,13 +106,12 @@ class CountWindow:
 
 
 class _Bucket:
-    __slots__ = ("counters", "frozen", "incs")
+    __slots__ = ("counters", "incs")
 
     def __init__(self) -> None:
         # Index = outcome code; slot 0 is never recorded to.
         self.counters = tuple(itertools.count() for _ in range(SLOW_FAILURE + 1))
         self.incs = tuple(c.__next__ for c in self.counters)
-        self.frozen: tuple[int, int, int, int, int] | None = None
 
     def values(self) -> tuple[int, int, int, int, int]:
         s, f, ss, sf = (count_value(c) for c in self.counters[1:])
@@ -154,12 +153,9 @@ class TimeWindow:
         for epoch, bucket in list(self._buckets.items()):
             if epoch <= oldest or epoch > current:
                 continue
-            values = bucket.frozen
-            if values is None:
-                values = bucket.values()
-                # A bucket two steps in the past takes no more records: read it once.
-                if epoch < current - 1:
-                    bucket.frozen = values
+            # Every bucket is read live: a caller that took ``now`` before a stall may still
+            # record into an old bucket, so no bucket is ever final while in the window.
+            values = bucket.values()
             s += values[SUCCESS]
             f += values[FAILURE]
             ss += values[SLOW_SUCCESS]
