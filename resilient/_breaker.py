@@ -356,6 +356,11 @@ class CircuitBreaker(GuardForms):
         st = self._state
         if st.kind is CLOSED:
             return (st, self._now()) if self._timed else st
+        if st.kind is OPEN:  # an outage's hot path: reject in as few frames as possible
+            now = self._now()
+            if now < st.until:
+                next(self._rejected)
+                raise CircuitOpenError(self.name, st.until - now, OPEN)
         return self._admit(st)
 
     def _exit(self, token: _Token, exc: BaseException | None, result: object) -> None:

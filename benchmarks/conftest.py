@@ -1,0 +1,92 @@
+"""Peers' warnings, and the ratios the targets are stated in, printed after the run.
+
+pytest-benchmark's table shows absolute times, per round for the batched benchmarks; the
+targets (docs/benchmarks.md) are ratios to a baseline measured in the same run. Each benchmark says
+what it batches in ``extra_info``: ``ops`` (operations per round, default 1), ``baseline``
+(the row its group is divided by) or, for thread scaling, ``subject`` and ``threads``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+# Third-party code we only measure: its deprecations are not ours to fix, and the repo's
+# filterwarnings = ["error"] would otherwise turn them into failures.
+PEERS = ("aiobreaker", "circuitbreaker", "pybreaker", "wrapt")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for peer in PEERS:
+        config.addinivalue_line("filterwarnings", f"ignore::DeprecationWarning:{peer}")
+
+
+@dataclass(frozen=True)
+class Row:
+    group: str
+    name: str
+    median: float  # seconds per operation
+    min: float
+    info: dict[str, Any]
+
+
+ROWS: list[Row] = []
+
+
+@pytest.fixture(autouse=True)
+def _collect(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    bench = request.node.funcargs.get("benchmark")
+    if bench is None or bench.stats is None:  # not a benchmark, or --benchmark-disable
+        return
+    ops = bench.extra_info.get("ops", 1)
+    stats = bench.stats.stats
+    ROWS.append(
+        Row(bench.group or "", bench.name, stats.median / ops, stats.min / ops, bench.extra_info)
+    )
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not ROWS:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("ratios, from the medians (and mins) of this run")
+    groups: dict[str, list[Row]] = {}
+    for row in ROWS:
+        groups.setdefault(row.group, []).append(row)
+    for group, rows in groups.items():
+        write(f"[{group}]")
+        if any("threads" in row.info for row in rows):
+            _threads(write, rows)
+        else:
+            _ratios(write, rows)
+
+
+def _ratios(write: Any, rows: list[Row]) -> None:
+    base = next((row for row in rows if row.info.get("baseline")), None)
+    width = max(len(row.name) for row in rows)
+    write(f"  {'':{width}} {'median ns':>10} {'min ns':>9} {'x median':>9} {'x min':>7}")
+    for row in rows:
+        ratio = f"{row.median / base.median:8.2f}x {row.min / base.min:6.2f}x" if base else ""
+        write(f"  {row.name:{width}} {row.median * 1e9:10.1f} {row.min * 1e9:9.1f} {ratio}")
+
+
+def _threads(write: Any, rows: list[Row]) -> None:
+    """Calls per second at 1 and at the most threads, and their ratio (from medians, mins)."""
+    write(f"  {'':16} {'1 thread /s':>12} {'N threads /s':>13} {'N / 1':>7} {'(mins)':>7}")
+    subjects: dict[str, dict[int, Row]] = {}
+    for row in rows:
+        subjects.setdefault(row.info["subject"], {})[row.info["threads"]] = row
+    for subject, by_threads in subjects.items():
+        one, most = by_threads.get(1), by_threads[max(by_threads)]
+        if one is None or one is most:
+            continue
+        # Same calls in all, so the ratio of times is the ratio of throughputs.
+        write(
+            f"  {subject:16} {1 / one.median:12,.0f} {1 / most.median:13,.0f}"
+            f" {one.median / most.median:6.2f}x {one.min / most.min:6.2f}x"
+            f"  (N = {most.info['threads']})"
+        )
