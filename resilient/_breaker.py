@@ -99,6 +99,7 @@ class _Phase:
         "admitted",
         "append",
         "failures",
+        "fast",
         "kind",
         "pending",
         "record",
@@ -120,8 +121,11 @@ class _Phase:
         until: float = 0.0,
         times_opened: int = 0,
         reopen_for: float = 0.0,
+        fast: bool = False,
     ) -> None:
         self.kind = kind
+        # The driver admits a call on a fast phase without asking: CLOSED and untimed.
+        self.fast = fast
         self.window = window
         self.record = window.record
         self.append: Any = getattr(window, "append", None)  # count windows: a C-level record
@@ -258,6 +262,8 @@ class CircuitBreaker(GuardForms):
     ``await breaker.call_async(fn, ...)``. Defaults and their reasons: docs/breaker.md.
     """
 
+    _state: _Phase  # the one current phase; replaced whole by _swap, never edited
+
     def __init__(
         self,
         name: str | None = None,
@@ -336,7 +342,7 @@ class CircuitBreaker(GuardForms):
         return time_window(self._window_size)
 
     def _closed(self) -> _Phase:
-        return _Phase(CLOSED, self._new_window())
+        return _Phase(CLOSED, self._new_window(), fast=not self._timed)
 
     def _open_duration(self, times_opened: int) -> float:
         value = self._open_for(times_opened)
@@ -351,17 +357,6 @@ class CircuitBreaker(GuardForms):
             ) from None
 
     # -- the call path ----------------------------------------------------------------
-
-    def _enter(self) -> _Token:
-        st = self._state
-        if st.kind is CLOSED:
-            return (st, self._now()) if self._timed else st
-        if st.kind is OPEN:  # an outage's hot path: reject in as few frames as possible
-            now = self._now()
-            if now < st.until:
-                next(self._rejected)
-                raise CircuitOpenError(self.name, st.until - now, OPEN)
-        return self._admit(st)
 
     def _exit(self, token: _Token, exc: BaseException | None, result: object) -> None:
         if (
@@ -470,40 +465,41 @@ class CircuitBreaker(GuardForms):
         return _Phase(OPEN, st.window, since=now, until=until, times_opened=st.times_opened + 1)
 
     def _admit(self, st: _Phase) -> _Token:
-        """Admission off the CLOSED fast path: DISABLED, OPEN, HALF_OPEN, FORCED_OPEN."""
+        """Admission off the fast path: a token, or CircuitOpenError."""
         while True:
             kind = st.kind
-            if kind is CLOSED or kind is DISABLED:
-                return (st, self._now()) if self._timed and kind is CLOSED else st
-            if kind is FORCED_OPEN:
-                raise self._rejection(st, None)
-            now = self._now()
-            if kind is OPEN:
+            if kind is OPEN:  # first, and inline: this is the hot path of an outage
+                now = self._now()
                 if now < st.until:
-                    raise self._rejection(st, st.until - now)
-                probing = _Phase(
-                    HALF_OPEN,
-                    st.window,
-                    since=now,
-                    times_opened=st.times_opened,
-                    reopen_for=self._open_duration(st.times_opened + 1),
-                )
-                self._swap(st, probing)  # lazily: the first caller after open_for wins
-                st = self._state
-                continue
-            max_wait = self._half_open_max_wait
-            if max_wait is not None and now - st.since >= max_wait:
-                self._swap(st, self._reopened(st, now))  # probes hung: open again
-                st = self._state
-                continue
-            with self._lock:
-                if self._state is st:
-                    if st.admitted < self._half_open_calls:
-                        st.admitted += 1
-                        return (st, now) if self._timed else st
-                    break
-                st = self._state
-        raise self._rejection(st, None)
+                    next(self._rejected)
+                    raise CircuitOpenError(self.name, st.until - now, OPEN)
+                self._swap(st, self._probing(st, now))  # lazily: the first caller after open_for
+            elif kind is HALF_OPEN:
+                now = self._now()
+                max_wait = self._half_open_max_wait
+                if max_wait is not None and now - st.since >= max_wait:
+                    self._swap(st, self._reopened(st, now))  # probes hung: open again
+                else:
+                    with self._lock:
+                        if self._state is st:
+                            if st.admitted >= self._half_open_calls:
+                                raise self._rejection(st, None)
+                            st.admitted += 1
+                            return (st, now) if self._timed else st
+            elif kind is FORCED_OPEN:
+                raise self._rejection(st, None)
+            else:  # CLOSED when timed, DISABLED
+                return (st, self._now()) if self._timed and kind is CLOSED else st
+            st = self._state
+
+    def _probing(self, st: _Phase, now: float) -> _Phase:
+        return _Phase(
+            HALF_OPEN,
+            st.window,
+            since=now,
+            times_opened=st.times_opened,
+            reopen_for=self._open_duration(st.times_opened + 1),
+        )
 
     def _rejection(self, st: _Phase, retry_after: float | None) -> CircuitOpenError:
         """A fresh error for each rejection, so no traceback ever grows."""

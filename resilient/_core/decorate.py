@@ -1,11 +1,14 @@
 """Every form a guarding policy takes, written once: decorator, context manager, plain call.
 
 A *guard* is a policy that decides before a call and learns from its outcome, without
-looping or waiting (a circuit breaker; later a bulkhead's fast path). It provides two
-methods and nothing else:
+looping or waiting (a circuit breaker; later a bulkhead's fast path). It provides:
 
-``_enter() -> token``
-    admit the call (returning a token that ties the outcome to the admission) or raise;
+``_state``
+    its current state object; when ``_state.fast`` is true the call is admitted with no
+    further work and the state itself is the token (a CLOSED breaker: one attribute read);
+``_admit(state) -> token``
+    the full admission otherwise: a token that ties the outcome to the admission, or an
+    exception (a rejection);
 ``_exit(token, exc, result)``
     record how it went: ``exc`` is None on return, else the exception (any
     BaseException: the guard decides what counts).
@@ -25,13 +28,19 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 __all__ = ["GuardForms", "is_async_callable"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+
+
+class Gate(Protocol):
+    """What the drivers read of a guard's state: may the call go straight in?"""
+
+    fast: bool
 
 
 def is_async_callable(fn: object) -> bool:
@@ -46,17 +55,18 @@ def is_async_callable(fn: object) -> bool:
 class GuardForms:
     """Mixin: the decorator, context-manager and call forms of a guard.
 
-    Subclasses implement ``_enter`` and ``_exit`` and call ``_init_forms()`` from their
-    constructor. Per-call state (the token) lives on the stack of the call, or for the
+    Subclasses provide ``_state``, ``_admit`` and ``_exit`` and call ``_init_forms()``
+    from their constructor. Per-call state (the token) lives on the stack of the call, or for the
     context-manager form in a context variable, never on the shared guard.
     """
 
     _tokens: ContextVar[tuple[object, ...]]
+    _state: Gate
 
     def _init_forms(self) -> None:
         self._tokens = ContextVar(f"resilient-guard-{id(self):x}", default=())
 
-    def _enter(self) -> object:
+    def _admit(self, state: Any) -> object:
         raise NotImplementedError
 
     def _exit(self, token: Any, exc: BaseException | None, result: object) -> None:
@@ -99,7 +109,9 @@ class GuardForms:
     # -- context manager ------------------------------------------------------------
 
     def __enter__(self) -> None:
-        token = self._enter()
+        token: Any = self._state
+        if not token.fast:
+            token = self._admit(token)
         self._tokens.set((*self._tokens.get(), token))
 
     def __exit__(
@@ -132,7 +144,9 @@ class GuardForms:
 
 def _sync_driver(guard: GuardForms, fn: Callable[P, R]) -> Callable[P, R]:
     def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-        token = guard._enter()
+        token: Any = guard._state
+        if not token.fast:
+            token = guard._admit(token)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -148,7 +162,9 @@ def _async_driver(
     guard: GuardForms, fn: Callable[P, Awaitable[R]]
 ) -> Callable[P, Coroutine[Any, Any, R]]:
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-        token = guard._enter()
+        token: Any = guard._state
+        if not token.fast:
+            token = guard._admit(token)
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
