@@ -10,7 +10,7 @@ public ``resilient.testing`` helpers.
 from importlib import metadata as _metadata
 
 from resilient._breaker import BreakerMetrics, CircuitBreaker, State, StateChange
-from resilient._core.clock import Clock, SystemClock
+from resilient._core.clock import Clock, MonotonicClock, SystemClock
 from resilient._errors import CircuitOpenError, ConfigError, RejectedError, ResilienceError
 
 try:
@@ -24,6 +24,7 @@ __all__ = [
     "CircuitOpenError",
     "Clock",
     "ConfigError",
+    "MonotonicClock",
     "RejectedError",
     "ResilienceError",
     "State",

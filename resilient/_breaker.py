@@ -17,14 +17,15 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from resilient._core import options as opt
-from resilient._core.clock import SYSTEM_CLOCK, Clock
-from resilient._core.decorate import GuardForms
+from resilient._core.clock import SYSTEM_CLOCK, MonotonicClock
+from resilient._core.decorate import NO_RESULT, GuardForms
 from resilient._core.events import Listeners
 from resilient._core.window import (
     FAILURE,
@@ -241,8 +242,8 @@ OPTIONS = (
     opt.Option(
         "clock",
         None,
-        opt.clock,
-        "None or an object with monotonic(), sleep() and sleep_async()",
+        opt.clock("monotonic"),
+        "None or an object with a monotonic() method",
         "Where time comes from; tests pass resilient.testing.ManualClock.",
     ),
 )
@@ -269,8 +270,8 @@ class CircuitBreaker(GuardForms):
         name: str | None = None,
         *,
         failure_rate: float = 0.5,
-        window_size: int = 100,
-        window_type: str = "count",
+        window_size: float = 100,
+        window_type: Literal["count", "time"] = "count",
         min_calls: int = 20,
         open_for: float | Callable[[int], float] = 30.0,
         half_open_calls: int = 5,
@@ -284,16 +285,17 @@ class CircuitBreaker(GuardForms):
         | tuple[type[BaseException], ...]
         | Callable[[BaseException], bool] = (),
         failure_result: Callable[[Any], bool] | None = None,
-        clock: Clock | None = None,
+        clock: MonotonicClock | None = None,
     ) -> None:
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigError("name", name, "None or a non-empty string", owner="CircuitBreaker")
         self.name = name
         given = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
         cfg = opt.resolve(OPTIONS, given, owner=self._owner())
-        self._init_forms()
         self._lock = threading.Lock()
         self._listeners: Listeners[StateChange] = Listeners()
+        self._events: deque[StateChange] = deque()  # decided, not yet delivered
+        self._publishing = threading.Lock()
         self._rejected = itertools.count()
         self._configure(cfg)
         self._state = self._closed()
@@ -329,7 +331,7 @@ class CircuitBreaker(GuardForms):
         self._is_failure: opt.ExceptionFilter = cfg["record"]
         self._is_ignored: opt.ExceptionFilter = cfg["ignore"]
         self._failure_result: Callable[[Any], bool] | None = cfg["failure_result"]
-        self._clock: Clock = cfg["clock"] or SYSTEM_CLOCK
+        self._clock: MonotonicClock = cfg["clock"] or SYSTEM_CLOCK
         self._now = self._clock.monotonic
         # A success needs nothing but a slot store: no timing, no clock, no predicate.
         self._plain_success = (
@@ -390,7 +392,11 @@ class CircuitBreaker(GuardForms):
     def _classify(self, outcome: int, exc: BaseException | None, result: object) -> int | None:
         """SUCCESS/FAILURE (slow or not), or None for a call that counts as neither."""
         if exc is None:
-            if self._failure_result is not None and self._failure_result(result):
+            if (
+                self._failure_result is not None
+                and result is not NO_RESULT
+                and self._failure_result(result)
+            ):
                 return _FAILED[outcome]
             return outcome
         if not isinstance(exc, Exception):
@@ -402,8 +408,11 @@ class CircuitBreaker(GuardForms):
     def _report(self, st: _Phase, outcome: int | None, now: float) -> None:
         if st.kind is CLOSED:
             if outcome is not None:
-                st.record(outcome, now)
-                if outcome != SUCCESS or st.pending:
+                # A success can push a rate over its threshold only by completing the
+                # window to min_calls (pending) or, in a time window, when old buckets
+                # have just slid out (the record opened a new bucket).
+                slid = st.record(outcome, now)
+                if outcome != SUCCESS or st.pending or slid:
                     self._judge(st, now)
         elif st.kind is HALF_OPEN:
             with self._lock:
@@ -415,11 +424,12 @@ class CircuitBreaker(GuardForms):
                 st.reported += 1
                 st.failures += outcome in (FAILURE, SLOW_FAILURE)
                 st.slow += outcome in (SLOW_SUCCESS, SLOW_FAILURE)
-                if st.reported < self._half_open_calls:
-                    return
-                probes = Tally(st.reported, st.failures, st.slow)
-            # Only the last probe to report gets here, once per spell.
-            self._swap(st, self._reopened(st, now) if self._over(probes) else self._closed())
+                if st.reported == self._half_open_calls:  # the last probe decides, once
+                    over = self._over(Tally(st.reported, st.failures, st.slow))
+                    self._install(
+                        self._opened(st, now, st.reopen_for) if over else self._closed(), now
+                    )
+            self._publish()
 
     def _over(self, tally: Tally) -> bool:
         calls = tally.calls
@@ -434,72 +444,89 @@ class CircuitBreaker(GuardForms):
             return
         over = self._over(tally)
         if tally.calls < self._min_calls:
-            st.pending = over
+            if over:
+                # Only ever raised while warming up: a judge with an older tally must not
+                # clear what a newer one found. Spurious, it costs a few extra judges.
+                st.pending = True
             return
         st.pending = False
         if over:
-            self._swap(st, self._opened(st, now))
+            self._swap(st, self._opened(st, now, self._open_duration(st.times_opened + 1)), now)
 
-    def _swap(self, expected: _Phase | None, new: _Phase) -> bool:
-        """Make ``new`` current if ``expected`` still is (None: whatever is), then publish.
+    # -- transitions: the only code that changes _state -------------------------------
 
-        This compare-and-swap is the only place the state changes, and the only lock on
-        the CLOSED path's side of the breaker; listeners hear of it after the lock.
-        """
+    def _swap(self, expected: _Phase | None, new: _Phase, now: float) -> bool:
+        """Make ``new`` current if ``expected`` still is (None: whatever is)."""
         with self._lock:
-            old = self._state
-            if expected is not None and old is not expected:
+            if expected is not None and self._state is not expected:
                 return False
-            self._state = new
-        if self._listeners and old.kind is not new.kind:
-            self._listeners.emit(StateChange(self, old.kind, new.kind, self._now()))
+            self._install(new, now)
+        self._publish()
         return True
 
-    def _opened(self, st: _Phase, now: float) -> _Phase:
-        times = st.times_opened + 1
-        until = now + self._open_duration(times)
-        return _Phase(OPEN, st.window, since=now, until=until, times_opened=times)
+    def _install(self, new: _Phase, now: float) -> None:
+        """Under the lock: make ``new`` current and queue its event, stamped ``now``."""
+        old, self._state = self._state, new
+        if self._listeners and old.kind is not new.kind:
+            self._events.append(StateChange(self, old.kind, new.kind, now))
 
-    def _reopened(self, st: _Phase, now: float) -> _Phase:
-        until = now + st.reopen_for
-        return _Phase(OPEN, st.window, since=now, until=until, times_opened=st.times_opened + 1)
+    def _publish(self) -> None:
+        """Deliver queued events in order, outside the lock, from one thread at a time.
+
+        A thread that finds another delivering leaves its event to it; the deliverer
+        checks the queue again after letting go, so no event is stranded.
+        """
+        events = self._events
+        while events:
+            if not self._publishing.acquire(blocking=False):
+                return
+            try:
+                while events:
+                    self._listeners.emit(events.popleft())
+            finally:
+                self._publishing.release()
+
+    def _opened(self, st: _Phase, now: float, wait: float) -> _Phase:
+        times = st.times_opened + 1
+        return _Phase(OPEN, st.window, since=now, until=now + wait, times_opened=times)
+
+    def _probing(self, st: _Phase, now: float) -> _Phase:
+        # How long to reopen for is asked now, outside the lock, not when probes fail.
+        reopen_for = self._open_duration(st.times_opened + 1)
+        return _Phase(
+            HALF_OPEN, st.window, since=now, times_opened=st.times_opened, reopen_for=reopen_for
+        )
 
     def _admit(self, st: _Phase) -> _Token:
         """Admission off the fast path: a token, or CircuitOpenError."""
         while True:
             kind = st.kind
-            if kind is OPEN:  # first, and inline: this is the hot path of an outage
+            if kind is OPEN:
                 now = self._now()
                 if now < st.until:
+                    # Inline rather than _rejection(): this is the hot path of an outage.
                     next(self._rejected)
                     raise CircuitOpenError(self.name, st.until - now, OPEN)
-                self._swap(st, self._probing(st, now))  # lazily: the first caller after open_for
+                self._swap(st, self._probing(st, now), now)  # lazily, on the first call after
             elif kind is HALF_OPEN:
                 now = self._now()
                 max_wait = self._half_open_max_wait
                 if max_wait is not None and now - st.since >= max_wait:
-                    self._swap(st, self._reopened(st, now))  # probes hung: open again
+                    self._swap(st, self._opened(st, now, st.reopen_for), now)  # probes hung
                 else:
                     with self._lock:
                         if self._state is st:
-                            if st.admitted >= self._half_open_calls:
-                                raise self._rejection(st, None)
-                            st.admitted += 1
-                            return (st, now) if self._timed else st
+                            if st.admitted < self._half_open_calls:
+                                st.admitted += 1
+                                return (st, now) if self._timed else st
+                            # Full: if probes may hang, we know when this spell ends at the latest.
+                            hint = None if max_wait is None else st.since + max_wait - now
+                            raise self._rejection(st, hint)
             elif kind is FORCED_OPEN:
                 raise self._rejection(st, None)
             else:  # CLOSED when timed, DISABLED
                 return (st, self._now()) if self._timed and kind is CLOSED else st
             st = self._state
-
-    def _probing(self, st: _Phase, now: float) -> _Phase:
-        return _Phase(
-            HALF_OPEN,
-            st.window,
-            since=now,
-            times_opened=st.times_opened,
-            reopen_for=self._open_duration(st.times_opened + 1),
-        )
 
     def _rejection(self, st: _Phase, retry_after: float | None) -> CircuitOpenError:
         """A fresh error for each rejection, so no traceback ever grows."""
@@ -544,12 +571,13 @@ class CircuitBreaker(GuardForms):
         self._pin(DISABLED)
 
     def _pin(self, kind: State) -> None:
-        self._swap(None, _Phase(kind, self._state.window, since=self._now()))
+        now = self._now()
+        self._swap(None, _Phase(kind, self._state.window, since=now), now)
 
     def reset(self) -> None:
         """Back to CLOSED with an empty window; forgets open counts and rejections."""
         self._rejected = itertools.count()
-        self._swap(None, self._closed())
+        self._swap(None, self._closed(), self._now())
 
     def add_listener(self, listener: L) -> L:
         """Call ``listener(StateChange)`` after every change of state; usable as a decorator.

@@ -41,9 +41,16 @@ class RejectedError(ResilienceError):
         return (type(self), (self.name, self.retry_after))
 
     def __str__(self) -> str:
-        who = f"{self.name!r}" if self.name is not None else "(unnamed)"
         hint = "" if self.retry_after is None else f"; retry after {self.retry_after:.3f}s"
-        return f"{type(self).__name__.removesuffix('Error').lower()} {who} rejected the call{hint}"
+        return f"{self._what()}{hint}"
+
+    def _what(self) -> str:
+        return (
+            f"{type(self).__name__.removesuffix('Error').lower()} {self._who()} rejected the call"
+        )
+
+    def _who(self) -> str:
+        return f"{self.name!r}" if self.name is not None else "(unnamed)"
 
 
 class CircuitOpenError(RejectedError):
@@ -64,11 +71,8 @@ class CircuitOpenError(RejectedError):
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name, self.retry_after, self.state))
 
-    def __str__(self) -> str:
-        who = f"{self.name!r}" if self.name is not None else "(unnamed)"
-        state = getattr(self.state, "value", self.state)
-        hint = "" if self.retry_after is None else f"; retry after {self.retry_after:.3f}s"
-        return f"circuit breaker {who} is {state}{hint}"
+    def _what(self) -> str:
+        return f"circuit breaker {self._who()} is {getattr(self.state, 'value', self.state)}"
 
 
 class ConfigError(ResilienceError, ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import traceback
 from typing import Any
@@ -605,3 +606,78 @@ def test_a_success_that_opens_measures_open_for_from_now() -> None:
     with pytest.raises(CircuitOpenError) as info:
         sync.call(b)
     assert info.value.retry_after == pytest.approx(30.0)
+
+
+class TestReviewFindings:
+    """Behaviours pinned down after an independent review."""
+
+    def test_failure_result_never_judges_a_with_block(self, clock: ManualClock) -> None:
+        def is_server_error(response: Any) -> bool:
+            return bool(response.status >= 500)  # would fail on None
+
+        b = breaker(clock, failure_result=is_server_error)
+        for _ in range(5):
+            with b:
+                pass
+        assert (b.state, b.metrics.calls, b.metrics.failures) == (State.CLOSED, 5, 0)
+
+    def test_time_window_judges_when_old_successes_slide_out(self, clock: ManualClock) -> None:
+        b = breaker(clock, window_type="time", window_size=10, min_calls=4, failure_rate=0.5)
+        sync = Flavour("sync", "call")
+        succeed(sync, b, 10)
+        clock.advance(9)
+        fail(sync, b, 3)  # 3 of 13: closed
+        assert b.state is State.CLOSED
+        clock.advance(1.5)  # the 10 successes slide out
+        succeed(sync, b, 1)  # 3 of 4 failed: this success must open it
+        assert b.state is State.OPEN
+
+    def test_listener_that_changes_state_sees_events_in_order(self, clock: ManualClock) -> None:
+        b = breaker(clock)
+        seen: list[tuple[State, State, float]] = []
+
+        @b.add_listener
+        def on_change(event: StateChange) -> None:
+            seen.append((event.old, event.new, event.at))
+            if event.new is State.OPEN:
+                clock.advance(5)
+                b.reset()  # a transition from inside a listener: queued, not nested
+
+        fail(Flavour("sync", "call"), b, 4)  # opens; the listener closes it again
+        assert seen == [(State.CLOSED, State.OPEN, 0.0), (State.OPEN, State.CLOSED, 5.0)]
+        assert b.state is State.CLOSED
+
+    def test_a_clock_with_only_monotonic_is_enough(self) -> None:
+        class Ticks:
+            def __init__(self) -> None:
+                self.now = 100.0
+
+            def monotonic(self) -> float:
+                return self.now
+
+        ticks = Ticks()
+        b = CircuitBreaker(min_calls=1, window_size=1, open_for=5, clock=ticks)
+        fail(Flavour("sync", "call"), b)
+        ticks.now += 2
+        with pytest.raises(CircuitOpenError) as info:
+            b.call(lambda: None)
+        assert info.value.retry_after == pytest.approx(3.0)
+
+    def test_full_half_open_with_max_wait_tells_when_it_ends(self, clock: ManualClock) -> None:
+        b = breaker(clock, half_open_calls=1, half_open_max_wait=4.0)
+        trip(Flavour("sync", "call"), b)
+        clock.advance(10)
+        b.__enter__()
+        clock.advance(1)
+        with pytest.raises(CircuitOpenError) as info:
+            b.call(lambda: None)
+        assert (info.value.state, info.value.retry_after) == (State.HALF_OPEN, 3.0)
+        b.__exit__(None, None, None)
+
+    def test_signature_defaults_are_the_declared_defaults(self) -> None:
+        from resilient._breaker import OPTIONS
+
+        params = inspect.signature(CircuitBreaker).parameters
+        assert {o.name: o.default for o in OPTIONS} == {
+            name: p.default for name, p in params.items() if name != "name"
+        }

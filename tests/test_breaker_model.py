@@ -171,7 +171,9 @@ class Model:
         if spell.admitted < self.half_open_calls:
             spell.admitted += 1
             return Admitted(spell, self.now)
-        return self.reject(State.HALF_OPEN, None)
+        # Full. With half_open_max_wait the spell ends by then at the latest.
+        hint = None if self.max_wait is None else spell.since + self.max_wait - self.now
+        return self.reject(State.HALF_OPEN, hint)
 
     def finish(self, token: Admitted, outcome: str) -> None:
         spell = token.spell

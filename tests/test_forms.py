@@ -161,7 +161,7 @@ def test_generators_are_refused_with_a_clear_error() -> None:
 
 
 def test_non_callables_are_refused() -> None:
-    with pytest.raises(TypeError, match="decorates callables"):
+    with pytest.raises(TypeError, match="guards callables"):
         CircuitBreaker()(42)  # type: ignore[call-overload]
 
 
@@ -215,3 +215,36 @@ def test_with_blocks_in_concurrent_tasks_keep_their_own_tokens() -> None:
 
     anyio.run(main)
     assert (b.metrics.calls, b.metrics.failures) == (20, 10)
+
+
+def test_call_refuses_async_functions_and_generators() -> None:
+    b = CircuitBreaker()
+    with pytest.raises(TypeError, match="call_async"):
+        b.call(fetch, "u")  # type: ignore[arg-type]
+
+    def gen() -> Any:
+        yield 1
+
+    with pytest.raises(TypeError, match="generator"):
+        b.call(gen)
+    assert b.metrics.calls == 0
+
+
+def test_a_class_with_an_async_call_stays_a_sync_factory() -> None:
+    @CircuitBreaker()
+    class Handler:
+        async def __call__(self) -> int:
+            return 1
+
+    assert not inspect.iscoroutinefunction(Handler)
+    assert isinstance(Handler(), Handler.__wrapped__)  # type: ignore[attr-defined]
+
+
+def test_with_blocks_do_not_grow_the_context() -> None:
+    import contextvars
+
+    before = len(contextvars.copy_context())
+    for _ in range(100):
+        with CircuitBreaker():
+            pass
+    assert len(contextvars.copy_context()) <= before + 1

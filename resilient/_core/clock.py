@@ -11,16 +11,21 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 
-__all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock"]
+__all__ = ["SYSTEM_CLOCK", "Clock", "MonotonicClock", "SystemClock"]
 
 
 @runtime_checkable
-class Clock(Protocol):
-    """Monotonic time in seconds, and the two ways of waiting on it."""
+class MonotonicClock(Protocol):
+    """All a policy that only measures time needs (a circuit breaker)."""
 
     def monotonic(self) -> float:
         """Seconds from an arbitrary fixed point; never goes backwards."""
         ...
+
+
+@runtime_checkable
+class Clock(MonotonicClock, Protocol):
+    """Monotonic time in seconds, and the two ways of waiting on it (for policies that wait)."""
 
     def sleep(self, seconds: float) -> None:
         """Block the calling thread for ``seconds``."""

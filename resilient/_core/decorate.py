@@ -7,13 +7,14 @@ looping or waiting (a circuit breaker; later a bulkhead's fast path). It provide
     its current state object; when ``_state.fast`` is true the call is admitted with no
     further work and the state itself is the token (a CLOSED breaker: one attribute read);
 ``_admit(state) -> token``
-    the full admission otherwise: a token that ties the outcome to the admission, or an
-    exception (a rejection);
+    the full admission otherwise: a token that ties the outcome to the admission, or
+    raise (a rejection);
 ``_exit(token, exc, result)``
     record how it went: ``exc`` is None on return, else the exception (any
-    BaseException: the guard decides what counts).
+    BaseException: the guard decides what counts); ``result`` is :data:`NO_RESULT`
+    for a ``with`` block, which has none.
 
-:class:`GuardForms` turns those two into ``@guard`` on ``def`` and ``async def`` (sync or
+:class:`GuardForms` turns those three into ``@guard`` on ``def`` and ``async def`` (sync or
 async wrapper chosen once, at decoration), ``with``/``async with``, ``call`` and
 ``call_async``. The wrappers are plain closures rather than ``wrapt.FunctionWrapper``:
 wrapt's proxy costs about 500 ns a call on a plain function, more than the whole budget
@@ -30,7 +31,7 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
-__all__ = ["GuardForms", "is_async_callable"]
+__all__ = ["NO_RESULT", "GuardForms", "is_async_callable"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -43,10 +44,28 @@ class Gate(Protocol):
     fast: bool
 
 
+class _NoResult:
+    def __repr__(self) -> str:
+        return "NO_RESULT"
+
+
+#: What a ``with`` block "returns" to ``_exit``: nothing a result predicate may judge.
+NO_RESULT: Any = _NoResult()
+
+# The tokens of open ``with`` blocks, innermost last, as (guard, token) pairs. One
+# variable for every guard: a Context holds its variables for good, so one per guard
+# would grow without bound in a process that makes guards on the fly.
+_OPEN_BLOCKS: ContextVar[tuple[tuple[object, object], ...]] = ContextVar(
+    "resilient_open_blocks", default=()
+)
+
+
 def is_async_callable(fn: object) -> bool:
     """True for ``async def`` functions, partials of them and objects with an async __call__."""
     while isinstance(fn, functools.partial):
         fn = fn.func
+    if isinstance(fn, type):
+        return False  # calling a class makes an instance, whatever its __call__ does
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - the __call__ of a callable object
     )
@@ -55,16 +74,12 @@ def is_async_callable(fn: object) -> bool:
 class GuardForms:
     """Mixin: the decorator, context-manager and call forms of a guard.
 
-    Subclasses provide ``_state``, ``_admit`` and ``_exit`` and call ``_init_forms()``
-    from their constructor. Per-call state (the token) lives on the stack of the call, or for the
-    context-manager form in a context variable, never on the shared guard.
+    Subclasses provide ``_state``, ``_admit`` and ``_exit``. Per-call state (the token)
+    lives on the stack of the call, or for the context-manager form in a context
+    variable, never on the shared guard.
     """
 
-    _tokens: ContextVar[tuple[object, ...]]
     _state: Gate
-
-    def _init_forms(self) -> None:
-        self._tokens = ContextVar(f"resilient-guard-{id(self):x}", default=())
 
     def _admit(self, state: Any) -> object:
         raise NotImplementedError
@@ -84,20 +99,29 @@ class GuardForms:
         """Guard ``fn``: every call goes through this policy."""
         if isinstance(fn, (classmethod, staticmethod)):
             return type(fn)(self(fn.__func__))
+        self._check(fn)
+        driver = _async_driver if is_async_callable(fn) else _sync_driver
+        return functools.update_wrapper(driver(self, fn), fn)
+
+    def _check(self, fn: object) -> None:
         if not callable(fn):
-            raise TypeError(f"{type(self).__name__} decorates callables, not {fn!r}")
+            raise TypeError(f"{type(self).__name__} guards callables, not {fn!r}")
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
             raise TypeError(
                 f"{type(self).__name__} cannot guard the generator function {fn!r}: calling"
                 " it only creates the generator; guard the code that consumes it instead"
             )
-        driver = _async_driver if is_async_callable(fn) else _sync_driver
-        return functools.update_wrapper(driver(self, fn), fn)
 
     # -- plain call -----------------------------------------------------------------
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` through this policy."""
+        self._check(fn)
+        if is_async_callable(fn):
+            raise TypeError(
+                f"{fn!r} is async: calling it only creates a coroutine, so use"
+                f" 'await {type(self).__name__.lower()}.call_async(fn, ...)'"
+            )
         return _sync_driver(self, fn)(*args, **kwargs)
 
     async def call_async(
@@ -112,7 +136,7 @@ class GuardForms:
         token: Any = self._state
         if not token.fast:
             token = self._admit(token)
-        self._tokens.set((*self._tokens.get(), token))
+        _OPEN_BLOCKS.set((*_OPEN_BLOCKS.get(), (self, token)))
 
     def __exit__(
         self,
@@ -120,11 +144,13 @@ class GuardForms:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        stack = self._tokens.get()
-        if not stack:
-            raise RuntimeError(f"{self!r}: __exit__ without a matching __enter__")
-        self._tokens.set(stack[:-1])
-        self._exit(stack[-1], exc, None)
+        blocks = _OPEN_BLOCKS.get()
+        for i in range(len(blocks) - 1, -1, -1):  # this guard's innermost open block
+            if blocks[i][0] is self:
+                _OPEN_BLOCKS.set(blocks[:i] + blocks[i + 1 :])
+                self._exit(blocks[i][1], exc, NO_RESULT)
+                return
+        raise RuntimeError(f"{self!r}: __exit__ without a matching __enter__")
 
     async def __aenter__(self) -> None:
         self.__enter__()

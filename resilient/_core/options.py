@@ -164,13 +164,15 @@ def duration_or_callable(value: Any) -> Any:
     return duration(allow_zero=True)(value)
 
 
-def clock(value: Any) -> Any:
-    """None for the system clock, or an object with monotonic(), sleep() and sleep_async()."""
-    if value is None:
+def clock(*needs: str) -> Checker:
+    """None for the system clock, or an object with the methods named in ``needs``."""
+
+    def check(value: Any) -> Any:
+        if value is not None and not all(callable(getattr(value, n, None)) for n in needs):
+            raise Invalid
         return value
-    if not all(callable(getattr(value, name, None)) for name in ("monotonic", "sleep")):
-        raise Invalid
-    return value
+
+    return check
 
 
 def markdown_table(options: Sequence[Option]) -> str:

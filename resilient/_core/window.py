@@ -11,8 +11,9 @@ Two kinds share one interface (``record(outcome, now)`` and ``tally(now)``):
   bucket is published with ``dict.setdefault``, which is atomic for int keys, so two
   threads that race to open the same bucket agree on one object.
 
-Reading (``tally``) is O(N) in slots or buckets, but only a failure or a slow call asks
-for it (a success cannot raise a failure rate), so the happy path stays O(1).
+Reading (``tally``) is O(N) in slots or buckets, but the breaker asks for it only when a
+rate may have crossed its threshold (a failure, a slow call, a new time bucket), never
+on an ordinary success, so the happy path stays O(1).
 
 On a free-threaded build (``sys._is_gil_enabled()`` false) these single operations are no
 longer guaranteed atomic, so :func:`count_window` and :func:`time_window` hand out the
@@ -43,7 +44,7 @@ __all__ = [
     "time_window",
 ]
 
-# Outcome codes; 0 marks an empty slot of a count window.
+# Outcome codes, small ints so that a window's snapshot is a bytes object to count in.
 SUCCESS = 1
 FAILURE = 2
 SLOW_SUCCESS = 3
@@ -62,7 +63,9 @@ class Tally(NamedTuple):
 
 
 class Window(Protocol):
-    def record(self, outcome: int, now: float) -> None: ...
+    def record(self, outcome: int, now: float) -> bool | None:
+        """Record an outcome; true if that slid old outcomes out of a time window."""
+        ...
 
     def tally(self, now: float) -> Tally: ...
 
@@ -131,12 +134,14 @@ class TimeWindow:
     def _epoch(self, now: float) -> int:
         return math.floor(now / self._width)
 
-    def record(self, outcome: int, now: float) -> None:
-        epoch = math.floor(now / self._width)
+    def record(self, outcome: int, now: float) -> bool:
+        epoch = math.floor(now / self._width)  # self._epoch(), inlined: every call records
         bucket = self._buckets.get(epoch)
         if bucket is None:
-            bucket = self._open(epoch)
+            self._open(epoch).incs[outcome]()
+            return True
         bucket.incs[outcome]()
+        return False
 
     def _open(self, epoch: int) -> _Bucket:
         bucket = self._buckets.setdefault(epoch, _Bucket())
@@ -191,9 +196,9 @@ class _LockedTimeWindow(TimeWindow):
         super().__init__(seconds)
         self._lock = threading.Lock()
 
-    def record(self, outcome: int, now: float) -> None:
+    def record(self, outcome: int, now: float) -> bool:
         with self._lock:
-            super().record(outcome, now)
+            return super().record(outcome, now)
 
     def tally(self, now: float) -> Tally:
         with self._lock:

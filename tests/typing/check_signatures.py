@@ -7,6 +7,15 @@ from typing_extensions import assert_type
 from resilient import CircuitBreaker
 
 breaker = CircuitBreaker("typing")
+timed = CircuitBreaker("t", window_type="time", window_size=0.5, slow_call_duration=0.1)
+
+
+class Ticks:
+    def monotonic(self) -> float:
+        return 0.0
+
+
+ticking = CircuitBreaker(clock=Ticks())
 
 
 @breaker
