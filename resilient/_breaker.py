@@ -103,6 +103,7 @@ class _Phase:
         "fast",
         "kind",
         "pending",
+        "pending_seen",
         "record",
         "reopen_for",
         "reported",
@@ -139,6 +140,7 @@ class _Phase:
         # CLOSED: a rate is over its threshold but the window is still under min_calls,
         # so successes must re-judge too (they can bring the window up to min_calls).
         self.pending = False
+        self.pending_seen = 0  # the most calls a warm-up judge has seen
         # HALF_OPEN probe bookkeeping; only touched under the breaker's lock.
         self.admitted = self.reported = self.failures = self.slow = 0
 
@@ -444,12 +446,17 @@ class CircuitBreaker(GuardForms):
             return
         over = self._over(tally)
         if tally.calls < self._min_calls:
-            if over:
-                # Only ever raised while warming up: a judge with an older tally must not
-                # clear what a newer one found. Spurious, it costs a few extra judges.
-                st.pending = True
+            # Warming up. Judges race, so the one that saw the most calls decides whether
+            # successes must keep judging: an older tally never overwrites a newer one.
+            with self._lock:
+                if tally.calls >= st.pending_seen:
+                    st.pending_seen = tally.calls
+                    st.pending = over
             return
-        st.pending = False
+        if st.pending:  # warmed up: successes need not judge any more
+            with self._lock:
+                st.pending_seen = max(st.pending_seen, tally.calls)
+                st.pending = False
         if over:
             self._swap(st, self._opened(st, now, self._open_duration(st.times_opened + 1)), now)
 

@@ -681,3 +681,17 @@ class TestReviewFindings:
         assert {o.name: o.default for o in OPTIONS} == {
             name: p.default for name, p in params.items() if name != "name"
         }
+
+
+def test_successes_stop_judging_once_the_rate_is_back_under(clock: ManualClock) -> None:
+    """A failure first in warm-up flags the window; successes that follow clear the flag.
+
+    Otherwise every later success would re-read the whole window (a slowdown that the
+    concurrency hammer once ran into).
+    """
+    b = breaker(clock, window_size=1000, min_calls=1000, failure_rate=1.0)
+    sync = Flavour("sync", "call")
+    fail(sync, b, 1)
+    assert b._state.pending  # 1 of 1 failed: over, but short of min_calls
+    succeed(sync, b, 1)
+    assert not b._state.pending

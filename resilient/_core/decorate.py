@@ -28,7 +28,7 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
-from types import TracebackType
+from types import CodeType, TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 __all__ = ["NO_RESULT", "GuardForms", "is_async_callable"]
@@ -60,8 +60,16 @@ _OPEN_BLOCKS: ContextVar[tuple[tuple[object, object], ...]] = ContextVar(
 )
 
 
+_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+
+
 def is_async_callable(fn: object) -> bool:
     """True for ``async def`` functions, partials of them and objects with an async __call__."""
+    # A function or bound method tells by its code flags: a few attribute reads, where
+    # the inspect functions cost microseconds (call() asks on every call).
+    code = getattr(fn, "__code__", None)
+    if isinstance(code, CodeType) and not hasattr(fn, "_is_coroutine_marker"):
+        return bool(code.co_flags & inspect.CO_COROUTINE)
     while isinstance(fn, functools.partial):
         fn = fn.func
     if isinstance(fn, type):
@@ -104,9 +112,14 @@ class GuardForms:
         return functools.update_wrapper(driver(self, fn), fn)
 
     def _check(self, fn: object) -> None:
-        if not callable(fn):
+        code = getattr(fn, "__code__", None)
+        if isinstance(code, CodeType):
+            generator = bool(code.co_flags & _GENERATOR_FLAGS)
+        elif callable(fn):
+            generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        else:
             raise TypeError(f"{type(self).__name__} guards callables, not {fn!r}")
-        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        if generator:
             raise TypeError(
                 f"{type(self).__name__} cannot guard the generator function {fn!r}: calling"
                 " it only creates the generator; guard the code that consumes it instead"
