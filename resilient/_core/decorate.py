@@ -60,16 +60,35 @@ _OPEN_BLOCKS: ContextVar[tuple[tuple[object, object], ...]] = ContextVar(
 )
 
 
-_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+_GENERATOR = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+
+
+def _is_async(owner: object, fn: object) -> bool:
+    """Whether ``owner`` may guard ``fn`` with an async driver; TypeError if not at all.
+
+    A function or bound method answers by its code flags, a few attribute reads, where
+    the inspect helpers cost a microsecond; call() asks this on every call.
+    """
+    code = getattr(fn, "__code__", None)
+    if isinstance(code, CodeType) and "_is_coroutine_marker" not in getattr(fn, "__dict__", ()):
+        flags = code.co_flags
+        generator = bool(flags & _GENERATOR)
+        is_async = bool(flags & inspect.CO_COROUTINE)
+    elif callable(fn):
+        generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        is_async = is_async_callable(fn)
+    else:
+        raise TypeError(f"{type(owner).__name__} guards callables, not {fn!r}")
+    if generator:
+        raise TypeError(
+            f"{type(owner).__name__} cannot guard the generator function {fn!r}: calling"
+            " it only creates the generator; guard the code that consumes it instead"
+        )
+    return is_async
 
 
 def is_async_callable(fn: object) -> bool:
     """True for ``async def`` functions, partials of them and objects with an async __call__."""
-    # A function or bound method tells by its code flags: a few attribute reads, where
-    # the inspect functions cost microseconds (call() asks on every call).
-    code = getattr(fn, "__code__", None)
-    if isinstance(code, CodeType) and not hasattr(fn, "_is_coroutine_marker"):
-        return bool(code.co_flags & inspect.CO_COROUTINE)
     while isinstance(fn, functools.partial):
         fn = fn.func
     if isinstance(fn, type):
@@ -107,30 +126,14 @@ class GuardForms:
         """Guard ``fn``: every call goes through this policy."""
         if isinstance(fn, (classmethod, staticmethod)):
             return type(fn)(self(fn.__func__))
-        self._check(fn)
-        driver = _async_driver if is_async_callable(fn) else _sync_driver
+        driver = _async_driver if _is_async(self, fn) else _sync_driver
         return functools.update_wrapper(driver(self, fn), fn)
-
-    def _check(self, fn: object) -> None:
-        code = getattr(fn, "__code__", None)
-        if isinstance(code, CodeType):
-            generator = bool(code.co_flags & _GENERATOR_FLAGS)
-        elif callable(fn):
-            generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
-        else:
-            raise TypeError(f"{type(self).__name__} guards callables, not {fn!r}")
-        if generator:
-            raise TypeError(
-                f"{type(self).__name__} cannot guard the generator function {fn!r}: calling"
-                " it only creates the generator; guard the code that consumes it instead"
-            )
 
     # -- plain call -----------------------------------------------------------------
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` through this policy."""
-        self._check(fn)
-        if is_async_callable(fn):
+        if _is_async(self, fn):
             raise TypeError(
                 f"{fn!r} is async: calling it only creates a coroutine, so use"
                 f" 'await {type(self).__name__.lower()}.call_async(fn, ...)'"
