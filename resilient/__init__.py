@@ -2,16 +2,20 @@
 
 Layout: ``_core/`` is self-contained (clock, lock-free windows, declared options, the
 adapter that gives every policy its decorator, context-manager and call forms) and
-imports no policy. Each policy is one private module over that core (``_breaker.py``...).
-Errors live in ``_errors.py``. Users import only what this module re-exports, plus the
-public ``resilient.testing`` helpers.
+imports no policy. Each policy is one private module over that core (``_breaker.py``,
+``_retry.py``, ``_budget.py``, ``_fallback.py``). Errors live in ``_errors.py``. Users
+import only what this module re-exports, plus the public ``resilient.backoff`` and
+``resilient.testing`` modules.
 """
 
 from importlib import metadata as _metadata
 
 from resilient._breaker import BreakerMetrics, CircuitBreaker, State, StateChange
+from resilient._budget import RetryBudget
 from resilient._core.clock import Clock, MonotonicClock, SystemClock
 from resilient._errors import CircuitOpenError, ConfigError, RejectedError, ResilienceError
+from resilient._fallback import Fallback
+from resilient._retry import Attempt, Retry
 
 try:
     __version__ = _metadata.version("resilient")
@@ -19,14 +23,18 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
     __version__ = "0.0.0"
 
 __all__ = [
+    "Attempt",
     "BreakerMetrics",
     "CircuitBreaker",
     "CircuitOpenError",
     "Clock",
     "ConfigError",
+    "Fallback",
     "MonotonicClock",
     "RejectedError",
     "ResilienceError",
+    "Retry",
+    "RetryBudget",
     "State",
     "StateChange",
     "SystemClock",

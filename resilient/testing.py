@@ -3,10 +3,42 @@
 from __future__ import annotations
 
 import threading
+from types import TracebackType
 
 import anyio
 
-__all__ = ["ManualClock"]
+from resilient._core import testmode
+
+__all__ = ["ManualClock", "set_testing"]
+
+
+class set_testing:
+    """Make every retry wait zero seconds (and give up after ``attempts``) for a test suite.
+
+    Takes effect at once, process-wide; use it as a context manager to restore the
+    previous mode on exit, or call ``set_testing(False)`` to switch it off::
+
+        with resilient.testing.set_testing(attempts=2):
+            ...  # retries run back to back, at most 2 attempts each
+    """
+
+    def __init__(self, enabled: bool = True, *, attempts: int | None = None) -> None:
+        if attempts is not None and (
+            isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1
+        ):
+            raise ValueError(f"set_testing(attempts={attempts!r}): expected None or an int >= 1")
+        self._previous = testmode.replace(testmode.TestMode(bool(enabled), attempts))
+
+    def __enter__(self) -> set_testing:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        testmode.replace(self._previous)
 
 
 class ManualClock:

@@ -31,7 +31,7 @@ from contextvars import ContextVar
 from types import CodeType, TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
-__all__ = ["NO_RESULT", "GuardForms", "is_async_callable"]
+__all__ = ["NO_RESULT", "Decorates", "GuardForms", "is_async_callable"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -98,20 +98,19 @@ def is_async_callable(fn: object) -> bool:
     )
 
 
-class GuardForms:
-    """Mixin: the decorator, context-manager and call forms of a guard.
+class Decorates:
+    """Mixin: the decorator and call forms of any policy, from two wrapper factories.
 
-    Subclasses provide ``_state``, ``_admit`` and ``_exit``. Per-call state (the token)
-    lives on the stack of the call, or for the context-manager form in a context
-    variable, never on the shared guard.
+    A subclass provides ``_wrap_sync(fn)`` and ``_wrap_async(fn)``, which return the
+    guarded callable for a sync and an async ``fn``; this class picks one once, at
+    decoration, handles methods, classmethods and staticmethods, keeps the wrapped
+    function's identity, and refuses what cannot be guarded (generators, non-callables).
     """
 
-    _state: Gate
-
-    def _admit(self, state: Any) -> object:
+    def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         raise NotImplementedError
 
-    def _exit(self, token: Any, exc: BaseException | None, result: object) -> None:
+    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         raise NotImplementedError
 
     # -- decorator ------------------------------------------------------------------
@@ -126,8 +125,8 @@ class GuardForms:
         """Guard ``fn``: every call goes through this policy."""
         if isinstance(fn, (classmethod, staticmethod)):
             return type(fn)(self(fn.__func__))
-        driver = _async_driver if _is_async(self, fn) else _sync_driver
-        return functools.update_wrapper(driver(self, fn), fn)
+        wrap = self._wrap_async if _is_async(self, fn) else self._wrap_sync
+        return functools.update_wrapper(wrap(fn), fn)
 
     # -- plain call -----------------------------------------------------------------
 
@@ -138,13 +137,35 @@ class GuardForms:
                 f"{fn!r} is async: calling it only creates a coroutine, so use"
                 f" 'await {type(self).__name__.lower()}.call_async(fn, ...)'"
             )
-        return _sync_driver(self, fn)(*args, **kwargs)
+        return self._wrap_sync(fn)(*args, **kwargs)
 
     async def call_async(
         self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
     ) -> R:
         """Await ``fn(*args, **kwargs)`` through this policy."""
-        return await _async_driver(self, fn)(*args, **kwargs)
+        return await self._wrap_async(fn)(*args, **kwargs)
+
+
+class GuardForms(Decorates):
+    """Mixin: every form of a guard, from its ``_state``, ``_admit`` and ``_exit``.
+
+    Per-call state (the token) lives on the stack of the call, or for the
+    context-manager form in a context variable, never on the shared guard.
+    """
+
+    _state: Gate
+
+    def _admit(self, state: Any) -> object:
+        raise NotImplementedError
+
+    def _exit(self, token: Any, exc: BaseException | None, result: object) -> None:
+        raise NotImplementedError
+
+    def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        return _sync_driver(self, fn)
+
+    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        return _async_driver(self, fn)
 
     # -- context manager ------------------------------------------------------------
 

@@ -1,0 +1,142 @@
+"""Fallback: when a call fails, answer with a value (or a handler's) instead of the error.
+
+The last line of a pipeline: a cached page, an empty list, a default price. It catches
+only ``Exception``s matching ``on`` (our own rejections included: an open breaker's
+CircuitOpenError is the classic case); cancellation and interpreter exits pass through.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+from resilient._core import options as opt
+from resilient._core.decorate import Decorates, is_async_callable
+from resilient._errors import ConfigError
+
+__all__ = ["Fallback"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_MISSING: Any = object()
+
+
+class Fallback(Decorates):
+    """Return ``value``, or ``handler(exc)``, when the call raises an exception matching ``on``.
+
+    Give exactly one of ``value`` and ``handler``. A handler may be ``async def`` when it
+    guards async code. As ``with fallback:`` the matching exception is swallowed (after
+    the handler, if any, has seen it), since a block has no value to replace.
+    """
+
+    def __init__(
+        self,
+        value: Any = _MISSING,
+        *,
+        handler: Callable[[Exception], Any] | None = None,
+        on: type[BaseException]
+        | tuple[type[BaseException], ...]
+        | Callable[[BaseException], bool] = Exception,
+    ) -> None:
+        if (value is _MISSING) == (handler is None):
+            raise ConfigError(
+                "value/handler",
+                {"value": None if value is _MISSING else value, "handler": handler},
+                "exactly one of value= and handler=",
+                owner="Fallback",
+            )
+        if handler is not None and (not callable(handler) or isinstance(handler, type)):
+            raise ConfigError("handler", handler, "a callable(exception)", owner="Fallback")
+        try:
+            self._on = opt.exception_filter(on)
+        except opt.Invalid:
+            raise ConfigError(
+                "on",
+                on,
+                "an exception type, a tuple of them, or a predicate(exc) -> bool",
+                owner="Fallback",
+            ) from None
+        self._value = value
+        self._handler = handler
+        self._async_handler = handler is not None and is_async_callable(handler)
+
+    def _catches(self, exc: Exception) -> bool:
+        return bool(self._on(exc))
+
+    def _recover(self, exc: Exception) -> Any:
+        return self._value if self._handler is None else self._handler(exc)
+
+    def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        if self._async_handler:
+            raise TypeError(
+                f"Fallback's handler {self._handler!r} is async, but {fn!r} is not:"
+                " a sync call cannot await it"
+            )
+        fallback = self
+
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if not fallback._catches(exc):
+                    raise
+                return fallback._recover(exc)  # type: ignore[no-any-return]
+
+        return guarded
+
+    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        fallback = self
+
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:
+                if not fallback._catches(exc):
+                    raise
+                answer = fallback._recover(exc)
+                if inspect.isawaitable(answer):
+                    answer = await answer
+                return answer  # type: ignore[no-any-return]
+
+        return guarded
+
+    # A block has no value to replace: the forms swallow the exception, after the handler.
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if not isinstance(exc, Exception) or not self._catches(exc):
+            return False
+        if self._async_handler:
+            raise TypeError("Fallback's handler is async: use 'async with'") from exc
+        self._recover(exc)
+        return True
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if not isinstance(exc, Exception) or not self._catches(exc):
+            return False
+        answer = self._recover(exc)
+        if inspect.isawaitable(answer):
+            await answer
+        return True
+
+    def __repr__(self) -> str:
+        what = f"handler={self._handler!r}" if self._handler is not None else f"{self._value!r}"
+        return f"Fallback({what})"

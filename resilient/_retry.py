@@ -1,0 +1,539 @@
+"""Retry: call again after a failure, speaking tenacity's vocabulary at a fraction of its cost.
+
+The decision (retry or give up, and how long to wait) is made in one place,
+:meth:`_Call.next_wait`, without doing any I/O; the sync and async loops around it only
+sleep and call. A first attempt that succeeds goes through a few attribute reads and
+nothing else: per-call state (:class:`_Call`) is created when a first attempt fails, on
+the stack of that call, never on the shared :class:`Retry`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+from resilient._budget import RetryBudget
+from resilient._core import options as opt
+from resilient._core import testmode
+from resilient._core.clock import SYSTEM_CLOCK, Clock
+from resilient._core.decorate import Decorates
+from resilient._errors import ConfigError
+from resilient.backoff import Backoff
+
+__all__ = ["Retry"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+WaitSpec = float | Callable[[int, BaseException | None], float] | Any
+OnSpec = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
+
+_TENACITY_MODULES = {
+    "wait_base": "tenacity.wait",
+    "stop_base": "tenacity.stop",
+    "retry_base": "tenacity.retry",
+}
+
+
+def _tenacity(kind: str) -> type | None:
+    """tenacity's base class ``kind``, if tenacity is loaded: a tenacity object given to
+    us means it is, and ``import resilient`` never pays for importing it."""
+    module = sys.modules.get(_TENACITY_MODULES[kind])
+    return getattr(module, kind, None) if module is not None else None
+
+
+def _is_tenacity(value: object, kind: str) -> bool:
+    base = _tenacity(kind)
+    return base is not None and isinstance(value, base)
+
+
+def _check_wait(value: Any) -> Any:
+    if _is_tenacity(value, "wait_base") or isinstance(value, Backoff):
+        return value
+    if callable(value) and not isinstance(value, type):
+        return value
+    return opt.duration(allow_zero=True)(value)
+
+
+def _check_on(value: Any) -> Any:
+    if _is_tenacity(value, "retry_base"):
+        return value
+    return opt.exception_filter(value)
+
+
+def _check_stop(value: Any) -> Any:
+    if value is None or _is_tenacity(value, "stop_base"):
+        return value
+    if callable(value) and not isinstance(value, type):
+        return value
+    raise opt.Invalid
+
+
+def _check_budget(value: Any) -> Any:
+    if value is not None and not isinstance(value, RetryBudget):
+        raise opt.Invalid
+    return value
+
+
+OPTIONS = (
+    opt.Option(
+        "attempts",
+        3,
+        opt.positive_int,
+        "a whole number >= 1 (the first attempt included)",
+        "How many times to call at most. 3: one failure in a flaky network is common,"
+        " two in a row already says the downstream is in trouble.",
+    ),
+    opt.Option(
+        "wait",
+        0.0,
+        _check_wait,
+        "seconds >= 0, a resilient.backoff strategy, a tenacity wait strategy,"
+        " or a callable(attempt, exception) -> seconds",
+        "How long to wait after a failed attempt before the next one.",
+    ),
+    opt.Option(
+        "on",
+        Exception,
+        _check_on,
+        "an exception type, a tuple of them, a predicate(exc) -> bool,"
+        " or a tenacity retry strategy",
+        "Which failures to retry. Cancellation, KeyboardInterrupt, SystemExit and"
+        " GeneratorExit never are, whatever this says.",
+    ),
+    opt.Option(
+        "on_result",
+        None,
+        opt.predicate,
+        "None or a predicate(result) -> bool",
+        "Retry when this is true of a returned value; when attempts run out, the last"
+        " value is returned.",
+    ),
+    opt.Option(
+        "deadline",
+        None,
+        opt.optional(opt.duration(allow_zero=False)),
+        "None or seconds > 0",
+        "A budget of time for all attempts and waits: no wait crosses it and no attempt"
+        " starts after it.",
+    ),
+    opt.Option(
+        "stop",
+        None,
+        _check_stop,
+        "None, a tenacity stop strategy, or a callable(retry_state) -> bool",
+        "Also give up when this says so (e.g. stop_after_delay(10) | stop_after_attempt(5)).",
+    ),
+    opt.Option(
+        "clock",
+        None,
+        opt.clock("monotonic", "sleep", "sleep_async"),
+        "None or an object with monotonic(), sleep() and sleep_async()",
+        "Where time comes from and how waits are made; tests pass ManualClock.",
+    ),
+    opt.Option(
+        "budget",
+        None,
+        _check_budget,
+        "None or a resilient.RetryBudget",
+        "A share of recent calls that retries may add, shared by every Retry given it.",
+    ),
+)
+_OPTION_NAMES = frozenset(option.name for option in OPTIONS)
+
+
+class Retry(Decorates):
+    """Call again after a failure: ``@retry`` on ``def``/``async def``, ``retry.call(...)``,
+    ``await retry.call_async(...)``, or the block form ``for attempt in retry: with attempt:``
+    (``async for`` in async code).
+
+    When attempts run out, the last exception itself is re-raised, with a note saying
+    how many attempts were made (an ``on_result`` retry returns the last value instead).
+    """
+
+    def __init__(
+        self,
+        attempts: int = 3,
+        *,
+        wait: WaitSpec = 0.0,
+        on: OnSpec | Any = Exception,
+        on_result: Callable[[Any], bool] | None = None,
+        deadline: float | None = None,
+        stop: Any = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+        budget: RetryBudget | None = None,
+    ) -> None:
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigError("name", name, "None or a non-empty string", owner="Retry")
+        self.name = name
+        given = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
+        cfg = opt.resolve(OPTIONS, given, owner=self._owner())
+        self._attempts: int = cfg["attempts"]
+        self._wait = cfg["wait"]
+        self._on = cfg["on"]
+        self._on_tenacity = _is_tenacity(self._on, "retry_base")
+        self._on_result: Callable[[Any], bool] | None = cfg["on_result"]
+        self._deadline: float | None = cfg["deadline"]
+        self._stop = cfg["stop"]
+        self._clock: Clock = cfg["clock"] or SYSTEM_CLOCK
+        self._budget: RetryBudget | None = cfg["budget"]
+        # Results need a look only if someone asked to retry on them.
+        self._checks_results = self._on_result is not None or self._on_tenacity
+        # The first attempt's start is read only if something measures from it, and the
+        # budget hears of first attempts only if there is one.
+        self._timed = self._deadline is not None or self._stop is not None
+        self._begins = self._timed or self._budget is not None
+        self._retrying_stub: Any = None
+
+    def _owner(self) -> str:
+        return "Retry" if self.name is None else f"Retry({self.name!r})"
+
+    def __repr__(self) -> str:
+        return f"<{self._owner()} attempts={self._attempts}>"
+
+    # -- the happy path: what every call pays ----------------------------------------
+
+    def _begin(self) -> float:
+        """Before a first attempt: count it for the budget, note when it started."""
+        if self._budget is not None:
+            self._budget._deposit()
+        return self._clock.monotonic() if self._timed else 0.0
+
+    def _retries(self, exc: Exception) -> bool:
+        """Whether ``exc`` is a failure this policy retries (for a plain ``on``)."""
+        return True if self._on_tenacity else bool(self._on(exc))
+
+    def _result_is_failure(self, call: _Call | None, result: object) -> bool:
+        if self._on_result is not None and self._on_result(result):
+            return True
+        if self._on_tenacity:
+            return bool(self._on(_Call.tenacity_state(self, call, None, result)))
+        return False
+
+    # -- wrappers ---------------------------------------------------------------------
+
+    def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        retry = self
+
+        def retried(*args: P.args, **kwargs: P.kwargs) -> R:
+            started = retry._begin() if retry._begins else 0.0
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                if not retry._retries(exc):
+                    raise
+                return _Call(retry, fn, args, kwargs, started).run(exc, None)  # type: ignore[no-any-return]
+            if retry._checks_results and retry._result_is_failure(None, result):
+                return _Call(retry, fn, args, kwargs, started).run(None, result)  # type: ignore[no-any-return]
+            return result
+
+        return retried
+
+    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        retry = self
+
+        async def retried(*args: P.args, **kwargs: P.kwargs) -> R:
+            started = retry._begin() if retry._begins else 0.0
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                if not retry._retries(exc):
+                    raise
+                return await _Call(retry, fn, args, kwargs, started).run_async(exc, None)  # type: ignore[no-any-return]
+            if retry._checks_results and retry._result_is_failure(None, result):
+                return await _Call(retry, fn, args, kwargs, started).run_async(None, result)  # type: ignore[no-any-return]
+            return result
+
+        return retried
+
+    # -- the block form ---------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Attempt]:
+        """``for attempt in retry: with attempt: ...`` runs the block until it succeeds."""
+        return _Attempts(self)
+
+    def __aiter__(self) -> AsyncIterator[Attempt]:
+        """``async for attempt in retry: with attempt: ...``; waits are async and cancellable."""
+        return _Attempts(self)
+
+    def __enter__(self) -> None:
+        raise TypeError(
+            "a with-block runs once and cannot be retried: write"
+            " 'for attempt in retry: with attempt: ...' (or 'async for' in async code)"
+        )
+
+    def __exit__(self, *exc_info: object) -> None:  # pragma: no cover - __enter__ raises
+        return None
+
+
+class _Call:
+    """One call's attempts: created when its first attempt fails, gone when it ends."""
+
+    __slots__ = (
+        "args",
+        "attempt",
+        "fn",
+        "idle",
+        "kwargs",
+        "previous",
+        "retry",
+        "started",
+        "state",
+    )
+
+    def __init__(
+        self,
+        retry: Retry,
+        fn: Callable[..., Any] | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        started: float,
+    ) -> None:
+        self.retry = retry
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.started = started
+        self.attempt = 1  # the attempt that has just ended
+        self.previous: float | None = None  # the last wait, for decorrelated jitter
+        self.idle = 0.0
+        self.state: Any = None  # tenacity's RetryCallState, built only if a strategy needs it
+
+    # -- the decision ----------------------------------------------------------------
+
+    def next_wait(self, exc: BaseException | None, result: object) -> float | None:
+        """After attempt ``self.attempt`` failed (``exc``, or a ``result`` to retry on):
+        seconds to wait before the next one, or None to give up. No I/O."""
+        retry = self.retry
+        mode = testmode.current()
+        limit = retry._attempts
+        if mode.enabled and mode.attempts is not None:
+            limit = min(limit, mode.attempts)
+        if exc is not None and retry._on_tenacity and not retry._on(self._state(exc, result)):
+            return self._give_up(None, "")  # not a failure tenacity's strategy retries
+        if self.attempt >= limit:
+            return self._give_up(exc, f"after {self.attempt} attempts")
+        if retry._stop is not None and retry._stop(self._state(exc, result)):
+            return self._give_up(exc, f"after {self.attempt} attempts: stop strategy")
+        wait = self._wait_after(exc)
+        hint = getattr(exc, "retry_after", None)
+        if isinstance(hint, (int, float)) and not isinstance(hint, bool) and hint > wait:
+            wait = float(hint)  # the downstream (or our own breaker) said when
+        if mode.enabled:
+            wait = 0.0
+        if retry._deadline is not None:
+            now = retry._clock.monotonic()
+            if now + wait > self.started + retry._deadline:
+                return self._give_up(
+                    exc, f"after {self.attempt} attempts: the {retry._deadline}s deadline"
+                )
+        budget = retry._budget
+        if budget is not None and not budget._withdraw():
+            return self._give_up(exc, f"after {self.attempt} attempts: retry budget spent")
+        self.previous = wait
+        return wait
+
+    def _wait_after(self, exc: BaseException | None) -> float:
+        wait = self.retry._wait
+        if isinstance(wait, float):
+            return wait
+        if isinstance(wait, Backoff):
+            value = wait.delay(self.attempt, self.previous)
+        elif _is_tenacity(wait, "wait_base"):
+            value = wait(self._state(exc, None))
+        else:
+            value = wait(self.attempt, exc)
+        try:
+            return opt.duration(allow_zero=True)(value)  # type: ignore[no-any-return]
+        except opt.Invalid:
+            raise ConfigError(
+                "wait",
+                value,
+                f"the wait strategy to return seconds >= 0 (after attempt {self.attempt})",
+                owner=self.retry._owner(),
+            ) from None
+
+    def _give_up(self, exc: BaseException | None, why: str) -> float | None:
+        if exc is not None and why:
+            note = f"{self.retry._owner()}: gave up {why}"
+            if sys.version_info >= (3, 11):
+                exc.add_note(note)
+            else:  # pragma: no cover - PEP 678 notes arrived in 3.11; keep the attribute
+                exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
+        return None  # "give up", as next_wait says it
+
+    def _state(self, exc: BaseException | None, result: object) -> Any:
+        return _Call.tenacity_state(self.retry, self, exc, result)
+
+    @staticmethod
+    def tenacity_state(
+        retry: Retry, call: _Call | None, exc: BaseException | None, result: object
+    ) -> Any:
+        """tenacity's RetryCallState for this attempt, for tenacity's own strategies."""
+        import tenacity
+
+        if retry._retrying_stub is None:
+            retry._retrying_stub = tenacity.Retrying()
+        state = call.state if call is not None else None
+        if state is None:
+            fn = call.fn if call is not None else None
+            args = call.args if call is not None else ()
+            kwargs = call.kwargs if call is not None else {}
+            state = tenacity.RetryCallState(retry._retrying_stub, fn, args, kwargs)
+            state.start_time = call.started if call is not None else retry._clock.monotonic()
+            if call is not None:
+                call.state = state
+        state.attempt_number = call.attempt if call is not None else 1
+        state.idle_for = call.idle if call is not None else 0.0
+        outcome = tenacity.Future(state.attempt_number)
+        if exc is not None:
+            outcome.set_exception(exc)
+        else:
+            outcome.set_result(result)
+        state.outcome = outcome
+        state.outcome_timestamp = retry._clock.monotonic()
+        return state
+
+    # -- the two loops: the only code that knows sync from async ------------------------
+
+    def run(self, exc: BaseException | None, result: Any) -> Any:
+        retry, fn = self.retry, self.fn
+        assert fn is not None
+        while True:
+            wait = self.next_wait(exc, result)
+            if wait is None:
+                if exc is not None:
+                    raise exc
+                return result
+            if wait > 0:
+                retry._clock.sleep(wait)
+                self.idle += wait
+            self.attempt += 1
+            try:
+                result, exc = fn(*self.args, **self.kwargs), None
+            except Exception as failure:
+                if not retry._retries(failure):
+                    raise
+                exc = failure
+                continue
+            if not (retry._checks_results and retry._result_is_failure(self, result)):
+                return result
+
+    async def run_async(self, exc: BaseException | None, result: Any) -> Any:
+        retry, fn = self.retry, self.fn
+        assert fn is not None
+        while True:
+            wait = self.next_wait(exc, result)
+            if wait is None:
+                if exc is not None:
+                    raise exc
+                return result
+            if wait > 0:
+                await retry._clock.sleep_async(wait)
+                self.idle += wait
+            self.attempt += 1
+            try:
+                result, exc = await fn(*self.args, **self.kwargs), None
+            except Exception as failure:
+                if not retry._retries(failure):
+                    raise
+                exc = failure
+                continue
+            if not (retry._checks_results and retry._result_is_failure(self, result)):
+                return result
+
+
+class Attempt:
+    """One attempt of the block form: ``with attempt:`` around the code to retry.
+
+    Leaving the block with an exception that will be retried suppresses it (the loop
+    then waits and goes round again); one that will not is let through, untouched.
+    """
+
+    __slots__ = ("_attempts", "number")
+
+    def __init__(self, attempts: _Attempts, number: int) -> None:
+        self._attempts = attempts
+        self.number = number
+
+    def __enter__(self) -> Attempt:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return self._attempts.ended(exc)
+
+    def __repr__(self) -> str:
+        return f"<Attempt {self.number}>"
+
+
+class _Attempts:
+    """The iterator behind ``for attempt in retry`` and ``async for attempt in retry``."""
+
+    __slots__ = ("call", "done", "retry", "started", "wait")
+
+    def __init__(self, retry: Retry) -> None:
+        self.retry = retry
+        self.call: _Call | None = None
+        self.done = False
+        self.wait: float | None = None  # set when an attempt failed and will be retried
+        self.started = 0.0
+
+    def _next(self) -> Attempt:
+        if self.done:
+            raise StopIteration
+        if self.call is None:
+            self.started = self.retry._begin()
+            self.call = _Call(self.retry, None, (), {}, self.started)
+            return Attempt(self, 1)
+        if self.wait is None:  # the last attempt was left without failing: done
+            self.done = True
+            raise StopIteration
+        self.call.attempt += 1
+        self.wait = None
+        return Attempt(self, self.call.attempt)
+
+    def __iter__(self) -> Iterator[Attempt]:
+        return self
+
+    def __next__(self) -> Attempt:
+        if self.wait:
+            self.retry._clock.sleep(self.wait)
+            if self.call is not None:
+                self.call.idle += self.wait
+        return self._next()
+
+    def __aiter__(self) -> AsyncIterator[Attempt]:
+        return self
+
+    async def __anext__(self) -> Attempt:
+        if self.wait:
+            await self.retry._clock.sleep_async(self.wait)
+            if self.call is not None:
+                self.call.idle += self.wait
+        try:
+            return self._next()
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    def ended(self, exc: BaseException | None) -> bool:
+        """An attempt's block ended: True to swallow ``exc`` and go round again."""
+        call = self.call
+        assert call is not None
+        if exc is None or not isinstance(exc, Exception) or not self.retry._retries(exc):
+            self.done = True
+            return False
+        wait = call.next_wait(exc, None)
+        if wait is None:
+            self.done = True
+            return False
+        self.wait = wait
+        return True
