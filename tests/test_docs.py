@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resilient._breaker import OPTIONS
-from resilient._core.options import markdown_table
+import pytest
+
+from resilient import _breaker, _budget, _retry
+from resilient._core.options import Option, markdown_table
 
 DOCS = Path(__file__).parent.parent / "docs"
 
 
-def test_breaker_options_table_matches_the_declarations() -> None:
-    assert markdown_table(OPTIONS) in (DOCS / "breaker.md").read_text()
+@pytest.mark.parametrize(
+    ("page", "options"),
+    [
+        ("breaker.md", _breaker.OPTIONS),
+        ("retry.md", _retry.OPTIONS),
+        ("retry.md", _budget.OPTIONS),
+    ],
+)
+def test_options_tables_match_the_declarations(page: str, options: tuple[Option, ...]) -> None:
+    assert markdown_table(options) in (DOCS / page).read_text()
 
 
 def test_ci_runs_the_readme_test_command() -> None:
