@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing_extensions import assert_type
 
-from resilient import CircuitBreaker
+from resilient import CircuitBreaker, Fallback, Retry, backoff
 
 breaker = CircuitBreaker("typing")
 timed = CircuitBreaker("t", window_type="time", window_size=0.5, slow_call_duration=0.1)
@@ -58,3 +58,32 @@ async def use() -> None:
         pass
     async with breaker:
         pass
+
+
+retry = Retry(3, wait=backoff.exponential(), on=(ConnectionError, TimeoutError))
+fallback = Fallback(0)
+
+
+@retry
+def compute(a: int) -> int:
+    return a
+
+
+@fallback
+@retry
+async def acompute(a: int) -> int:
+    return a
+
+
+async def use_retry() -> None:
+    assert_type(compute(1), int)
+    assert_type(await acompute(1), int)
+    assert_type(retry.call(compute, 2), int)
+    assert_type(await retry.call_async(acompute, 2), int)
+    compute("x")  # type: ignore[arg-type]
+    for attempt in retry:
+        with attempt:
+            pass
+    async for attempt in retry:
+        with attempt:
+            pass
