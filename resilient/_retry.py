@@ -50,6 +50,26 @@ def _is_tenacity(value: object, kind: str) -> bool:
     return base is not None and isinstance(value, base)
 
 
+def _judges_results(strategy: object) -> bool:
+    """Whether a tenacity retry strategy can ask to retry a *returned* value.
+
+    Most look at exceptions only; for those a successful call need not build tenacity's
+    RetryCallState (a Future and a Condition: microseconds) just to be told no.
+    """
+    module = sys.modules["tenacity.retry"]
+    if isinstance(strategy, (module.retry_any, module.retry_all)):
+        return any(_judges_results(child) for child in strategy.retries)
+    exception_only = (
+        module.retry_if_exception,
+        module.retry_if_exception_cause_type,
+        type(module.retry_never),
+    )
+    return not isinstance(strategy, exception_only) or isinstance(
+        strategy,
+        module.retry_unless_exception_type,  # it retries every success
+    )
+
+
 def _check_wait(value: Any) -> Any:
     if _is_tenacity(value, "wait_base") or isinstance(value, Backoff):
         return value
@@ -182,7 +202,8 @@ class Retry(Decorates):
         self._clock: Clock = cfg["clock"] or SYSTEM_CLOCK
         self._budget: RetryBudget | None = cfg["budget"]
         # Results need a look only if someone asked to retry on them.
-        self._checks_results = self._on_result is not None or self._on_tenacity
+        self._on_judges_results = self._on_tenacity and _judges_results(self._on)
+        self._checks_results = self._on_result is not None or self._on_judges_results
         # The first attempt's start is read only if something measures from it, and the
         # budget hears of first attempts only if there is one.
         self._timed = self._deadline is not None or self._stop is not None
@@ -210,7 +231,7 @@ class Retry(Decorates):
     def _result_is_failure(self, call: _Call | None, result: object) -> bool:
         if self._on_result is not None and self._on_result(result):
             return True
-        if self._on_tenacity:
+        if self._on_judges_results:
             return bool(self._on(_Call.tenacity_state(self, call, None, result)))
         return False
 
@@ -317,14 +338,17 @@ class _Call:
             return self._give_up(None, "")  # not a failure tenacity's strategy retries
         if self.attempt >= limit:
             return self._give_up(exc, f"after {self.attempt} attempts")
-        if retry._stop is not None and retry._stop(self._state(exc, result)):
-            return self._give_up(exc, f"after {self.attempt} attempts: stop strategy")
         wait = self._wait_after(exc)
         hint = getattr(exc, "retry_after", None)
         if isinstance(hint, (int, float)) and not isinstance(hint, bool) and hint > wait:
             wait = float(hint)  # the downstream (or our own breaker) said when
         if mode.enabled:
             wait = 0.0
+        if retry._stop is not None:
+            state = self._state(exc, result)
+            state.upcoming_sleep = wait  # as tenacity does: stop_before_delay reads it
+            if retry._stop(state):
+                return self._give_up(exc, f"after {self.attempt} attempts: stop strategy")
         if retry._deadline is not None:
             now = retry._clock.monotonic()
             if now + wait > self.started + retry._deadline:
@@ -407,7 +431,10 @@ class _Call:
             wait = self.next_wait(exc, result)
             if wait is None:
                 if exc is not None:
-                    raise exc
+                    try:
+                        raise exc
+                    finally:  # no frame -> traceback -> exception -> frame cycle for the GC
+                        exc = None
                 return result
             if wait > 0:
                 retry._clock.sleep(wait)
@@ -430,7 +457,10 @@ class _Call:
             wait = self.next_wait(exc, result)
             if wait is None:
                 if exc is not None:
-                    raise exc
+                    try:
+                        raise exc
+                    finally:  # no frame -> traceback -> exception -> frame cycle for the GC
+                        exc = None
                 return result
             if wait > 0:
                 await retry._clock.sleep_async(wait)
