@@ -9,6 +9,7 @@ the stack of that call, never on the shared :class:`Retry`.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from types import TracebackType
@@ -57,17 +58,19 @@ def _judges_results(strategy: object) -> bool:
     RetryCallState (a Future and a Condition: microseconds) just to be told no.
     """
     module = sys.modules["tenacity.retry"]
-    if isinstance(strategy, (module.retry_any, module.retry_all)):
-        return any(_judges_results(child) for child in strategy.retries)
-    exception_only = (
+    if type(strategy) in (module.retry_any, module.retry_all):
+        return any(_judges_results(child) for child in strategy.retries)  # type: ignore[attr-defined]
+    # Exact types: a subclass (ours or tenacity's, e.g. retry_unless_exception_type,
+    # which retries every success) may judge results however it likes.
+    exception_only = {
         module.retry_if_exception,
+        module.retry_if_exception_type,
+        module.retry_if_not_exception_type,
+        module.retry_if_exception_message,
         module.retry_if_exception_cause_type,
         type(module.retry_never),
-    )
-    return not isinstance(strategy, exception_only) or isinstance(
-        strategy,
-        module.retry_unless_exception_type,  # it retries every success
-    )
+    }
+    return type(strategy) not in exception_only
 
 
 def _check_wait(value: Any) -> Any:
@@ -290,6 +293,19 @@ class Retry(Decorates):
     def __exit__(self, *exc_info: object) -> None:  # pragma: no cover - __enter__ raises
         return None
 
+    async def __aenter__(self) -> None:
+        raise TypeError(
+            "an async with-block runs once and cannot be retried: write"
+            " 'async for attempt in retry: with attempt: ...'"
+        )
+
+    async def __aexit__(self, *exc_info: object) -> None:  # pragma: no cover
+        return None
+
+
+def _attempts(n: int) -> str:
+    return "1 attempt" if n == 1 else f"{n} attempts"
+
 
 class _Call:
     """One call's attempts: created when its first attempt fails, gone when it ends."""
@@ -337,10 +353,15 @@ class _Call:
         if exc is not None and retry._on_tenacity and not retry._on(self._state(exc, result)):
             return self._give_up(None, "")  # not a failure tenacity's strategy retries
         if self.attempt >= limit:
-            return self._give_up(exc, f"after {self.attempt} attempts")
+            return self._give_up(exc, f"after {_attempts(self.attempt)}")
         wait = self._wait_after(exc)
         hint = getattr(exc, "retry_after", None)
-        if isinstance(hint, (int, float)) and not isinstance(hint, bool) and hint > wait:
+        if (
+            isinstance(hint, (int, float))
+            and not isinstance(hint, bool)
+            and math.isfinite(hint)  # a nonsense hint is no reason to wait forever
+            and hint > wait
+        ):
             wait = float(hint)  # the downstream (or our own breaker) said when
         if mode.enabled:
             wait = 0.0
@@ -348,16 +369,16 @@ class _Call:
             state = self._state(exc, result)
             state.upcoming_sleep = wait  # as tenacity does: stop_before_delay reads it
             if retry._stop(state):
-                return self._give_up(exc, f"after {self.attempt} attempts: stop strategy")
+                return self._give_up(exc, f"after {_attempts(self.attempt)}: stop strategy")
         if retry._deadline is not None:
             now = retry._clock.monotonic()
             if now + wait > self.started + retry._deadline:
                 return self._give_up(
-                    exc, f"after {self.attempt} attempts: the {retry._deadline}s deadline"
+                    exc, f"after {_attempts(self.attempt)}: the {retry._deadline}s deadline"
                 )
         budget = retry._budget
         if budget is not None and not budget._withdraw():
-            return self._give_up(exc, f"after {self.attempt} attempts: retry budget spent")
+            return self._give_up(exc, f"after {_attempts(self.attempt)}: retry budget spent")
         self.previous = wait
         return wait
 

@@ -47,6 +47,7 @@ class Flavour:
                 return policy.call(body)
             with policy:
                 return body()
+            return None  # the policy swallowed the exception (a Fallback does)
 
         async def abody() -> Any:
             await anyio.lowlevel.checkpoint()

@@ -168,7 +168,9 @@ def clock(*needs: str) -> Checker:
     """None for the system clock, or an object with the methods named in ``needs``."""
 
     def check(value: Any) -> Any:
-        if value is not None and not all(callable(getattr(value, n, None)) for n in needs):
+        if value is not None and (
+            isinstance(value, type) or not all(callable(getattr(value, n, None)) for n in needs)
+        ):
             raise Invalid
         return value
 
