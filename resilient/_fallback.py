@@ -51,12 +51,12 @@ class Fallback(Decorates):
         if handler is not None and (not callable(handler) or isinstance(handler, type)):
             raise ConfigError("handler", handler, "a callable(exception)", owner="Fallback")
         try:
-            self._on = opt.exception_filter(on)
+            self._on = opt.exception_filter(on, catchable=True)
         except opt.Invalid:
             raise ConfigError(
                 "on",
                 on,
-                "an exception type, a tuple of them, or a predicate(exc) -> bool",
+                "an Exception subclass, a tuple of them, or a predicate(exc) -> bool",
                 owner="Fallback",
             ) from None
         self._value = value
@@ -68,6 +68,12 @@ class Fallback(Decorates):
 
     def _recover(self, exc: Exception) -> Any:
         return self._value if self._handler is None else self._handler(exc)
+
+    async def _recover_async(self, exc: Exception) -> Any:
+        if self._handler is None:
+            return self._value  # a value is returned as given, awaitable or not
+        answer = self._handler(exc)
+        return await answer if inspect.isawaitable(answer) else answer
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         if self._async_handler:
@@ -96,10 +102,7 @@ class Fallback(Decorates):
             except Exception as exc:
                 if not fallback._catches(exc):
                     raise
-                answer = fallback._recover(exc)
-                if inspect.isawaitable(answer):
-                    answer = await answer
-                return answer  # type: ignore[no-any-return]
+                return await fallback._recover_async(exc)  # type: ignore[no-any-return]
 
         return guarded
 
@@ -132,9 +135,7 @@ class Fallback(Decorates):
     ) -> bool:
         if not isinstance(exc, Exception) or not self._catches(exc):
             return False
-        answer = self._recover(exc)
-        if inspect.isawaitable(answer):
-            await answer
+        await self._recover_async(exc)
         return True
 
     def __repr__(self) -> str:

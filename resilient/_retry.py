@@ -2,9 +2,10 @@
 
 The decision (retry or give up, and how long to wait) is made in one place,
 :meth:`_Call.next_wait`, without doing any I/O; the sync and async loops around it only
-sleep and call. A first attempt that succeeds goes through a few attribute reads and
-nothing else: per-call state (:class:`_Call`) is created when a first attempt fails, on
-the stack of that call, never on the shared :class:`Retry`.
+sleep and call. Through the decorator, a first attempt that succeeds costs a few
+attribute reads (plus a clock read when a deadline, stop strategy or budget needs the
+start): per-call state (:class:`_Call`) is created when a first attempt fails, on the
+stack of that call, never on the shared :class:`Retry`.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def _check_wait(value: Any) -> Any:
 def _check_on(value: Any) -> Any:
     if _is_tenacity(value, "retry_base"):
         return value
-    return opt.exception_filter(value)
+    return opt.exception_filter(value, catchable=True)
 
 
 def _check_stop(value: Any) -> Any:
@@ -122,7 +123,7 @@ OPTIONS = (
         "on",
         Exception,
         _check_on,
-        "an exception type, a tuple of them, a predicate(exc) -> bool,"
+        "an Exception subclass, a tuple of them, a predicate(exc) -> bool,"
         " or a tenacity retry strategy",
         "Which failures to retry. Cancellation, KeyboardInterrupt, SystemExit and"
         " GeneratorExit never are, whatever this says.",
@@ -209,7 +210,12 @@ class Retry(Decorates):
         self._checks_results = self._on_result is not None or self._on_judges_results
         # The first attempt's start is read only if something measures from it, and the
         # budget hears of first attempts only if there is one.
-        self._timed = self._deadline is not None or self._stop is not None
+        self._timed = (
+            self._deadline is not None
+            or self._stop is not None
+            or self._on_tenacity
+            or _is_tenacity(self._wait, "wait_base")  # tenacity reads seconds_since_start
+        )
         self._begins = self._timed or self._budget is not None
         self._retrying_stub: Any = None
 
@@ -246,14 +252,18 @@ class Retry(Decorates):
         def retried(*args: P.args, **kwargs: P.kwargs) -> R:
             started = retry._begin() if retry._begins else 0.0
             try:
-                result = fn(*args, **kwargs)
+                result: Any = fn(*args, **kwargs)
             except Exception as exc:
                 if not retry._retries(exc):
                     raise
-                return _Call(retry, fn, args, kwargs, started).run(exc, None)  # type: ignore[no-any-return]
-            if retry._checks_results and retry._result_is_failure(None, result):
-                return _Call(retry, fn, args, kwargs, started).run(None, result)  # type: ignore[no-any-return]
-            return result
+                first: Exception | None = exc
+                result = None
+            else:
+                if not (retry._checks_results and retry._result_is_failure(None, result)):
+                    return result  # type: ignore[no-any-return]
+                first = None
+            # Out of the except block: later attempts must not chain to the first.
+            return _Call(retry, fn, args, kwargs, started).run(first, result)  # type: ignore[no-any-return]
 
         return retried
 
@@ -263,14 +273,18 @@ class Retry(Decorates):
         async def retried(*args: P.args, **kwargs: P.kwargs) -> R:
             started = retry._begin() if retry._begins else 0.0
             try:
-                result = await fn(*args, **kwargs)
+                result: Any = await fn(*args, **kwargs)
             except Exception as exc:
                 if not retry._retries(exc):
                     raise
-                return await _Call(retry, fn, args, kwargs, started).run_async(exc, None)  # type: ignore[no-any-return]
-            if retry._checks_results and retry._result_is_failure(None, result):
-                return await _Call(retry, fn, args, kwargs, started).run_async(None, result)  # type: ignore[no-any-return]
-            return result
+                first: Exception | None = exc
+                result = None
+            else:
+                if not (retry._checks_results and retry._result_is_failure(None, result)):
+                    return result  # type: ignore[no-any-return]
+                first = None
+            # Out of the except block: later attempts must not chain to the first.
+            return await _Call(retry, fn, args, kwargs, started).run_async(first, result)  # type: ignore[no-any-return]
 
         return retried
 
@@ -354,7 +368,7 @@ class _Call:
             return self._give_up(None, "")  # not a failure tenacity's strategy retries
         if self.attempt >= limit:
             return self._give_up(exc, f"after {_attempts(self.attempt)}")
-        wait = self._wait_after(exc)
+        wait = own = self._wait_after(exc)
         hint = getattr(exc, "retry_after", None)
         if (
             isinstance(hint, (int, float))
@@ -379,7 +393,7 @@ class _Call:
         budget = retry._budget
         if budget is not None and not budget._withdraw():
             return self._give_up(exc, f"after {_attempts(self.attempt)}: retry budget spent")
-        self.previous = wait
+        self.previous = own  # decorrelated jitter grows from its own last wait, not a hint
         return wait
 
     def _wait_after(self, exc: BaseException | None) -> float:
@@ -502,7 +516,8 @@ class Attempt:
     """One attempt of the block form: ``with attempt:`` around the code to retry.
 
     Leaving the block with an exception that will be retried suppresses it (the loop
-    then waits and goes round again); one that will not is let through, untouched.
+    then waits and goes round again); one that will not is let through (with a note
+    saying why, when the retry gave up).
     """
 
     __slots__ = ("_attempts", "number")
@@ -529,11 +544,12 @@ class Attempt:
 class _Attempts:
     """The iterator behind ``for attempt in retry`` and ``async for attempt in retry``."""
 
-    __slots__ = ("call", "done", "retry", "started", "wait")
+    __slots__ = ("call", "done", "number", "retry", "started", "wait")
 
     def __init__(self, retry: Retry) -> None:
         self.retry = retry
-        self.call: _Call | None = None
+        self.call: _Call | None = None  # made on the first failure, as by the decorator
+        self.number = 0
         self.done = False
         self.wait: float | None = None  # set when an attempt failed and will be retried
         self.started = 0.0
@@ -541,16 +557,14 @@ class _Attempts:
     def _next(self) -> Attempt:
         if self.done:
             raise StopIteration
-        if self.call is None:
-            self.started = self.retry._begin()
-            self.call = _Call(self.retry, None, (), {}, self.started)
-            return Attempt(self, 1)
-        if self.wait is None:  # the last attempt was left without failing: done
+        if self.number == 0:
+            self.started = self.retry._begin() if self.retry._begins else 0.0
+        elif self.wait is None:  # the last attempt was left without failing: done
             self.done = True
             raise StopIteration
-        self.call.attempt += 1
+        self.number += 1
         self.wait = None
-        return Attempt(self, self.call.attempt)
+        return Attempt(self, self.number)
 
     def __iter__(self) -> Iterator[Attempt]:
         return self
@@ -558,8 +572,7 @@ class _Attempts:
     def __next__(self) -> Attempt:
         if self.wait:
             self.retry._clock.sleep(self.wait)
-            if self.call is not None:
-                self.call.idle += self.wait
+            self._waited(self.wait)
         return self._next()
 
     def __aiter__(self) -> AsyncIterator[Attempt]:
@@ -568,21 +581,25 @@ class _Attempts:
     async def __anext__(self) -> Attempt:
         if self.wait:
             await self.retry._clock.sleep_async(self.wait)
-            if self.call is not None:
-                self.call.idle += self.wait
+            self._waited(self.wait)
         try:
             return self._next()
         except StopIteration:
             raise StopAsyncIteration from None
 
+    def _waited(self, seconds: float) -> None:
+        if self.call is not None:
+            self.call.idle += seconds
+
     def ended(self, exc: BaseException | None) -> bool:
         """An attempt's block ended: True to swallow ``exc`` and go round again."""
-        call = self.call
-        assert call is not None
         if exc is None or not isinstance(exc, Exception) or not self.retry._retries(exc):
             self.done = True
             return False
-        wait = call.next_wait(exc, None)
+        if self.call is None:
+            self.call = _Call(self.retry, None, (), {}, self.started)
+        self.call.attempt = self.number
+        wait = self.call.next_wait(exc, None)
         if wait is None:
             self.done = True
             return False

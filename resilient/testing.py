@@ -8,6 +8,7 @@ from types import TracebackType
 import anyio
 
 from resilient._core import testmode
+from resilient._errors import ConfigError
 
 __all__ = ["ManualClock", "set_testing"]
 
@@ -26,10 +27,15 @@ class set_testing:
         if attempts is not None and (
             isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1
         ):
-            raise ValueError(f"set_testing(attempts={attempts!r}): expected None or an int >= 1")
-        self._previous = testmode.replace(testmode.TestMode(bool(enabled), attempts))
+            raise ConfigError(
+                "attempts", attempts, "None or a whole number >= 1", owner="set_testing"
+            )
+        self._mode = testmode.TestMode(bool(enabled), attempts)
+        self._previous = testmode.replace(self._mode)
 
     def __enter__(self) -> set_testing:
+        if testmode.current() is not self._mode:  # made earlier, entered now
+            self._previous = testmode.replace(self._mode)
         return self
 
     def __exit__(

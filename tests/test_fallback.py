@@ -397,3 +397,17 @@ def test_fallback_around_retry_around_circuit_breaker(mode: str) -> None:
     assert call() == "fresh"
     assert calls == [0.0, 1.0, 11.0]
     assert len(handler.seen) == 1
+
+
+def test_an_awaitable_value_is_returned_as_given() -> None:
+    async def main() -> None:
+        future = asyncio.get_running_loop().create_future()
+        future.set_result("inner")
+
+        @Fallback(future)
+        async def fails() -> Any:
+            raise ConnectionError
+
+        assert await fails() is future
+
+    anyio.run(main)

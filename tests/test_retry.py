@@ -1310,9 +1310,11 @@ BAD = [
     ("wait", math.inf, "seconds >= 0"),
     ("wait", "1s", "seconds >= 0"),
     ("wait", ValueError, "seconds >= 0"),
-    ("on", "ValueError", "exception type"),
-    ("on", int, "exception type"),
-    ("on", (ValueError, "KeyError"), "exception type"),
+    ("on", "ValueError", "Exception subclass"),
+    ("on", int, "Exception subclass"),
+    ("on", (ValueError, "KeyError"), "Exception subclass"),
+    ("on", KeyboardInterrupt, "Exception subclass"),
+    ("on", (ValueError, asyncio.CancelledError), "Exception subclass"),
     ("on_result", 5, "predicate"),
     ("on_result", int, "predicate"),
     ("deadline", 0, "seconds > 0"),
@@ -1426,3 +1428,78 @@ def test_async_with_retry_points_to_async_for() -> None:
 def test_a_clock_class_instead_of_an_instance_is_refused() -> None:
     with pytest.raises(ConfigError, match="clock"):
         Retry(clock=ManualClock)  # type: ignore[arg-type]
+
+
+class TestReviewFindings:
+    """Pinned down after an independent review of Retry and Fallback."""
+
+    def test_later_attempts_do_not_chain_to_the_first(self) -> None:
+        attempts = iter(range(1, 4))
+
+        def fails() -> None:
+            raise ValueError(f"attempt {next(attempts)}")
+
+        with pytest.raises(ValueError, match="attempt 3") as info:
+            Retry(3).call(fails)
+        assert info.value.__context__ is None
+
+    def test_block_form_builds_no_call_state_on_success(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        made = []
+        real = resilient._retry._Call
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            made.append(1)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(resilient._retry, "_Call", counting)
+        for attempt in Retry(3):
+            with attempt:
+                pass
+        assert made == []
+
+    def test_a_hint_does_not_feed_decorrelated_jitter(self) -> None:
+        class Throttled(Exception):
+            retry_after = 20.0
+
+        clock = ManualClock()
+        starts: list[float] = []
+
+        def throttled_once() -> None:
+            starts.append(clock.monotonic())
+            if len(starts) == 1:
+                raise Throttled
+            if len(starts) == 2:
+                raise ConnectionError
+
+        strategy = exponential(base=0.1, cap=30.0, jitter="decorrelated", rng=random.Random(1))
+        Retry(3, wait=strategy, clock=clock).call(throttled_once)
+        assert starts[1] == 20.0
+        assert starts[2] - starts[1] <= 3 * 0.3 + 1e-9  # grew from ~0.1..0.3, not from 20
+
+    def test_tenacity_strategies_see_time_since_the_first_attempt(self) -> None:
+        clock = ManualClock(start=5000.0)
+        seen: list[float] = []
+
+        class Elapsed(tenacity.wait.wait_base):  # type: ignore[misc]
+            def __call__(self, retry_state: Any) -> float:
+                seen.append(retry_state.seconds_since_start)
+                return 1.0
+
+        script_calls = []
+
+        def fails() -> None:
+            script_calls.append(1)
+            raise ConnectionError
+
+        with pytest.raises(ConnectionError):
+            Retry(3, wait=Elapsed(), clock=clock).call(fails)
+        assert seen == [0.0, 1.0]
+
+    def test_set_testing_made_early_applies_when_entered(self) -> None:
+        early = set_testing(attempts=1)
+        set_testing(False)
+        with early:
+            assert testmode.current() == testmode.TestMode(True, 1)
+        assert testmode.current() == testmode.TestMode(False, None)

@@ -136,13 +136,21 @@ def predicate(value: Any) -> Any:
 ExceptionFilter = Callable[[BaseException], bool]
 
 
-def exception_filter(value: Any) -> ExceptionFilter:
-    """An exception type, a tuple of them, or a predicate on the exception; as a predicate."""
-    if isinstance(value, type) and issubclass(value, BaseException):
+def exception_filter(value: Any, *, catchable: bool = False) -> ExceptionFilter:
+    """An exception type, a tuple of them, or a predicate on the exception; as a predicate.
+
+    ``catchable``: for a policy that only ever sees ``Exception``s, a type that could never
+    match one (KeyboardInterrupt, CancelledError...) is a mistake, not a setting.
+    """
+
+    def ok(t: Any) -> bool:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            return False
+        return not catchable or issubclass(t, Exception) or issubclass(Exception, t)
+
+    if ok(value):
         types: tuple[type[BaseException], ...] = (value,)
-    elif isinstance(value, tuple) and all(
-        isinstance(t, type) and issubclass(t, BaseException) for t in value
-    ):
+    elif isinstance(value, tuple) and all(ok(t) for t in value):
         types = value
     elif callable(value) and not isinstance(value, type):
         return value  # type: ignore[no-any-return]
