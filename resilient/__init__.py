@@ -13,7 +13,13 @@ from importlib import metadata as _metadata
 from resilient._breaker import BreakerMetrics, CircuitBreaker, State, StateChange
 from resilient._budget import RetryBudget
 from resilient._core.clock import Clock, MonotonicClock, SystemClock
-from resilient._errors import CircuitOpenError, ConfigError, RejectedError, ResilienceError
+from resilient._errors import (
+    CircuitOpenError,
+    ConfigError,
+    RejectedError,
+    ResilienceError,
+    UsageError,
+)
 from resilient._fallback import Fallback
 from resilient._retry import Attempt, Retry
 
@@ -38,6 +44,7 @@ __all__ = [
     "State",
     "StateChange",
     "SystemClock",
+    "UsageError",
     "__version__",
 ]
 

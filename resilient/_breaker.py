@@ -38,7 +38,7 @@ from resilient._core.window import (
     count_window,
     time_window,
 )
-from resilient._errors import CircuitOpenError, ConfigError
+from resilient._errors import CircuitOpenError, ConfigError, UsageError
 
 __all__ = ["BreakerMetrics", "CircuitBreaker", "State", "StateChange"]
 
@@ -401,7 +401,7 @@ class CircuitBreaker(GuardForms):
             ):
                 return _FAILED[outcome]
             return outcome
-        if not isinstance(exc, Exception):
+        if not isinstance(exc, Exception) or isinstance(exc, UsageError):
             return None  # cancellation, KeyboardInterrupt, SystemExit, GeneratorExit
         if self._is_ignored(exc):
             return None

@@ -6,6 +6,7 @@
       RejectedError (name, retry_after)   a policy refused to run the call
         CircuitOpenError (state)
       ConfigError (also ValueError)       an option got a value outside its range
+      UsageError (also TypeError)         a policy was called the wrong way
 
 Each error also subclasses the stdlib parent that a caller would naturally catch, so
 ``except ValueError`` still sees a bad option.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CircuitOpenError", "ConfigError", "RejectedError", "ResilienceError"]
+__all__ = ["CircuitOpenError", "ConfigError", "RejectedError", "ResilienceError", "UsageError"]
 
 
 class ResilienceError(Exception):
@@ -99,3 +100,11 @@ class ConfigError(ResilienceError, ValueError):
 
 def _rebuild_config_error(option: str, value: object, expected: str, owner: str) -> ConfigError:
     return ConfigError(option, value, expected, owner=owner)
+
+
+class UsageError(ResilienceError, TypeError):
+    """A mistake in how a policy was called, not an outcome of the call.
+
+    No policy counts it as a failure, retries it or falls back from it: it says the
+    code is wrong, and hiding it would be the worst answer.
+    """

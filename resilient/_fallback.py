@@ -14,7 +14,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from resilient._core import options as opt
 from resilient._core.decorate import Decorates, is_async_callable
-from resilient._errors import ConfigError
+from resilient._errors import ConfigError, UsageError
 
 __all__ = ["Fallback"]
 
@@ -64,7 +64,7 @@ class Fallback(Decorates):
         self._async_handler = handler is not None and is_async_callable(handler)
 
     def _catches(self, exc: Exception) -> bool:
-        return bool(self._on(exc))
+        return not isinstance(exc, UsageError) and bool(self._on(exc))
 
     def _recover(self, exc: Exception) -> Any:
         return self._value if self._handler is None else self._handler(exc)

@@ -21,7 +21,7 @@ from resilient._core import options as opt
 from resilient._core import testmode
 from resilient._core.clock import SYSTEM_CLOCK, Clock
 from resilient._core.decorate import Decorates
-from resilient._errors import ConfigError
+from resilient._errors import ConfigError, UsageError
 from resilient.backoff import Backoff
 
 __all__ = ["Retry"]
@@ -235,6 +235,8 @@ class Retry(Decorates):
 
     def _retries(self, exc: Exception) -> bool:
         """Whether ``exc`` is a failure this policy retries (for a plain ``on``)."""
+        if isinstance(exc, UsageError):
+            return False
         return True if self._on_tenacity else bool(self._on(exc))
 
     def _result_is_failure(self, call: _Call | None, result: object) -> bool:

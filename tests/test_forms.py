@@ -248,3 +248,28 @@ def test_with_blocks_do_not_grow_the_context() -> None:
         with CircuitBreaker():
             pass
     assert len(contextvars.copy_context()) <= before + 1
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_call_async_with_a_sync_function_is_a_usage_error(backend: str) -> None:
+    """Not counted by a breaker, not retried, not replaced by a fallback."""
+    from resilient import Fallback, Retry, UsageError
+
+    calls = []
+
+    def sync() -> int:
+        calls.append(1)
+        return 42
+
+    async def awaitable() -> int:
+        return 7
+
+    b = CircuitBreaker(min_calls=1, window_size=1)
+    for policy in (b, Retry(3), Fallback(0)):
+        with pytest.raises(UsageError, match="cannot be awaited"):
+            anyio.run(policy.call_async, sync, backend=backend)
+        # a plain function that returns an awaitable is fine
+        assert anyio.run(policy.call_async, lambda: awaitable(), backend=backend) == 7
+    assert len(calls) == 3  # once per policy: never retried
+    assert b.state is State.CLOSED
+    assert b.metrics.failures == 0

@@ -31,6 +31,8 @@ from contextvars import ContextVar
 from types import CodeType, TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
+from resilient._errors import UsageError
+
 __all__ = ["NO_RESULT", "Decorates", "GuardForms", "is_async_callable"]
 
 P = ParamSpec("P")
@@ -142,8 +144,28 @@ class Decorates:
     async def call_async(
         self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
     ) -> R:
-        """Await ``fn(*args, **kwargs)`` through this policy."""
+        """Await ``fn(*args, **kwargs)`` through this policy.
+
+        ``fn`` may also be a plain function that returns an awaitable (a lambda around a
+        coroutine call); one that returns anything else raises :class:`UsageError`,
+        which no policy counts, retries or replaces.
+        """
+        if not _is_async(self, fn):
+            fn = _awaiting(fn)
         return await self._wrap_async(fn)(*args, **kwargs)
+
+
+def _awaiting(fn: Callable[P, Any]) -> Callable[P, Coroutine[Any, Any, Any]]:
+    async def awaited(*args: P.args, **kwargs: P.kwargs) -> Any:
+        awaitable = fn(*args, **kwargs)
+        if not inspect.isawaitable(awaitable):
+            raise UsageError(
+                f"call_async({fn!r}): it returned {awaitable!r}, which cannot be awaited;"
+                " use call() for a sync function"
+            )
+        return await awaitable
+
+    return awaited
 
 
 class GuardForms(Decorates):
