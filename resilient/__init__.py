@@ -13,6 +13,7 @@ from importlib import metadata as _metadata
 from resilient._breaker import BreakerMetrics, CircuitBreaker, State, StateChange
 from resilient._budget import RetryBudget
 from resilient._core.clock import Clock, MonotonicClock, SystemClock
+from resilient._core.deadline import deadline, remaining
 from resilient._errors import (
     CircuitOpenError,
     ConfigError,
@@ -46,6 +47,8 @@ __all__ = [
     "SystemClock",
     "UsageError",
     "__version__",
+    "deadline",
+    "remaining",
 ]
 
 # Reprs and docs say resilient.X, not resilient._breaker.X.

@@ -20,6 +20,7 @@ from resilient._budget import RetryBudget
 from resilient._core import options as opt
 from resilient._core import testmode
 from resilient._core.clock import SYSTEM_CLOCK, Clock
+from resilient._core.deadline import remaining
 from resilient._core.decorate import Decorates
 from resilient._errors import ConfigError, UsageError
 from resilient.backoff import Backoff
@@ -386,6 +387,9 @@ class _Call:
             state.upcoming_sleep = wait  # as tenacity does: stop_before_delay reads it
             if retry._stop(state):
                 return self._give_up(exc, f"after {_attempts(self.attempt)}: stop strategy")
+        left = remaining()
+        if left is not None and wait >= left:  # the context's deadline (resilient.deadline)
+            return self._give_up(exc, f"after {_attempts(self.attempt)}: the deadline in force")
         if retry._deadline is not None:
             now = retry._clock.monotonic()
             if now + wait > self.started + retry._deadline:

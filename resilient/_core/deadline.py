@@ -1,0 +1,103 @@
+"""Deadline propagation: how long the work in this context may still take.
+
+``with deadline(5):`` (or ``async with``) sets a context-local deadline in a
+:class:`~contextvars.ContextVar`, so it follows asyncio tasks, trio tasks and threads
+started with ``contextvars.copy_context()``. Nested deadlines only ever shrink: an inner
+``deadline(60)`` inside an outer ``deadline(5)`` still ends when the outer one does.
+Policies read :func:`remaining` (a retry does not wait past it), and so can user code,
+to hand a client its own timeout.
+
+A deadline is kept as (clock, instant) so that it is measured on the clock that set it;
+everyone else only ever asks "how many seconds are left", which needs no shared clock.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import NamedTuple
+
+from resilient._core import options as opt
+from resilient._core.clock import SYSTEM_CLOCK, MonotonicClock
+from resilient._errors import ConfigError
+
+__all__ = ["deadline", "remaining"]
+
+
+class _Deadline(NamedTuple):
+    clock: MonotonicClock
+    at: float  # on ``clock``'s monotonic time
+
+    def left(self) -> float:
+        return max(0.0, self.at - self.clock.monotonic())
+
+
+_CURRENT: ContextVar[_Deadline | None] = ContextVar("resilient_deadline", default=None)
+
+
+def remaining() -> float | None:
+    """Seconds left before the innermost active deadline (0.0 once passed), or None."""
+    current = _CURRENT.get()
+    return None if current is None else current.left()
+
+
+class deadline:
+    """Within this block, the work may take at most ``seconds`` more (or less, if an
+    enclosing deadline ends sooner). Usable as ``with`` and ``async with``.
+
+    It does not interrupt anything by itself: resilient's policies respect it, and
+    :func:`remaining` tells code that passes timeouts on how much is left.
+    """
+
+    __slots__ = ("_clock", "_seconds", "_tokens")
+
+    def __init__(self, seconds: float, *, clock: MonotonicClock | None = None) -> None:
+        try:
+            self._seconds: float = opt.duration(allow_zero=True)(seconds)
+            self._clock: MonotonicClock = opt.clock("monotonic")(clock) or SYSTEM_CLOCK
+        except opt.Invalid:
+            bad, value, expected = (
+                ("seconds", seconds, "a number of seconds >= 0")
+                if not _valid_seconds(seconds)
+                else ("clock", clock, "None or an object with a monotonic() method")
+            )
+            raise ConfigError(bad, value, expected, owner="deadline") from None
+        self._tokens: list[Token[_Deadline | None]] = []
+
+    def __enter__(self) -> deadline:
+        outer = _CURRENT.get()
+        mine = _Deadline(self._clock, self._clock.monotonic() + self._seconds)
+        if outer is not None and outer.left() <= self._seconds:
+            mine = outer  # only shrink: the enclosing deadline ends first
+        self._tokens.append(_CURRENT.set(mine))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _CURRENT.reset(self._tokens.pop())
+
+    async def __aenter__(self) -> deadline:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __repr__(self) -> str:
+        return f"deadline({self._seconds})"
+
+
+def _valid_seconds(value: object) -> bool:
+    try:
+        opt.duration(allow_zero=True)(value)
+    except opt.Invalid:
+        return False
+    return True
