@@ -20,16 +20,14 @@ import trio
 
 from resilient import CircuitBreaker
 
+from ._subjects import af
+
 AWAITS = 10_000
 # trio.run costs about 250 us to start; over 50,000 awaits that is 5 ns each, in every row.
 TRIO_AWAITS = 50_000
 ROUNDS = 30
 
 AsyncFn = Callable[[int], Awaitable[int]]
-
-
-async def af(x: int) -> int:
-    return x
 
 
 async def awaits(fn: AsyncFn, n: int) -> int:

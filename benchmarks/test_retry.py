@@ -19,7 +19,6 @@ wait, which takes some 80 us on Linux; ours does not sleep at all. So the group 
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from itertools import cycle, repeat
@@ -33,52 +32,15 @@ import tenacity
 
 from resilient import Retry
 
+from ._subjects import Loop, af, call_form, calls, f, wraps_passthrough
+
 CALLS = 1000
 AWAITS = 10_000
 ROUNDS = 30  # async rounds for the bare await and ours
 PEER_ROUNDS = 10  # and for the peers, whose rounds take some 300 ms
 CYCLES = 200  # retry cycles a round: the peers' take some 130 us each
 
-Loop = Callable[[int], int]
 AsyncFn = Callable[[int], Awaitable[int]]
-
-
-def f(x: int) -> int:
-    return x
-
-
-async def af(x: int) -> int:
-    return x
-
-
-def wraps_passthrough(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs)
-
-    return wrapper
-
-
-def calls(fn: Callable[[int], int]) -> Loop:
-    """``n`` calls of ``fn(1)``; returns the last result, for the smoke run to check."""
-
-    def loop(n: int) -> int:
-        result = 0
-        for _ in repeat(None, n):
-            result = fn(1)
-        return result
-
-    return loop
-
-
-def call_form(retry: Retry) -> Loop:
-    def loop(n: int) -> int:
-        result = 0
-        for _ in repeat(None, n):
-            result = retry.call(f, 1)
-        return result
-
-    return loop
 
 
 def block_form(retry: Retry) -> Loop:

@@ -12,8 +12,6 @@ its microseconds read as nanoseconds per call.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from itertools import repeat
 from typing import Any
 
@@ -24,49 +22,14 @@ import wrapt
 
 from resilient import CircuitBreaker
 
+from ._subjects import Loop, call_form, calls, f, wraps_passthrough
+
 CALLS = 1000
-
-
-def f(x: int) -> int:
-    return x
-
-
-def wraps_passthrough(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs)
-
-    return wrapper
 
 
 @wrapt.decorator
 def wrapt_passthrough(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return wrapped(*args, **kwargs)
-
-
-Loop = Callable[[int], int]
-
-
-def calls(fn: Callable[[int], int]) -> Loop:
-    """``n`` calls of ``fn(1)``; returns the last result, for the smoke run to check."""
-
-    def loop(n: int) -> int:
-        result = 0
-        for _ in repeat(None, n):
-            result = fn(1)
-        return result
-
-    return loop
-
-
-def call_form(breaker: CircuitBreaker) -> Loop:
-    def loop(n: int) -> int:
-        result = 0
-        for _ in repeat(None, n):
-            result = breaker.call(f, 1)
-        return result
-
-    return loop
 
 
 def with_form(breaker: CircuitBreaker) -> Loop:

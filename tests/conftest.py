@@ -9,7 +9,8 @@ runs inside the guarded body first, e.g. to advance a ManualClock and make a cal
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,3 +76,14 @@ def flavour(request: pytest.FixtureRequest) -> Flavour:
 @pytest.fixture(params=MODES)
 def mode(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def switch_often() -> Iterator[None]:
+    """Preempt threads every microsecond (as far as the OS allows); restore afterwards."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import itertools
 import random
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -48,14 +47,8 @@ OPEN_FOR = 10.0
 
 
 @pytest.fixture(autouse=True)
-def switch_often() -> Iterator[None]:
-    """Preempt threads every microsecond (as far as the OS allows); restore afterwards."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
+def _every_test_switches_often(switch_often: None) -> None:
+    """Every test here runs with threads preempted as often as the interpreter allows."""
 
 
 # -- drivers: a crowd of threads or tasks that start together and must all finish ----------

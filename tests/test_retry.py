@@ -14,7 +14,6 @@ import inspect
 import itertools
 import math
 import random
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -179,17 +178,6 @@ def no_test_mode() -> Iterator[None]:
     finally:
         leaked = testmode.replace(old)
     assert leaked == testmode.TestMode(), "a test left resilient.testing mode switched on"
-
-
-@pytest.fixture
-def switch_often() -> Iterator[None]:
-    """Preempt threads every microsecond (as far as the OS allows); restore afterwards."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
 
 
 def notes(exc: BaseException) -> list[str]:
