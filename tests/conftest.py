@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 
-from resilient import CircuitBreaker
+from resilient import CircuitBreaker, ConfigError, ResilienceError
 
 MODES = ("sync", "asyncio", "trio")
 FORMS = ("decorator", "with", "call")
@@ -87,3 +87,14 @@ def switch_often() -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(old)
+
+
+def assert_config_error(err: ConfigError, option: str, value: Any, expected: str) -> None:
+    """A ConfigError that names the option, the value as given and what was expected."""
+    assert isinstance(err, ValueError)
+    assert isinstance(err, ResilienceError)
+    assert err.option == option
+    assert err.value is value
+    message = str(err)
+    assert f"{option}={value!r}" in message
+    assert expected in message

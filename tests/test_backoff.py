@@ -14,8 +14,10 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from resilient import ConfigError, ResilienceError
+from resilient import ConfigError
 from resilient.backoff import Backoff, constant, exponential, linear
+
+from .conftest import assert_config_error
 
 MAX = sys.float_info.max
 HUGE_ATTEMPTS = [10**6, 10**9, 10**18, 10**100, 10**400]
@@ -305,14 +307,8 @@ def test_bad_option_raises_config_error(
 ) -> None:
     with pytest.raises(ConfigError) as info:
         factory(**kwargs)
-    err = info.value
-    assert isinstance(err, ValueError)
-    assert isinstance(err, ResilienceError)
-    assert (err.option, err.owner) == (option, f"resilient.backoff.{factory.__name__}")
-    assert err.value is value
-    message = str(err)
-    assert f"{option}={value!r}" in message
-    assert expected in message
+    assert_config_error(info.value, option, value, expected)
+    assert info.value.owner == f"resilient.backoff.{factory.__name__}"
 
 
 def test_good_edge_values_are_accepted_and_normalised_to_float() -> None:
