@@ -1,11 +1,12 @@
 """resilient: circuit breakers and friends for sync and async Python.
 
-Layout: ``_core/`` is self-contained (clock, lock-free windows, declared options, the
-adapter that gives every policy its decorator, context-manager and call forms) and
-imports no policy. Each policy is one private module over that core (``_breaker.py``,
-``_retry.py``, ``_budget.py``, ``_fallback.py``). Errors live in ``_errors.py``. Users
-import only what this module re-exports, plus the public ``resilient.backoff`` and
-``resilient.testing`` modules.
+Layout: ``_core/`` is self-contained (clock, lock-free windows, declared options,
+deadlines, cancellation, worker threads, and the adapter that gives every policy its
+decorator, context-manager and call forms) and imports no policy. Each policy is one
+private module over that core (``_breaker.py``, ``_retry.py``, ``_budget.py``,
+``_fallback.py``, ``_timeout.py``, ``_bulkhead.py``), and ``_pipeline.py`` composes them.
+Errors live in ``_errors.py``. Users import only what this module re-exports, plus the
+public ``resilient.backoff`` and ``resilient.testing`` modules.
 """
 
 from importlib import metadata as _metadata
@@ -15,14 +16,17 @@ from resilient._budget import RetryBudget
 from resilient._core.clock import Clock, MonotonicClock, SystemClock
 from resilient._core.deadline import deadline, remaining
 from resilient._errors import (
+    BulkheadFullError,
     CircuitOpenError,
     ConfigError,
     RejectedError,
     ResilienceError,
+    TimeoutExpired,
     UsageError,
 )
 from resilient._fallback import Fallback
 from resilient._retry import Attempt, Retry
+from resilient._timeout import Timeout, TimeoutMetrics, WorkersExhaustedError
 
 try:
     __version__ = _metadata.version("resilient")
@@ -32,6 +36,7 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 __all__ = [
     "Attempt",
     "BreakerMetrics",
+    "BulkheadFullError",
     "CircuitBreaker",
     "CircuitOpenError",
     "Clock",
@@ -45,7 +50,11 @@ __all__ = [
     "State",
     "StateChange",
     "SystemClock",
+    "Timeout",
+    "TimeoutExpired",
+    "TimeoutMetrics",
     "UsageError",
+    "WorkersExhaustedError",
     "__version__",
     "deadline",
     "remaining",

@@ -289,9 +289,7 @@ class CircuitBreaker(GuardForms):
         failure_result: Callable[[Any], bool] | None = None,
         clock: MonotonicClock | None = None,
     ) -> None:
-        if name is not None and (not isinstance(name, str) or not name):
-            raise ConfigError("name", name, "None or a non-empty string", owner="CircuitBreaker")
-        self.name = name
+        self.name = opt.check_name(name, "CircuitBreaker")
         given = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
         cfg = opt.resolve(OPTIONS, given, owner=self._owner())
         self._lock = threading.Lock()

@@ -5,6 +5,8 @@
     ResilienceError
       RejectedError (name, retry_after)   a policy refused to run the call
         CircuitOpenError (state)
+        BulkheadFullError                 no slot came free in time
+      TimeoutExpired (also TimeoutError)  the call ran out of time
       ConfigError (also ValueError)       an option got a value outside its range
       UsageError (also TypeError)         a policy was called the wrong way
 
@@ -16,7 +18,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CircuitOpenError", "ConfigError", "RejectedError", "ResilienceError", "UsageError"]
+__all__ = [
+    "BulkheadFullError",
+    "CircuitOpenError",
+    "ConfigError",
+    "RejectedError",
+    "ResilienceError",
+    "TimeoutExpired",
+    "UsageError",
+]
 
 
 class ResilienceError(Exception):
@@ -74,6 +84,36 @@ class CircuitOpenError(RejectedError):
 
     def _what(self) -> str:
         return f"circuit breaker {self._who()} is {getattr(self.state, 'value', self.state)}"
+
+
+class BulkheadFullError(RejectedError):
+    """The bulkhead had no free slot, and none came free within its ``max_wait``."""
+
+    __slots__ = ()
+
+
+class TimeoutExpired(ResilienceError, TimeoutError):
+    """The call did not finish within its time: the Timeout's own, or an enclosing deadline's.
+
+    ``seconds`` is the limit that ran out (the nearer of the two), ``name`` the Timeout's.
+    It is also the builtin :class:`TimeoutError`, so ``except TimeoutError`` catches it.
+    """
+
+    def __init__(
+        self, name: str | None = None, seconds: float | None = None, detail: str = ""
+    ) -> None:
+        who = "timeout" if name is None else f"timeout {name!r}"
+        limit = "" if seconds is None else f" after {seconds:.3g}s"
+        super().__init__(f"{who} expired{limit}{detail}")
+        self.name = name
+        self.seconds = seconds
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.seconds, self.detail))
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class ConfigError(ResilienceError, ValueError):

@@ -192,9 +192,7 @@ class Retry(Decorates):
         name: str | None = None,
         budget: RetryBudget | None = None,
     ) -> None:
-        if name is not None and (not isinstance(name, str) or not name):
-            raise ConfigError("name", name, "None or a non-empty string", owner="Retry")
-        self.name = name
+        self.name = opt.check_name(name, "Retry")
         given = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
         cfg = opt.resolve(OPTIONS, given, owner=self._owner())
         self._attempts: int = cfg["attempts"]

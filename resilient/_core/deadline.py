@@ -15,13 +15,19 @@ from __future__ import annotations
 
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from resilient._core import options as opt
 from resilient._core.clock import SYSTEM_CLOCK, MonotonicClock
 from resilient._errors import ConfigError
 
-__all__ = ["deadline", "remaining"]
+__all__ = ["Ends", "deadline", "limit", "push", "remaining", "scoped", "unscoped"]
+
+
+class Ends(Protocol):
+    """What the context holds: something that knows how many seconds are left."""
+
+    def left(self) -> float: ...
 
 
 class _Deadline(NamedTuple):
@@ -32,13 +38,38 @@ class _Deadline(NamedTuple):
         return max(0.0, self.at - self.clock.monotonic())
 
 
-_CURRENT: ContextVar[_Deadline | None] = ContextVar("resilient_deadline", default=None)
+_CURRENT: ContextVar[Ends | None] = ContextVar("resilient_deadline", default=None)
 
 
 def remaining() -> float | None:
     """Seconds left before the innermost active deadline (0.0 once passed), or None."""
     current = _CURRENT.get()
     return None if current is None else current.left()
+
+
+def limit(seconds: float) -> tuple[float, bool]:
+    """The nearer of ``seconds`` and the time left before the deadline, and whether the
+    deadline is the nearer one (for a policy that has its own limit: a Timeout)."""
+    current = _CURRENT.get()
+    if current is not None:
+        left = current.left()
+        if left < seconds:
+            return left, True
+    return seconds, False
+
+
+def scoped(seconds: float) -> Token[Ends | None]:
+    """Set a deadline ``seconds`` from now (the caller knows it is the nearer one);
+    :func:`unscoped` undoes it. A Timeout's way of telling the calls inside it."""
+    return _CURRENT.set(_Deadline(SYSTEM_CLOCK, SYSTEM_CLOCK.monotonic() + seconds))
+
+
+#: Set an object that already knows when it ends (an async Timeout's expiry) as the deadline.
+push = _CURRENT.set
+
+
+def unscoped(token: Token[Ends | None]) -> None:
+    _CURRENT.reset(token)
 
 
 class deadline:
@@ -62,11 +93,11 @@ class deadline:
                 else ("clock", clock, "None or an object with a monotonic() method")
             )
             raise ConfigError(bad, value, expected, owner="deadline") from None
-        self._tokens: list[Token[_Deadline | None]] = []
+        self._tokens: list[Token[Ends | None]] = []
 
     def __enter__(self) -> deadline:
         outer = _CURRENT.get()
-        mine = _Deadline(self._clock, self._clock.monotonic() + self._seconds)
+        mine: Ends = _Deadline(self._clock, self._clock.monotonic() + self._seconds)
         if outer is not None and outer.left() <= self._seconds:
             mine = outer  # only shrink: the enclosing deadline ends first
         self._tokens.append(_CURRENT.set(mine))

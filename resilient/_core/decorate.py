@@ -7,8 +7,11 @@ looping or waiting (a circuit breaker; later a bulkhead's fast path). It provide
     its current state object; when ``_state.fast`` is true the call is admitted with no
     further work and the state itself is the token (a CLOSED breaker: one attribute read);
 ``_admit(state) -> token``
-    the full admission otherwise: a token that ties the outcome to the admission, or
-    raise (a rejection);
+    the full admission otherwise, without blocking: a token that ties the outcome to the
+    admission, or raise (a rejection), or :data:`MUST_WAIT` when the call may queue for
+    admission (a full bulkhead with ``max_wait``);
+``_wait() -> token`` and ``async _wait_async() -> token``
+    that queueing, on a thread or in a task; only called after :data:`MUST_WAIT`;
 ``_exit(token, exc, result)``
     record how it went: ``exc`` is None on return, else the exception (any
     BaseException: the guard decides what counts); ``result`` is :data:`NO_RESULT`
@@ -33,7 +36,15 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from resilient._errors import UsageError
 
-__all__ = ["NO_RESULT", "Decorates", "GuardForms", "is_async_callable"]
+__all__ = [
+    "MUST_WAIT",
+    "NO_RESULT",
+    "Decorates",
+    "GuardForms",
+    "is_async_callable",
+    "pop_block",
+    "push_block",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,12 +65,36 @@ class _NoResult:
 #: What a ``with`` block "returns" to ``_exit``: nothing a result predicate may judge.
 NO_RESULT: Any = _NoResult()
 
+
+class _MustWait:
+    def __repr__(self) -> str:
+        return "MUST_WAIT"
+
+
+#: What ``_admit`` returns when the caller must queue (``_wait``/``_wait_async``).
+MUST_WAIT: Any = _MustWait()
+
 # The tokens of open ``with`` blocks, innermost last, as (guard, token) pairs. One
 # variable for every guard: a Context holds its variables for good, so one per guard
 # would grow without bound in a process that makes guards on the fly.
 _OPEN_BLOCKS: ContextVar[tuple[tuple[object, object], ...]] = ContextVar(
     "resilient_open_blocks", default=()
 )
+
+
+def push_block(owner: object, token: object) -> None:
+    """Remember ``owner``'s token for an open ``with`` block in this context."""
+    _OPEN_BLOCKS.set((*_OPEN_BLOCKS.get(), (owner, token)))
+
+
+def pop_block(owner: object) -> Any:
+    """The token of ``owner``'s innermost open ``with`` block in this context, forgotten."""
+    blocks = _OPEN_BLOCKS.get()
+    for i in range(len(blocks) - 1, -1, -1):
+        if blocks[i][0] is owner:
+            _OPEN_BLOCKS.set(blocks[:i] + blocks[i + 1 :])
+            return blocks[i][1]
+    raise RuntimeError(f"{owner!r}: __exit__ without a matching __enter__")
 
 
 _GENERATOR = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
@@ -183,6 +218,12 @@ class GuardForms(Decorates):
     def _exit(self, token: Any, exc: BaseException | None, result: object) -> None:
         raise NotImplementedError
 
+    def _wait(self) -> object:
+        raise NotImplementedError
+
+    async def _wait_async(self) -> object:
+        raise NotImplementedError
+
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         return _sync_driver(self, fn)
 
@@ -195,7 +236,9 @@ class GuardForms(Decorates):
         token: Any = self._state
         if not token.fast:
             token = self._admit(token)
-        _OPEN_BLOCKS.set((*_OPEN_BLOCKS.get(), (self, token)))
+            if token is MUST_WAIT:
+                token = self._wait()
+        push_block(self, token)
 
     def __exit__(
         self,
@@ -203,16 +246,15 @@ class GuardForms(Decorates):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        blocks = _OPEN_BLOCKS.get()
-        for i in range(len(blocks) - 1, -1, -1):  # this guard's innermost open block
-            if blocks[i][0] is self:
-                _OPEN_BLOCKS.set(blocks[:i] + blocks[i + 1 :])
-                self._exit(blocks[i][1], exc, NO_RESULT)
-                return
-        raise RuntimeError(f"{self!r}: __exit__ without a matching __enter__")
+        self._exit(pop_block(self), exc, NO_RESULT)
 
     async def __aenter__(self) -> None:
-        self.__enter__()
+        token: Any = self._state
+        if not token.fast:
+            token = self._admit(token)
+            if token is MUST_WAIT:
+                token = await self._wait_async()
+        push_block(self, token)
 
     async def __aexit__(
         self,
@@ -232,6 +274,8 @@ def _sync_driver(guard: GuardForms, fn: Callable[P, R]) -> Callable[P, R]:
         token: Any = guard._state
         if not token.fast:
             token = guard._admit(token)
+            if token is MUST_WAIT:
+                token = guard._wait()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -250,6 +294,8 @@ def _async_driver(
         token: Any = guard._state
         if not token.fast:
             token = guard._admit(token)
+            if token is MUST_WAIT:
+                token = await guard._wait_async()
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:

@@ -15,8 +15,10 @@ from typing import Any
 from resilient._errors import ConfigError
 
 __all__ = [
+    "REQUIRED",
     "Invalid",
     "Option",
+    "check_name",
     "choice",
     "duration",
     "exception_filter",
@@ -32,6 +34,17 @@ class Invalid(Exception):
 
 
 Checker = Callable[[Any], Any]
+
+
+class _Required:
+    __name__ = "required"
+
+    def __repr__(self) -> str:
+        return "required"
+
+
+#: The default of an option the caller must always give (a Timeout's ``seconds``).
+REQUIRED: Any = _Required()
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,13 @@ def resolve(options: Sequence[Option], given: Mapping[str, Any], owner: str) -> 
         else option.default
         for option in options
     }
+
+
+def check_name(name: object, owner: str) -> str | None:
+    """A policy's name: None, or a non-empty string (it names metrics and variables)."""
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigError("name", name, "None or a non-empty string", owner=owner)
+    return name
 
 
 # Checkers. Each returns the normalised value or raises Invalid. None is handled by

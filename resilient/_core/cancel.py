@@ -1,0 +1,324 @@
+"""Cancel the running task's work after a delay, and tell that cancellation from any other.
+
+A *scope* is opened in the current task and closed with ``scope.close(exc)``, which
+answers whether ``exc`` is the scope's own cancellation (the caller turns it into
+TimeoutExpired) or something to pass on untouched: above all a cancellation from outside,
+which must propagate as itself, never as a timeout (cpython #86296 is what happens
+otherwise). The work's ``finally`` blocks have run by the time ``close`` is called. A
+scope also knows when it ends (``left()``), so it serves as the deadline of the work
+inside it.
+
+The calls of one :class:`Expiries` (one Timeout, so one length) end in the order they
+start. They wait in a FIFO queue per event loop, watched by one timer armed for the
+oldest: a call costs an append and a flag, not a timer of its own, and the timer wakes
+about once per timeout length however many calls pass. (``asyncio.timeout`` and
+``trio.fail_after`` each schedule, and unschedule, a timer per call.)
+
+- asyncio, 3.11+: the loop timer cancels the task with ``Task.cancel()``, and the
+  ``cancelling()``/``uncancel()`` bookkeeping that ``asyncio.timeout`` and anyio follow
+  too tells our cancellation from others, so the three nest in any order.
+- trio: each call runs in a ``trio.CancelScope``, cancelled by a system task that sleeps
+  until the oldest call's end on trio's own clock (so ``MockClock`` tests work); trio
+  keeps that scope's cancellation apart from outer ones.
+- anything else (asyncio on 3.10, which has no ``uncancel``): an anyio CancelScope with
+  a deadline. :func:`after` (a one-off length: an enclosing deadline's) also uses a
+  timer or scope of its own.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from asyncio import CancelledError, current_task
+from asyncio.events import _get_running_loop
+from collections import deque
+from collections.abc import Callable
+from time import monotonic
+from typing import Any, Protocol
+
+__all__ = ["Expiries", "Scope", "after"]
+
+_TASKS_COUNT_CANCELS = sys.version_info >= (3, 11)
+
+_RUNNING, _FIRED, _CLOSED = 0, 1, 2
+
+
+class Scope(Protocol):
+    def close(self, exc: BaseException | None) -> bool: ...
+    def left(self) -> float: ...
+
+
+class Expiries:
+    """The async calls of one Timeout: each is cancelled ``seconds`` after it opens."""
+
+    __slots__ = ("_last", "_seconds", "_watches")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._watches: weakref.WeakKeyDictionary[Any, _Watch] = weakref.WeakKeyDictionary()
+        self._last: tuple[object, Any] = (None, None)  # (loop, watch): one tuple, read whole
+
+    def open(self) -> Scope:
+        loop = _get_running_loop()
+        if loop is not None and _TASKS_COUNT_CANCELS:
+            task = current_task(loop)
+            if task is not None:
+                last, watch = self._last
+                if last is not loop:
+                    watch = self._watch(loop, _LoopWatch)
+                return _TaskExpiry(watch, task)
+        trio = sys.modules.get("trio")
+        if trio is not None and trio.lowlevel.in_trio_task():
+            run = trio.lowlevel.current_trio_token()
+            last, watch = self._last
+            if last is not run:
+                watch = self._watch(run, _TrioWatch)
+            return _ScopeExpiry(watch, trio.CancelScope())
+        return _anyio_scope(self._seconds)
+
+    def _watch(self, loop: Any, kind: Callable[[Any, float], _Watch]) -> _Watch:
+        watch = self._watches.get(loop)
+        if watch is None:
+            watch = self._watches[loop] = kind(loop, self._seconds)
+        self._last = (loop, watch)
+        return watch
+
+
+def after(seconds: float) -> Scope:
+    """A scope that cancels the current task's work in ``seconds``, a one-off length."""
+    loop = _get_running_loop()
+    if loop is not None and _TASKS_COUNT_CANCELS:
+        task = current_task(loop)
+        if task is not None:
+            return _TaskTimer(loop, task, seconds)
+    trio = sys.modules.get("trio")
+    if trio is not None and trio.lowlevel.in_trio_task():
+        return _CancelScope(trio.CancelScope(deadline=trio.current_time() + seconds), seconds)
+    return _anyio_scope(seconds)
+
+
+def _anyio_scope(seconds: float) -> Scope:
+    import anyio
+
+    return _CancelScope(anyio.CancelScope(deadline=anyio.current_time() + seconds), seconds)
+
+
+# -- the FIFO watch: shared logic, then one subclass per event loop -------------------------
+
+
+class _Expiry:
+    """One call in a watch's queue; a subclass knows how to cancel it."""
+
+    __slots__ = ("_state", "_watch", "at")
+
+    def __init__(self, watch: _Watch) -> None:
+        self._watch = watch
+        self._state = _RUNNING
+        self.at = watch.now() + watch.seconds
+        watch.add(self)
+
+    def left(self) -> float:
+        return max(0.0, self.at - self._watch.now())
+
+    def fire(self) -> None:
+        raise NotImplementedError
+
+    def close(self, exc: BaseException | None) -> bool:
+        raise NotImplementedError
+
+
+class _Watch:
+    """One loop's running calls of one length, oldest (so soonest to end) first."""
+
+    __slots__ = ("_live", "_queue", "now", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._queue: deque[_Expiry] = deque()
+        self._live = 0  # entries not closed yet, fired ones included
+        self.now: Callable[[], float] = monotonic
+
+    def add(self, expiry: _Expiry) -> None:
+        queue = self._queue
+        queue.append(expiry)
+        self._live += 1
+        if len(queue) == 1:
+            self.wake()
+        elif len(queue) > 2 * self._live + 64:  # an old call holds up the front: compact
+            self._queue = deque(e for e in queue if e._state == _RUNNING)
+
+    def closed(self, expiry: _Expiry) -> None:
+        self._live -= 1
+        queue = self._queue
+        if queue and queue[0] is expiry:  # the usual case: calls end in the order they began
+            queue.popleft()
+            while queue and queue[0]._state == _CLOSED:
+                queue.popleft()
+
+    def expire(self) -> float | None:
+        """Cancel every call whose time is up; when the oldest of the rest ends, if any."""
+        queue = self._queue
+        now = self.now()
+        while queue:
+            expiry = queue[0]
+            if expiry._state == _RUNNING:
+                if expiry.at > now:
+                    return expiry.at
+                expiry._state = _FIRED
+                expiry.fire()
+            queue.popleft()
+        return None
+
+    def wake(self) -> None:
+        """The queue went from empty to one call: make sure a timer is set for it."""
+        raise NotImplementedError
+
+
+class _LoopWatch(_Watch):
+    __slots__ = ("_handle", "_loop")
+
+    def __init__(self, loop: Any, seconds: float) -> None:
+        super().__init__(seconds)
+        self._loop = loop
+        self._handle: Any = None
+
+    def wake(self) -> None:
+        if self._handle is None:
+            self._arm(self._queue[0].at)
+
+    def _arm(self, at: float) -> None:
+        self._handle = self._loop.call_later(max(0.0, at - monotonic()), self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        at = self.expire()
+        if at is not None:
+            self._arm(at)
+
+
+class _TaskExpiry(_Expiry):
+    __slots__ = ("_baseline", "_task")
+
+    def __init__(self, watch: _Watch, task: Any) -> None:
+        self._task = task
+        self._baseline: int = task.cancelling()  # cancellations asked of it before us
+        super().__init__(watch)
+
+    def fire(self) -> None:
+        self._task.cancel()
+
+    def close(self, exc: BaseException | None) -> bool:
+        fired = self._state == _FIRED
+        self._state = _CLOSED
+        self._watch.closed(self)
+        if not fired:
+            return False
+        # Ours only if nobody else asked for a cancellation since we began.
+        return self._task.uncancel() <= self._baseline and isinstance(exc, CancelledError)
+
+
+class _TrioWatch(_Watch):
+    """Trio has no loop timers: a system task sleeps until the oldest call's end."""
+
+    __slots__ = ("_parked",)
+
+    def __init__(self, run: Any, seconds: float) -> None:
+        import trio
+
+        super().__init__(seconds)
+        self.now = trio.lowlevel.current_clock().current_time  # trio's clock, MockClock too
+        self._parked: Any = None
+        trio.lowlevel.spawn_system_task(self._watch, name=f"resilient timeout {seconds}s")
+
+    def wake(self) -> None:
+        parked, self._parked = self._parked, None
+        if parked is not None:
+            import trio
+
+            trio.lowlevel.reschedule(parked)
+
+    async def _watch(self) -> None:
+        import trio
+
+        def abort(_: Any) -> Any:
+            self._parked = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        while True:  # until the run ends and cancels its system tasks
+            at = self.expire()
+            if at is not None:
+                await trio.sleep_until(at)
+            else:
+                self._parked = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+class _ScopeExpiry(_Expiry):
+    __slots__ = ("_scope",)
+
+    def __init__(self, watch: _Watch, scope: Any) -> None:
+        scope.__enter__()
+        self._scope = scope
+        super().__init__(watch)
+
+    def fire(self) -> None:
+        self._scope.cancel()
+
+    def close(self, exc: BaseException | None) -> bool:
+        self._state = _CLOSED
+        self._watch.closed(self)
+        return _leave(self._scope, exc)
+
+
+# -- one-off lengths ------------------------------------------------------------------------
+
+
+class _TaskTimer:
+    """An asyncio call with a length of its own: a timer of its own."""
+
+    __slots__ = ("_baseline", "_fired", "_handle", "_task", "at")
+
+    def __init__(self, loop: Any, task: Any, seconds: float) -> None:
+        self._task = task
+        self._fired = False
+        self._baseline = task.cancelling()
+        self.at = monotonic() + seconds
+        self._handle = loop.call_later(seconds, self._fire)
+
+    def _fire(self) -> None:
+        self._fired = True
+        self._task.cancel()
+
+    def left(self) -> float:
+        return max(0.0, self.at - monotonic())
+
+    def close(self, exc: BaseException | None) -> bool:
+        self._handle.cancel()
+        if not self._fired:
+            return False
+        return self._task.uncancel() <= self._baseline and isinstance(exc, CancelledError)
+
+
+class _CancelScope:
+    """A trio or anyio CancelScope, entered now and left by ``close``."""
+
+    __slots__ = ("_scope", "at")
+
+    def __init__(self, scope: Any, seconds: float) -> None:
+        scope.__enter__()
+        self._scope = scope
+        self.at = monotonic() + seconds
+
+    def left(self) -> float:
+        return max(0.0, self.at - monotonic())
+
+    def close(self, exc: BaseException | None) -> bool:
+        return _leave(self._scope, exc)
+
+
+def _leave(scope: Any, exc: BaseException | None) -> bool:
+    """Exit a trio or anyio CancelScope: True if ``exc`` was its own cancellation."""
+    if exc is None:
+        scope.__exit__(None, None, None)
+        return False
+    return bool(scope.__exit__(type(exc), exc, exc.__traceback__))

@@ -1,0 +1,194 @@
+"""Daemon worker threads that run sync calls a caller can stop waiting for.
+
+Python cannot stop a thread, so a sync timeout runs the call on a worker and waits for it
+at most so long; past that the caller raises and the worker is *abandoned*: it finishes
+the call in the background and its result is dropped. Abandoned workers are counted per
+owner (a :class:`Tally`), and an owner at its cap refuses new calls at once rather than
+pile up threads behind a downstream that hangs.
+
+Workers are daemon threads, so they never hold up interpreter exit (a
+``ThreadPoolExecutor`` joins its threads at exit, which a hung call would block forever).
+An idle worker waits for the next call on its own lock, most recently idle first, and
+exits after :data:`IDLE_SECONDS` without one; the pool has as many threads as there are
+calls in flight plus abandoned ones, and no more.
+
+The call runs in a copy of the caller's :mod:`contextvars` context, and the values of any
+``threading.local`` objects the owner names are copied into the worker for the call's
+duration: a thread-local cannot be found without being named.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from contextvars import Context
+from typing import Any
+
+__all__ = ["IDLE_SECONDS", "Abandoned", "Tally", "run"]
+
+#: How long an idle worker waits for another call before its thread exits.
+IDLE_SECONDS = 30.0
+
+logger = logging.getLogger("resilient")
+
+_lock = threading.Lock()  # guards the idle list, job states and every tally
+_idle: list[_Worker] = []
+
+
+class Tally:
+    """One owner's abandoned workers: how many are still running, and its cap."""
+
+    __slots__ = ("abandoned", "cap", "rejected")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.abandoned = 0  # still running, their callers gone
+        self.rejected = 0  # calls refused because ``abandoned`` was at ``cap``
+
+
+class Abandoned(Exception):
+    """``run`` refused the call: the owner's abandoned workers are at its cap."""
+
+
+class _Job:
+    __slots__ = (
+        "abandoned",
+        "args",
+        "context",
+        "done",
+        "error",
+        "finished",
+        "fn",
+        "kwargs",
+        "locals",
+        "result",
+        "tally",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        context: Context,
+        thread_locals: Iterable[threading.local],
+        tally: Tally,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.context = context
+        self.locals = [(local, dict(vars(local))) for local in thread_locals]
+        self.tally = tally
+        self.done = _thread.allocate_lock()
+        self.done.acquire()  # released by the worker when the call has ended
+        self.finished = False
+        self.abandoned = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for local, values in self.locals:
+                vars(local).update(values)
+            self.result = self.context.run(self.fn, *self.args, **self.kwargs)
+        except BaseException as exc:  # handed to the caller, whatever it is
+            self.error = exc
+        finally:
+            for local, _ in self.locals:
+                vars(local).clear()
+        with _lock:
+            self.finished = True
+            abandoned = self.abandoned
+            if abandoned:
+                self.tally.abandoned -= 1
+        self.done.release()
+        if abandoned:
+            how = "returned" if self.error is None else f"raised {self.error!r}"
+            logger.info("%r finished after its caller had timed out: it %s", self.fn, how)
+        self.fn = self.args = self.kwargs = self.context = None  # type: ignore[assignment]
+
+
+class _Worker:
+    __slots__ = ("job", "wake")
+
+    def __init__(self, job: _Job) -> None:
+        self.job: _Job | None = job
+        self.wake = _thread.allocate_lock()
+        self.wake.acquire()  # released to hand this worker a job
+
+    def loop(self) -> None:
+        while True:
+            job, self.job = self.job, None
+            assert job is not None
+            job.run()
+            del job
+            with _lock:
+                _idle.append(self)
+            if not self.wake.acquire(timeout=IDLE_SECONDS):
+                with _lock:
+                    if self.job is None:  # still idle: nobody can hand us a job now
+                        _idle.remove(self)
+                        return
+                self.wake.acquire()  # a job was handed over as we timed out
+
+
+def run(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    seconds: float,
+    context: Context,
+    thread_locals: Iterable[threading.local],
+    tally: Tally,
+) -> tuple[bool, Any]:
+    """Run ``fn`` on a worker and wait at most ``seconds``: (True, result) if it returned.
+
+    Its exception is re-raised here. (False, None) means the time ran out and the worker
+    is now abandoned; :class:`Abandoned` means the call was refused before it started.
+    """
+    job = _Job(fn, args, kwargs, context, thread_locals, tally)
+    with _lock:
+        if tally.abandoned >= tally.cap:
+            tally.rejected += 1
+            raise Abandoned
+        worker = _idle.pop() if _idle else None
+        if worker is not None:
+            worker.job = job
+    if worker is None:
+        thread = threading.Thread(
+            target=_Worker(job).loop, name="resilient-timeout-worker", daemon=True
+        )
+        try:
+            thread.start()
+        except BaseException:  # out of threads: the call never started
+            job.done.release()
+            raise
+    else:
+        worker.wake.release()
+    try:
+        finished = job.done.acquire(timeout=seconds)
+    except BaseException:  # interrupted while waiting (KeyboardInterrupt): let the call go
+        _abandon(job)
+        raise
+    if not finished and _abandon(job):
+        return False, None
+    if job.error is not None:
+        try:
+            raise job.error
+        finally:
+            job = None  # type: ignore[assignment]  # no cycle through the traceback
+    return True, job.result
+
+
+def _abandon(job: _Job) -> bool:
+    """Give up on ``job`` unless it finished meanwhile; True if it was abandoned."""
+    with _lock:
+        if job.finished:
+            return False
+        job.abandoned = True
+        job.tally.abandoned += 1
+        return True
