@@ -13,6 +13,7 @@ from importlib import metadata as _metadata
 
 from resilient._breaker import BreakerMetrics, CircuitBreaker, State, StateChange
 from resilient._budget import RetryBudget
+from resilient._bulkhead import Bulkhead, BulkheadMetrics
 from resilient._core.clock import Clock, MonotonicClock, SystemClock
 from resilient._core.deadline import deadline, remaining
 from resilient._errors import (
@@ -25,6 +26,7 @@ from resilient._errors import (
     UsageError,
 )
 from resilient._fallback import Fallback
+from resilient._pipeline import Pipeline
 from resilient._retry import Attempt, Retry
 from resilient._timeout import Timeout, TimeoutMetrics, WorkersExhaustedError
 
@@ -36,13 +38,16 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 __all__ = [
     "Attempt",
     "BreakerMetrics",
+    "Bulkhead",
     "BulkheadFullError",
+    "BulkheadMetrics",
     "CircuitBreaker",
     "CircuitOpenError",
     "Clock",
     "ConfigError",
     "Fallback",
     "MonotonicClock",
+    "Pipeline",
     "RejectedError",
     "ResilienceError",
     "Retry",

@@ -91,6 +91,9 @@ class BulkheadFullError(RejectedError):
 
     __slots__ = ()
 
+    def _what(self) -> str:
+        return f"bulkhead {self._who()} is full"
+
 
 class TimeoutExpired(ResilienceError, TimeoutError):
     """The call did not finish within its time: the Timeout's own, or an enclosing deadline's.

@@ -22,6 +22,7 @@ __all__ = [
     "choice",
     "duration",
     "exception_filter",
+    "non_negative_int",
     "positive_int",
     "predicate",
     "rate",
@@ -104,6 +105,12 @@ def rate(value: Any) -> float:
 
 def positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise Invalid
+    return value
+
+
+def non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise Invalid
     return value
 

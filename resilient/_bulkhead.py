@@ -1,0 +1,276 @@
+"""Bulkhead: at most so many calls inside at once, so one slow downstream cannot take every
+thread, connection or task the process has.
+
+A call takes a slot or, when all are taken, waits in a FIFO queue up to ``max_wait``
+seconds (never past an enclosing :func:`resilient.deadline`), then gets BulkheadFullError.
+A freed slot goes straight to the oldest waiter, so a newcomer never overtakes the queue.
+A call that finds nobody waiting takes and returns its slot without a lock; a small lock
+guards the queue, and is never held while a call runs or waits. Threads wait on a lock
+of their own; tasks on an event of their own loop, woken from other threads through
+that loop's thread-safe entry, so one bulkhead can guard threads and several event loops
+(asyncio and trio) at once.
+"""
+
+from __future__ import annotations
+
+import _thread
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
+
+from resilient._core import cancel
+from resilient._core import deadline as dl
+from resilient._core import options as opt
+from resilient._core.decorate import MUST_WAIT, GuardForms
+from resilient._errors import BulkheadFullError
+
+__all__ = ["OPTIONS", "Bulkhead", "BulkheadMetrics"]
+
+OPTIONS = (
+    opt.Option(
+        "max_concurrent",
+        opt.REQUIRED,
+        opt.positive_int,
+        "an int >= 1",
+        "How many calls may be inside at once.",
+    ),
+    opt.Option(
+        "max_wait",
+        0.0,
+        opt.duration(allow_zero=True),
+        "seconds >= 0, a finite number",
+        "How long a call may wait for a slot when all are taken; 0 rejects it at once."
+        " An enclosing `resilient.deadline` that ends sooner wins.",
+    ),
+    opt.Option(
+        "max_waiting",
+        None,
+        opt.optional(opt.non_negative_int),
+        "None, or an int >= 0",
+        "How many calls may wait at once; beyond it they are rejected at once. None: as"
+        " many as arrive (each still waits at most `max_wait`).",
+    ),
+)
+_OPTION_NAMES = frozenset(option.name for option in OPTIONS)
+
+W = TypeVar("W", bound="_Waiter")
+
+
+class BulkheadMetrics(NamedTuple):
+    """A bulkhead's state at one instant."""
+
+    max_concurrent: int
+    in_use: int  #: calls inside now
+    waiting: int  #: calls queued for a slot now
+    rejected: int  #: calls refused since the bulkhead was made
+
+
+class _Queueing:
+    fast = False  # every call goes through _admit: there is no state that admits blindly
+
+
+_QUEUEING = _Queueing()
+
+
+class Bulkhead(GuardForms):
+    """At most ``max_concurrent`` calls inside at once; others wait up to ``max_wait``.
+
+    A decorator for ``def`` and ``async def``, ``with``/``async with``, and
+    ``call``/``call_async``. A slot is given back however the call ends: return,
+    exception, or cancellation while inside or while still waiting.
+    """
+
+    _state = _QUEUEING
+
+    def __init__(
+        self,
+        max_concurrent: int,
+        *,
+        max_wait: float = 0.0,
+        max_waiting: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.name = opt.check_name(name, "Bulkhead")
+        given = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
+        cfg = opt.resolve(OPTIONS, given, owner=self._owner())
+        self.max_concurrent: int = cfg["max_concurrent"]
+        self.max_wait: float = cfg["max_wait"]
+        self.max_waiting: int | None = cfg["max_waiting"]
+        self._lock = threading.Lock()  # for the queue; the fast path never takes it
+        # Free slots, one item each: pop() and append() are single C calls, atomic under
+        # the GIL and locked per object on a free-threaded build, so a call that finds
+        # nobody waiting takes and gives back its slot without the lock.
+        self._permits: deque[None] = deque([None] * self.max_concurrent)
+        self._queue: deque[_Waiter] = deque()
+        self._rejected = 0
+
+    def _owner(self) -> str:
+        return "Bulkhead" if self.name is None else f"Bulkhead({self.name!r})"
+
+    def __repr__(self) -> str:
+        name = "" if self.name is None else f", name={self.name!r}"
+        return f"Bulkhead({self.max_concurrent}, max_wait={self.max_wait!r}{name})"
+
+    @property
+    def metrics(self) -> BulkheadMetrics:
+        with self._lock:
+            return BulkheadMetrics(
+                self.max_concurrent,
+                self.max_concurrent - len(self._permits),
+                len(self._queue),
+                self._rejected,
+            )
+
+    # -- the guard protocol -----------------------------------------------------------
+
+    def _admit(self, state: object) -> object:
+        if not self._queue:  # nobody waits: take a slot if one is free, lock-free
+            try:
+                self._permits.pop()
+                return None
+            except IndexError:
+                pass
+        with self._lock:
+            if self.max_wait and (self.max_waiting is None or len(self._queue) < self.max_waiting):
+                return MUST_WAIT
+            self._rejected += 1
+        raise BulkheadFullError(self.name)
+
+    def _exit(self, token: object, exc: BaseException | None, result: object) -> None:
+        if self._queue:
+            with self._lock:  # the slot passes straight to the oldest waiter
+                if self._queue:
+                    self._queue.popleft().grant()
+                    return
+        self._permits.append(None)
+        if self._queue:  # someone queued as we gave the slot back: serve them
+            with self._lock:
+                self._serve()
+
+    def _serve(self) -> None:
+        """Under the lock: hand free slots to the oldest waiters."""
+        queue, permits = self._queue, self._permits
+        while queue and permits:
+            try:
+                permits.pop()
+            except IndexError:  # a caller on the lock-free path took it first
+                return
+            queue.popleft().grant()
+
+    def _wait(self) -> object:
+        waiter = self._enqueue(_ThreadWaiter())
+        seconds = self._wait_limit()
+        try:
+            woken = waiter.lock.acquire(timeout=seconds) if seconds > 0 else False
+        except BaseException:  # interrupted while waiting: leave, and pass on a late slot
+            self._leave(waiter)
+            raise
+        if not woken:
+            self._give_up(waiter)
+        return None
+
+    async def _wait_async(self) -> object:
+        waiter = self._enqueue(_TaskWaiter())
+        if waiter.granted:
+            return None
+        scope = cancel.after(self._wait_limit())
+        try:
+            await waiter.event.wait()
+        except BaseException as exc:
+            if not scope.close(exc):  # cancelled from outside: leave, pass on a late slot
+                self._leave(waiter)
+                raise
+            self._give_up(waiter)
+            return None
+        scope.close(None)
+        return None
+
+    # -- waiting ----------------------------------------------------------------------
+
+    def _enqueue(self, waiter: W) -> W:
+        """Queue ``waiter``; it is granted at once if a slot came free meanwhile."""
+        with self._lock:
+            self._queue.append(waiter)
+            self._serve()
+        return waiter
+
+    def _wait_limit(self) -> float:
+        seconds, _ = dl.limit(self.max_wait)
+        return seconds
+
+    def _give_up(self, waiter: _Waiter) -> None:
+        """The wait ran out: leave the queue, unless a slot arrived at the last moment."""
+        with self._lock:
+            if waiter.granted:
+                return
+            self._queue.remove(waiter)
+            self._rejected += 1
+        raise BulkheadFullError(self.name)
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """The waiter gives up for another reason (cancellation): no slot may be lost."""
+        with self._lock:
+            if not waiter.granted:
+                self._queue.remove(waiter)
+                return
+        self._exit(None, None, None)  # it had been handed a slot: hand it on
+
+
+class _Waiter:
+    """A queued call: ``grant`` (under the bulkhead's lock) hands it a slot and wakes it."""
+
+    __slots__ = ("granted",)
+
+    def __init__(self) -> None:
+        self.granted = False
+
+    def grant(self) -> None:
+        raise NotImplementedError
+
+
+class _ThreadWaiter(_Waiter):
+    __slots__ = ("lock",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = _thread.allocate_lock()
+        self.lock.acquire()
+
+    def grant(self) -> None:
+        self.granted = True
+        self.lock.release()
+
+
+class _TaskWaiter(_Waiter):
+    """Waits on an event of its own loop; a grant from another thread goes through the
+    loop's thread-safe entry, since loop objects may only be touched from their thread."""
+
+    __slots__ = ("_call_soon", "_thread", "event")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._thread = threading.get_ident()
+        self.event, self._call_soon = _event()
+
+    def grant(self) -> None:
+        self.granted = True
+        if threading.get_ident() == self._thread:
+            self.event.set()
+        else:
+            self._call_soon(self.event.set)
+
+
+def _event() -> tuple[Any, Callable[[Callable[[], object]], object]]:
+    """An event of the running event loop, and how to reach that loop from another thread."""
+    import asyncio
+    import sys
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        trio = sys.modules.get("trio")
+        if trio is None or not trio.lowlevel.in_trio_task():
+            raise
+        return trio.Event(), trio.lowlevel.current_trio_token().run_sync_soon
+    return asyncio.Event(), loop.call_soon_threadsafe
