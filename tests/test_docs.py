@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from resilient import _breaker, _budget, _retry
+from resilient import _breaker, _budget, _bulkhead, _retry, _timeout
 from resilient._core.options import Option, markdown_table
 
 DOCS = Path(__file__).parent.parent / "docs"
@@ -18,6 +18,8 @@ DOCS = Path(__file__).parent.parent / "docs"
         ("breaker.md", _breaker.OPTIONS),
         ("retry.md", _retry.OPTIONS),
         ("retry.md", _budget.OPTIONS),
+        ("timeout.md", _timeout.OPTIONS),
+        ("bulkhead.md", _bulkhead.OPTIONS),
     ],
 )
 def test_options_tables_match_the_declarations(page: str, options: tuple[Option, ...]) -> None:
