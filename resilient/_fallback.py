@@ -77,7 +77,7 @@ class Fallback(Decorates):
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         if self._async_handler:
-            raise TypeError(
+            raise UsageError(
                 f"Fallback's handler {self._handler!r} is async, but {fn!r} is not:"
                 " a sync call cannot await it"
             )
@@ -120,7 +120,7 @@ class Fallback(Decorates):
         if not isinstance(exc, Exception) or not self._catches(exc):
             return False
         if self._async_handler:
-            raise TypeError("Fallback's handler is async: use 'async with'") from exc
+            raise UsageError("Fallback's handler is async: use 'async with'") from exc
         self._recover(exc)
         return True
 

@@ -300,7 +300,7 @@ class Retry(Decorates):
         return _Attempts(self)
 
     def __enter__(self) -> None:
-        raise TypeError(
+        raise UsageError(
             "a with-block runs once and cannot be retried: write"
             " 'for attempt in retry: with attempt: ...' (or 'async for' in async code)"
         )
@@ -309,7 +309,7 @@ class Retry(Decorates):
         return None
 
     async def __aenter__(self) -> None:
-        raise TypeError(
+        raise UsageError(
             "an async with-block runs once and cannot be retried: write"
             " 'async for attempt in retry: with attempt: ...'"
         )

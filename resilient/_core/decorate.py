@@ -115,9 +115,9 @@ def _is_async(owner: object, fn: object) -> bool:
         generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
         is_async = is_async_callable(fn)
     else:
-        raise TypeError(f"{type(owner).__name__} guards callables, not {fn!r}")
+        raise UsageError(f"{type(owner).__name__} guards callables, not {fn!r}")
     if generator:
-        raise TypeError(
+        raise UsageError(
             f"{type(owner).__name__} cannot guard the generator function {fn!r}: calling"
             " it only creates the generator; guard the code that consumes it instead"
         )
@@ -170,7 +170,7 @@ class Decorates:
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` through this policy."""
         if _is_async(self, fn):
-            raise TypeError(
+            raise UsageError(
                 f"{fn!r} is async: calling it only creates a coroutine, so use"
                 f" 'await {type(self).__name__.lower()}.call_async(fn, ...)'"
             )

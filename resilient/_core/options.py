@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from resilient._core.parse import Invalid
 from resilient._errors import ConfigError
 
 __all__ = [
@@ -28,10 +29,6 @@ __all__ = [
     "rate",
     "resolve",
 ]
-
-
-class Invalid(Exception):
-    """Raised by a checker: the value is outside what the option accepts."""
 
 
 Checker = Callable[[Any], Any]
