@@ -103,6 +103,19 @@ def _check_budget(value: Any) -> Any:
     return value
 
 
+opt.written(
+    _check_wait,
+    opt.parse_duration_or_object,
+    "a duration (250ms, 2s, 1.5m, 1h or bare seconds), or a strategy's import path",
+)
+opt.written(
+    _check_on,
+    opt.exception_filter.parse,  # type: ignore[attr-defined]
+    opt.exception_filter.syntax,  # type: ignore[attr-defined]
+)
+opt.written(_check_stop, opt.none_or_import, "none, or a stop strategy's import path")
+opt.written(_check_budget, opt.none_or_import, "none, or a RetryBudget's import path")
+
 OPTIONS = (
     opt.Option(
         "attempts",

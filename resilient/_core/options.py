@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from resilient._core import parse as text
 from resilient._core.parse import Invalid
 from resilient._errors import ConfigError
 
@@ -28,6 +29,7 @@ __all__ = [
     "predicate",
     "rate",
     "resolve",
+    "written",
 ]
 
 
@@ -60,6 +62,44 @@ class Option:
             return self.check(value)
         except Invalid:
             raise ConfigError(self.name, value, self.expected, owner=owner) from None
+
+    @property
+    def syntax(self) -> str:
+        """How the option is written in an environment variable."""
+        return str(getattr(self.check, "syntax", _OBJECTS_SYNTAX))
+
+    def from_text(self, raw: str) -> Any:
+        """The value an environment variable's text stands for, checked; or Invalid."""
+        parse: Callable[[str], Any] = getattr(self.check, "parse", _parse_objects)
+        return self.check(parse(raw))
+
+
+_OBJECTS_SYNTAX = "an import path (package.module:name), or several separated by commas"
+
+
+def _parse_objects(raw: str) -> Any:
+    parts = [part.strip() for part in raw.split(",")]
+    if not all(parts):
+        raise Invalid
+    objects = tuple(text.parse_import(part) for part in parts)
+    return objects[0] if len(objects) == 1 else objects
+
+
+def _none_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse_optional(raw: str) -> Any:
+        return None if raw.strip().lower() == "none" else parse(raw)
+
+    return parse_optional
+
+
+def written(check: Checker, parse: Callable[[str], Any], syntax: str) -> Checker:
+    """Say how ``check``'s values are written as text (for environment variables)."""
+    check.parse = parse  # type: ignore[attr-defined]
+    check.syntax = syntax  # type: ignore[attr-defined]
+    return check
+
+
+_DURATION_SYNTAX = "a duration: 250ms, 2s, 1.5m, 1h or bare seconds"
 
 
 def resolve(options: Sequence[Option], given: Mapping[str, Any], owner: str) -> dict[str, Any]:
@@ -100,16 +140,25 @@ def rate(value: Any) -> float:
     return share
 
 
+written(rate, text.parse_float, "a decimal number, e.g. 0.25")
+
+
 def positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise Invalid
     return value
 
 
+written(positive_int, text.parse_int, "a whole number, e.g. 5")
+
+
 def non_negative_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise Invalid
     return value
+
+
+written(non_negative_int, text.parse_int, "a whole number, e.g. 5")
 
 
 def window_size(value: Any) -> int | float:
@@ -122,6 +171,16 @@ def window_size(value: Any) -> int | float:
     return seconds
 
 
+def _parse_window_size(raw: str) -> int | float:
+    try:
+        return text.parse_int(raw)
+    except Invalid:
+        return text.parse_duration(raw)
+
+
+written(window_size, _parse_window_size, "a whole number of calls, or a duration (60s, 1.5m, 1h)")
+
+
 def duration(*, allow_zero: bool) -> Checker:
     """Seconds as a finite number, > 0 (or >= 0 where zero means "at once")."""
 
@@ -131,14 +190,16 @@ def duration(*, allow_zero: bool) -> Checker:
             raise Invalid
         return seconds
 
-    return check
+    return written(check, text.parse_duration, _DURATION_SYNTAX)
 
 
 def optional(check: Checker) -> Checker:
     def check_optional(value: Any) -> Any:
         return None if value is None else check(value)
 
-    return check_optional
+    parse = getattr(check, "parse", _parse_objects)
+    syntax = getattr(check, "syntax", _OBJECTS_SYNTAX)
+    return written(check_optional, _none_or(parse), f"none, or {syntax}")
 
 
 def choice(*choices: str) -> Checker:
@@ -147,7 +208,7 @@ def choice(*choices: str) -> Checker:
             raise Invalid
         return value
 
-    return check
+    return written(check, lambda raw: raw.strip().lower(), " or ".join(choices))
 
 
 def predicate(value: Any) -> Any:
@@ -155,6 +216,12 @@ def predicate(value: Any) -> Any:
     if value is not None and (not callable(value) or isinstance(value, type)):
         raise Invalid
     return value
+
+
+#: ``none``, or the object at an import path.
+none_or_import = _none_or(text.parse_import)
+
+written(predicate, none_or_import, "none, or an import path (package.module:name)")
 
 
 ExceptionFilter = Callable[[BaseException], bool]
@@ -189,11 +256,33 @@ def _never(exc: BaseException) -> bool:
     return False
 
 
+written(
+    exception_filter,
+    _none_or(text.parse_exceptions),
+    "exception types by import path, separated by commas (ConnectionError,"
+    " httpx.TimeoutException), a predicate's import path, or none",
+)
+
+
 def duration_or_callable(value: Any) -> Any:
     """Seconds (>= 0), or a callable that computes them."""
     if callable(value) and not isinstance(value, type):
         return value
     return duration(allow_zero=True)(value)
+
+
+def parse_duration_or_object(raw: str) -> Any:
+    try:
+        return text.parse_duration(raw)
+    except Invalid:
+        return _parse_objects(raw)
+
+
+written(
+    duration_or_callable,
+    parse_duration_or_object,
+    f"{_DURATION_SYNTAX}; or a callable's import path",
+)
 
 
 def clock(*needs: str) -> Checker:
@@ -206,7 +295,7 @@ def clock(*needs: str) -> Checker:
             raise Invalid
         return value
 
-    return check
+    return written(check, none_or_import, "none, or an import path (package.module:name)")
 
 
 def markdown_table(options: Sequence[Option]) -> str:
