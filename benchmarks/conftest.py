@@ -16,7 +16,16 @@ import pytest
 
 # Third-party code we only measure: its deprecations are not ours to fix, and the repo's
 # filterwarnings = ["error"] would otherwise turn them into failures.
-PEERS = ("aiobreaker", "backoff", "circuitbreaker", "pybreaker", "stamina", "tenacity", "wrapt")
+PEERS = (
+    "aiobreaker",
+    "backoff",
+    "circuitbreaker",
+    "hyx",
+    "pybreaker",
+    "stamina",
+    "tenacity",
+    "wrapt",
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:

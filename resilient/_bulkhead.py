@@ -22,7 +22,9 @@ from typing import Any, NamedTuple, TypeVar
 from resilient._core import cancel
 from resilient._core import deadline as dl
 from resilient._core import options as opt
+from resilient._core.config import Settings
 from resilient._core.decorate import MUST_WAIT, GuardForms
+from resilient._core.registry import Configured
 from resilient._errors import BulkheadFullError
 
 __all__ = ["OPTIONS", "Bulkhead", "BulkheadMetrics"]
@@ -66,14 +68,21 @@ class BulkheadMetrics(NamedTuple):
     rejected: int  #: calls refused since the bulkhead was made
 
 
-class _Queueing:
-    fast = False  # every call goes through _admit: there is no state that admits blindly
+class _Config:
+    """What a call reads: the guard's ``_state``, switched whole by a reload."""
+
+    __slots__ = ("fast", "max_concurrent", "max_wait", "max_waiting")
+
+    def __init__(
+        self, max_concurrent: int, max_wait: float, max_waiting: int | None, enabled: bool
+    ) -> None:
+        self.fast = not enabled  # switched off: every call goes straight in, holding no slot
+        self.max_concurrent = max_concurrent
+        self.max_wait = max_wait
+        self.max_waiting = max_waiting
 
 
-_QUEUEING = _Queueing()
-
-
-class Bulkhead(GuardForms):
+class Bulkhead(Configured, GuardForms):
     """At most ``max_concurrent`` calls inside at once; others wait up to ``max_wait``.
 
     A decorator for ``def`` and ``async def``, ``with``/``async with``, and
@@ -81,7 +90,9 @@ class Bulkhead(GuardForms):
     exception, or cancellation while inside or while still waiting.
     """
 
-    _state = _QUEUEING
+    KIND = "bulkhead"
+    OPTIONS = OPTIONS
+    _state: _Config
 
     def __init__(
         self,
@@ -91,22 +102,57 @@ class Bulkhead(GuardForms):
         max_waiting: int | None = None,
         name: str | None = None,
     ) -> None:
-        self.name = opt.check_name(name, "Bulkhead")
         given = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
-        cfg = opt.resolve(OPTIONS, given, owner=self._owner())
-        self.max_concurrent: int = cfg["max_concurrent"]
-        self.max_wait: float = cfg["max_wait"]
-        self.max_waiting: int | None = cfg["max_waiting"]
+        settings = self._configure(name, given)
         self._lock = threading.Lock()  # for the queue; the fast path never takes it
         # Free slots, one item each: pop() and append() are single C calls, atomic under
         # the GIL and locked per object on a free-threaded build, so a call that finds
         # nobody waiting takes and gives back its slot without the lock.
-        self._permits: deque[None] = deque([None] * self.max_concurrent)
+        self._permits: deque[None] = deque()
         self._queue: deque[_Waiter] = deque()
+        self._slots = 0  # slots there are (max_concurrent as last applied)
+        self._debt = 0  # slots to retire as they come back, after max_concurrent shrank
         self._rejected = 0
+        self._register(settings)
 
-    def _owner(self) -> str:
-        return "Bulkhead" if self.name is None else f"Bulkhead({self.name!r})"
+    def _compile(self, settings: Settings) -> _Config:
+        return _Config(
+            settings["max_concurrent"],
+            settings["max_wait"],
+            settings["max_waiting"],
+            settings.enabled,
+        )
+
+    def _switch(self, compiled: _Config) -> None:
+        """Resize to the new ``max_concurrent`` without losing a call inside or waiting."""
+        with self._lock:
+            grow = compiled.max_concurrent - self._slots
+            self._slots = compiled.max_concurrent
+            if grow > 0:
+                repaid = min(grow, self._debt)
+                self._debt -= repaid
+                self._permits.extend([None] * (grow - repaid))
+                self._serve()
+            while grow < 0:  # retire free slots now, busy ones as they come back
+                try:
+                    self._permits.pop()
+                except IndexError:
+                    self._debt -= grow
+                    break
+                grow += 1
+            self._state = compiled
+
+    @property
+    def max_concurrent(self) -> int:
+        return self._state.max_concurrent
+
+    @property
+    def max_wait(self) -> float:
+        return self._state.max_wait
+
+    @property
+    def max_waiting(self) -> int | None:
+        return self._state.max_waiting
 
     def __repr__(self) -> str:
         name = "" if self.name is None else f", name={self.name!r}"
@@ -116,31 +162,41 @@ class Bulkhead(GuardForms):
     def metrics(self) -> BulkheadMetrics:
         with self._lock:
             return BulkheadMetrics(
-                self.max_concurrent,
-                self.max_concurrent - len(self._permits),
+                self._slots,
+                self._slots + self._debt - len(self._permits),
                 len(self._queue),
                 self._rejected,
             )
 
+    def reset(self) -> None:
+        """Count rejections from zero again (calls inside keep their slots)."""
+        with self._lock:
+            self._rejected = 0
+
     # -- the guard protocol -----------------------------------------------------------
 
-    def _admit(self, state: object) -> object:
+    def _admit(self, state: _Config) -> object:
         if not self._queue:  # nobody waits: take a slot if one is free, lock-free
             try:
                 self._permits.pop()
                 return None
             except IndexError:
                 pass
+        if state.max_wait:
+            return MUST_WAIT
         with self._lock:
-            if self.max_wait and (self.max_waiting is None or len(self._queue) < self.max_waiting):
-                return MUST_WAIT
             self._rejected += 1
         raise BulkheadFullError(self.name)
 
     def _exit(self, token: object, exc: BaseException | None, result: object) -> None:
-        if self._queue:
-            with self._lock:  # the slot passes straight to the oldest waiter
-                if self._queue:
+        if token is not None:
+            return  # admitted while switched off: it holds no slot
+        if self._queue or self._debt:
+            with self._lock:
+                if self._debt:  # max_concurrent shrank: this slot goes
+                    self._debt -= 1
+                    return
+                if self._queue:  # the slot passes straight to the oldest waiter
                     self._queue.popleft().grant()
                     return
         self._permits.append(None)
@@ -158,11 +214,17 @@ class Bulkhead(GuardForms):
                 return
             queue.popleft().grant()
 
-    def _wait(self) -> object:
-        waiter = self._enqueue(_ThreadWaiter())
-        seconds = self._wait_limit()
+    def _wait(self, state: _Config) -> object:
+        seconds = dl.limit(state.max_wait)[0]  # first: once queued, nothing else may raise
+        waiter = self._enqueue(_ThreadWaiter(), state)
+        if waiter.granted:
+            return None
         try:
-            woken = waiter.lock.acquire(timeout=seconds) if seconds > 0 else False
+            woken = (
+                waiter.lock.acquire(timeout=min(seconds, threading.TIMEOUT_MAX))
+                if seconds > 0
+                else False
+            )
         except BaseException:  # interrupted while waiting: leave, and pass on a late slot
             self._leave(waiter)
             raise
@@ -170,16 +232,20 @@ class Bulkhead(GuardForms):
             self._give_up(waiter)
         return None
 
-    async def _wait_async(self) -> object:
-        waiter = self._enqueue(_TaskWaiter())
+    async def _wait_async(self, state: _Config) -> object:
+        seconds = dl.limit(state.max_wait)[0]
+        waiter = self._enqueue(_TaskWaiter(), state)
         if waiter.granted:
             return None
-        scope = cancel.after(self._wait_limit())
+        scope = None
         try:
+            scope = cancel.after(seconds)
             await waiter.event.wait()
         except BaseException as exc:
-            if not scope.close(exc):  # cancelled from outside: leave, pass on a late slot
-                self._leave(waiter)
+            if scope is None or not scope.close(exc):  # not our time limit: leave the
+                self._leave(waiter)  # queue, passing on a slot handed over meanwhile
+                if scope is not None and scope.redeliver:
+                    await cancel.redeliver()
                 raise
             self._give_up(waiter)
             return None
@@ -188,16 +254,24 @@ class Bulkhead(GuardForms):
 
     # -- waiting ----------------------------------------------------------------------
 
-    def _enqueue(self, waiter: W) -> W:
-        """Queue ``waiter``; it is granted at once if a slot came free meanwhile."""
+    def _enqueue(self, waiter: W, state: _Config) -> W:
+        """Queue ``waiter``, or grant it at once if a slot came free since ``_admit``
+        looked; BulkheadFullError if ``max_waiting`` are waiting already."""
         with self._lock:
-            self._queue.append(waiter)
             self._serve()
+            if not self._queue:
+                try:
+                    self._permits.pop()
+                except IndexError:
+                    pass
+                else:
+                    waiter.granted = True  # never queued, so never woken: it just goes in
+                    return waiter
+            if state.max_waiting is not None and len(self._queue) >= state.max_waiting:
+                self._rejected += 1
+                raise BulkheadFullError(self.name)
+            self._queue.append(waiter)
         return waiter
-
-    def _wait_limit(self) -> float:
-        seconds, _ = dl.limit(self.max_wait)
-        return seconds
 
     def _give_up(self, waiter: _Waiter) -> None:
         """The wait ran out: leave the queue, unless a slot arrived at the last moment."""

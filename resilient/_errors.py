@@ -22,6 +22,7 @@ __all__ = [
     "BulkheadFullError",
     "CircuitOpenError",
     "ConfigError",
+    "ConfigWarning",
     "RejectedError",
     "ResilienceError",
     "TimeoutExpired",
@@ -123,26 +124,66 @@ class ConfigError(ResilienceError, ValueError):
     """An option got a value it cannot take; raised at construction, never later.
 
     ``option`` names the option (or environment variable), ``value`` is what was given and
-    ``expected`` says what would have been accepted.
+    ``expected`` says what would have been accepted. When several environment variables
+    are bad at once, one error reports them all: ``errors`` lists each (the first is
+    also this error's own option, value and expected).
     """
 
-    def __init__(self, option: str, value: object, expected: str, *, owner: str = "") -> None:
+    def __init__(
+        self,
+        option: str,
+        value: object,
+        expected: str,
+        *,
+        owner: str = "",
+        errors: tuple[ConfigError, ...] = (),
+    ) -> None:
         super().__init__(option, value, expected, owner)
         self.option = option
         self.value = value
         self.expected = expected
         self.owner = owner
+        self.errors: tuple[ConfigError, ...] = errors or (self,)
+
+    @classmethod
+    def combine(cls, errors: list[ConfigError]) -> ConfigError:
+        """One error for several (one for one): they are all reported, none is lost."""
+        flat = [each for error in errors for each in error.errors]
+        if len(flat) == 1:
+            return flat[0]
+        first = flat[0]
+        return cls(
+            first.option, first.value, first.expected, owner=first.owner, errors=tuple(flat)
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_config_error, self.args)
+        errors = () if self.errors == (self,) else self.errors
+        return (_rebuild_config_error, (*self.args, errors))
 
     def __str__(self) -> str:
+        if len(self.errors) > 1:
+            lines = "\n".join(f"  {error._line()}" for error in self.errors)
+            return f"{len(self.errors)} invalid settings:\n{lines}"
+        return self._line()
+
+    def _line(self) -> str:
         where = f"{self.owner}: " if self.owner else ""
         return f"{where}{self.option}={self.value!r} is invalid: expected {self.expected}"
 
 
-def _rebuild_config_error(option: str, value: object, expected: str, owner: str) -> ConfigError:
-    return ConfigError(option, value, expected, owner=owner)
+def _rebuild_config_error(
+    option: str,
+    value: object,
+    expected: str,
+    owner: str,
+    errors: tuple[ConfigError, ...] = (),
+) -> ConfigError:
+    return ConfigError(option, value, expected, owner=owner, errors=errors)
+
+
+class ConfigWarning(UserWarning):
+    """A setting that is valid but probably not what was meant: a ``RESILIENT_*``
+    variable that matches no option of any policy (with a "did you mean")."""
 
 
 class UsageError(ResilienceError, TypeError):

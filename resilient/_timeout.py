@@ -24,7 +24,9 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 from resilient._core import cancel, workers
 from resilient._core import deadline as dl
 from resilient._core import options as opt
+from resilient._core.config import Settings
 from resilient._core.decorate import Decorates, pop_block, push_block
+from resilient._core.registry import Configured
 from resilient._core.window import count_value
 from resilient._errors import RejectedError, TimeoutExpired
 
@@ -55,10 +57,10 @@ OPTIONS = (
         10,
         opt.positive_int,
         "an int >= 1",
-        "Sync calls only: how many timed-out calls may still be running on their worker"
-        " threads (Python cannot stop a thread). Beyond it, calls are refused at once with"
+        "Sync calls only: once this many timed-out calls are still running on their"
+        " worker threads (Python cannot stop a thread), new calls are refused at once with"
         " `WorkersExhaustedError` until some finish, so a hung downstream cannot pile up"
-        " threads.",
+        " threads. Calls already in flight may still time out and add to the count.",
     ),
     opt.Option(
         "thread_locals",
@@ -92,7 +94,17 @@ class TimeoutMetrics(NamedTuple):
     rejected: int  #: sync calls refused because ``abandoned`` was at ``max_abandoned``
 
 
-class Timeout(Decorates):
+class _Config(NamedTuple):
+    """What a call reads, in one object so that a reload switches it whole."""
+
+    seconds: float
+    expiries: cancel.Expiries  # the async calls of this length, per event loop
+    thread_locals: tuple[threading.local, ...]
+    max_abandoned: int
+    enabled: bool
+
+
+class Timeout(Configured, Decorates):
     """At most ``seconds`` for each call, or TimeoutExpired (a :class:`TimeoutError`).
 
     As a decorator or through ``call``/``call_async``, on ``def`` and ``async def``.
@@ -100,6 +112,10 @@ class Timeout(Decorates):
     interrupt sync code: the block runs to its end, with a deadline that resilient-aware
     calls inside respect, and raises TimeoutExpired on exit if it overran.
     """
+
+    KIND = "timeout"
+    OPTIONS = OPTIONS
+    _cfg: _Config
 
     def __init__(
         self,
@@ -109,17 +125,30 @@ class Timeout(Decorates):
         max_abandoned: int = 10,
         thread_locals: threading.local | tuple[threading.local, ...] = (),
     ) -> None:
-        self.name = opt.check_name(name, "Timeout")
         given = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
-        cfg = opt.resolve(OPTIONS, given, owner=self._owner())
-        self.seconds: float = cfg["seconds"]
-        self._tally = workers.Tally(cfg["max_abandoned"])
-        self._thread_locals: tuple[threading.local, ...] = cfg["thread_locals"]
+        settings = self._configure(name, given)
+        self._tally = workers.Tally()
         self._expired = itertools.count()
-        self._expiries = cancel.Expiries(self.seconds)
+        self._register(settings)
 
-    def _owner(self) -> str:
-        return "Timeout" if self.name is None else f"Timeout({self.name!r})"
+    def _compile(self, settings: Settings) -> _Config:
+        seconds: float = settings["seconds"]
+        old = getattr(self, "_cfg", None)
+        same_length = old is not None and old.seconds == seconds
+        return _Config(
+            seconds,
+            old.expiries if old is not None and same_length else cancel.Expiries(seconds),
+            settings["thread_locals"],
+            settings["max_abandoned"],
+            settings.enabled,
+        )
+
+    def _switch(self, compiled: _Config) -> None:
+        self._cfg = compiled
+
+    @property
+    def seconds(self) -> float:
+        return self._cfg.seconds
 
     def __repr__(self) -> str:
         name = "" if self.name is None else f", name={self.name!r}"
@@ -131,11 +160,16 @@ class Timeout(Decorates):
             count_value(self._expired), self._tally.abandoned, self._tally.rejected
         )
 
+    def reset(self) -> None:
+        """Count expiries and refusals from zero again (abandoned calls still run)."""
+        self._expired = itertools.count()
+        self._tally.rejected = 0
+
     # -- deciding the limit ---------------------------------------------------------
 
-    def _limit(self) -> tuple[float, bool]:
+    def _limit(self, cfg: _Config) -> tuple[float, bool]:
         """This call's limit and whether an enclosing deadline set it; raises if none is left."""
-        seconds, by_deadline = dl.limit(self.seconds)
+        seconds, by_deadline = dl.limit(cfg.seconds)
         if seconds <= 0.0:
             raise self._expire(0.0, " (the enclosing deadline had passed: not started)")
         return seconds, by_deadline
@@ -150,7 +184,10 @@ class Timeout(Decorates):
         timeout = self
 
         def timed(*args: P.args, **kwargs: P.kwargs) -> R:
-            seconds, by_deadline = timeout._limit()
+            cfg = timeout._cfg
+            if not cfg.enabled:
+                return fn(*args, **kwargs)
+            seconds, by_deadline = timeout._limit(cfg)
             if by_deadline:
                 context = copy_context()
             else:  # inner calls see this Timeout's limit as their deadline
@@ -164,8 +201,9 @@ class Timeout(Decorates):
                     kwargs,
                     seconds=seconds,
                     context=context,
-                    thread_locals=timeout._thread_locals,
+                    thread_locals=cfg.thread_locals,
                     tally=timeout._tally,
+                    cap=cfg.max_abandoned,
                 )
             except workers.Abandoned:
                 raise WorkersExhaustedError(timeout.name) from None
@@ -179,17 +217,22 @@ class Timeout(Decorates):
         timeout = self
 
         async def timed(*args: P.args, **kwargs: P.kwargs) -> R:
-            seconds, by_deadline = timeout._limit()
+            cfg = timeout._cfg
+            if not cfg.enabled:
+                return await fn(*args, **kwargs)
+            seconds, by_deadline = timeout._limit(cfg)
             if by_deadline:
                 scope, token = cancel.after(seconds), None
             else:  # the usual case; inner calls see this call's end as their deadline
-                scope = timeout._expiries.open()
+                scope = cfg.expiries.open()
                 token = dl.push(scope)
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
                 if scope.close(exc):
                     raise timeout._expire(seconds, _why(by_deadline)) from exc
+                if scope.redeliver:
+                    await cancel.redeliver()
                 raise
             finally:
                 if token is not None:
@@ -202,7 +245,11 @@ class Timeout(Decorates):
     # -- context managers -------------------------------------------------------------
 
     def __enter__(self) -> None:
-        seconds, by_deadline = self._limit()
+        cfg = self._cfg
+        if not cfg.enabled:
+            push_block(self, None)
+            return
+        seconds, by_deadline = self._limit(cfg)
         token = None if by_deadline else dl.scoped(seconds)
         push_block(self, (time.monotonic(), seconds, by_deadline, token))
 
@@ -212,7 +259,10 @@ class Timeout(Decorates):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        started, seconds, by_deadline, token = pop_block(self)
+        block = pop_block(self)
+        if block is None:
+            return  # entered while switched off
+        started, seconds, by_deadline, token = block
         if token is not None:
             dl.unscoped(token)
         took = time.monotonic() - started
@@ -224,11 +274,15 @@ class Timeout(Decorates):
             )
 
     async def __aenter__(self) -> None:
-        seconds, by_deadline = self._limit()
+        cfg = self._cfg
+        if not cfg.enabled:
+            push_block(self, None)
+            return
+        seconds, by_deadline = self._limit(cfg)
         if by_deadline:
             scope, token = cancel.after(seconds), None
         else:
-            scope = self._expiries.open()
+            scope = cfg.expiries.open()
             token = dl.push(scope)
         push_block(self, (scope, seconds, by_deadline, token))
 
@@ -238,11 +292,16 @@ class Timeout(Decorates):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        scope, seconds, by_deadline, token = pop_block(self)
+        block = pop_block(self)
+        if block is None:
+            return
+        scope, seconds, by_deadline, token = block
         if token is not None:
             dl.unscoped(token)
         if scope.close(exc):
             raise self._expire(seconds, _why(by_deadline)) from exc
+        if scope.redeliver:
+            await cancel.redeliver()
 
 
 def _why(by_deadline: bool) -> str:

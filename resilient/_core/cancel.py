@@ -27,6 +27,7 @@ about once per timeout length however many calls pass. (``asyncio.timeout`` and
 
 from __future__ import annotations
 
+import math
 import sys
 import weakref
 from asyncio import CancelledError, current_task
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Any, Protocol
 
-__all__ = ["Expiries", "Scope", "after"]
+__all__ = ["Expiries", "Scope", "after", "redeliver"]
 
 _TASKS_COUNT_CANCELS = sys.version_info >= (3, 11)
 
@@ -44,8 +45,19 @@ _RUNNING, _FIRED, _CLOSED = 0, 1, 2
 
 
 class Scope(Protocol):
+    #: after ``close`` said "not ours": an enclosing anyio scope was cancelled too, but its
+    #: cancellation was folded into ours; ``await redeliver()`` lets it raise its own.
+    redeliver: bool
+
     def close(self, exc: BaseException | None) -> bool: ...
     def left(self) -> float: ...
+
+
+async def redeliver() -> None:
+    """One checkpoint, where an enclosing anyio scope delivers its cancellation."""
+    import anyio
+
+    await anyio.lowlevel.checkpoint()
 
 
 class Expiries:
@@ -109,10 +121,11 @@ def _anyio_scope(seconds: float) -> Scope:
 class _Expiry:
     """One call in a watch's queue; a subclass knows how to cancel it."""
 
-    __slots__ = ("_state", "_watch", "at")
+    __slots__ = ("_state", "_watch", "at", "redeliver")
 
     def __init__(self, watch: _Watch) -> None:
         self._watch = watch
+        self.redeliver = False
         self._state = _RUNNING
         self.at = watch.now() + watch.seconds
         watch.add(self)
@@ -213,8 +226,9 @@ class _TaskExpiry(_Expiry):
         self._watch.closed(self)
         if not fired:
             return False
-        # Ours only if nobody else asked for a cancellation since we began.
-        return self._task.uncancel() <= self._baseline and isinstance(exc, CancelledError)
+        ours = _ours(self._task, self._baseline, exc)
+        self.redeliver = ours is None
+        return bool(ours)
 
 
 class _TrioWatch(_Watch):
@@ -276,10 +290,11 @@ class _ScopeExpiry(_Expiry):
 class _TaskTimer:
     """An asyncio call with a length of its own: a timer of its own."""
 
-    __slots__ = ("_baseline", "_fired", "_handle", "_task", "at")
+    __slots__ = ("_baseline", "_fired", "_handle", "_task", "at", "redeliver")
 
     def __init__(self, loop: Any, task: Any, seconds: float) -> None:
         self._task = task
+        self.redeliver = False
         self._fired = False
         self._baseline = task.cancelling()
         self.at = monotonic() + seconds
@@ -296,13 +311,36 @@ class _TaskTimer:
         self._handle.cancel()
         if not self._fired:
             return False
-        return self._task.uncancel() <= self._baseline and isinstance(exc, CancelledError)
+        ours = _ours(self._task, self._baseline, exc)
+        self.redeliver = ours is None
+        return bool(ours)
+
+
+def _ours(task: Any, baseline: int, exc: BaseException | None) -> bool | None:
+    """After our own ``task.cancel()``: is ``exc`` that cancellation, and only that one?
+
+    Not if anyone else asked the task for a cancellation since we began (the count went
+    up). None if an enclosing anyio cancel scope was cancelled meanwhile: anyio does not
+    call ``cancel()`` on a task whose cancellation is already under way, and it swallows
+    only a CancelledError it raised itself, so it must be let deliver its own.
+    """
+    if task.uncancel() > baseline or not isinstance(exc, CancelledError):
+        return False
+    anyio = sys.modules.get("anyio")
+    if anyio is None:
+        return True
+    try:
+        outer_cancelled = anyio.current_effective_deadline() == -math.inf
+    except Exception:  # not an event loop anyio knows: no anyio scope encloses us
+        return True
+    return None if outer_cancelled else True
 
 
 class _CancelScope:
     """A trio or anyio CancelScope, entered now and left by ``close``."""
 
     __slots__ = ("_scope", "at")
+    redeliver = False  # trio and anyio tell their scopes' cancellations apart themselves
 
     def __init__(self, scope: Any, seconds: float) -> None:
         scope.__enter__()

@@ -10,8 +10,9 @@ looping or waiting (a circuit breaker; later a bulkhead's fast path). It provide
     the full admission otherwise, without blocking: a token that ties the outcome to the
     admission, or raise (a rejection), or :data:`MUST_WAIT` when the call may queue for
     admission (a full bulkhead with ``max_wait``);
-``_wait() -> token`` and ``async _wait_async() -> token``
-    that queueing, on a thread or in a task; only called after :data:`MUST_WAIT`;
+``_wait(state) -> token`` and ``async _wait_async(state) -> token``
+    that queueing, on a thread or in a task, under the state ``_admit`` was given;
+    only called after :data:`MUST_WAIT`;
 ``_exit(token, exc, result)``
     record how it went: ``exc`` is None on return, else the exception (any
     BaseException: the guard decides what counts); ``result`` is :data:`NO_RESULT`
@@ -218,10 +219,10 @@ class GuardForms(Decorates):
     def _exit(self, token: Any, exc: BaseException | None, result: object) -> None:
         raise NotImplementedError
 
-    def _wait(self) -> object:
+    def _wait(self, state: Any) -> object:
         raise NotImplementedError
 
-    async def _wait_async(self) -> object:
+    async def _wait_async(self, state: Any) -> object:
         raise NotImplementedError
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
@@ -233,11 +234,10 @@ class GuardForms(Decorates):
     # -- context manager ------------------------------------------------------------
 
     def __enter__(self) -> None:
-        token: Any = self._state
-        if not token.fast:
-            token = self._admit(token)
-            if token is MUST_WAIT:
-                token = self._wait()
+        state: Any = self._state
+        token = state if state.fast else self._admit(state)
+        if token is MUST_WAIT:
+            token = self._wait(state)
         push_block(self, token)
 
     def __exit__(
@@ -249,11 +249,10 @@ class GuardForms(Decorates):
         self._exit(pop_block(self), exc, NO_RESULT)
 
     async def __aenter__(self) -> None:
-        token: Any = self._state
-        if not token.fast:
-            token = self._admit(token)
-            if token is MUST_WAIT:
-                token = await self._wait_async()
+        state: Any = self._state
+        token = state if state.fast else self._admit(state)
+        if token is MUST_WAIT:
+            token = await self._wait_async(state)
         push_block(self, token)
 
     async def __aexit__(
@@ -273,9 +272,10 @@ def _sync_driver(guard: GuardForms, fn: Callable[P, R]) -> Callable[P, R]:
     def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
         token: Any = guard._state
         if not token.fast:
-            token = guard._admit(token)
+            state = token
+            token = guard._admit(state)
             if token is MUST_WAIT:
-                token = guard._wait()
+                token = guard._wait(state)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -293,9 +293,10 @@ def _async_driver(
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
         token: Any = guard._state
         if not token.fast:
-            token = guard._admit(token)
+            state = token
+            token = guard._admit(state)
             if token is MUST_WAIT:
-                token = await guard._wait_async()
+                token = await guard._wait_async(state)
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:

@@ -126,7 +126,10 @@ def check_name(name: object, owner: str) -> str | None:
 def _real(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Invalid
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int past the largest float
+        raise Invalid from None
     if not math.isfinite(number):
         raise Invalid
     return number

@@ -38,14 +38,13 @@ _idle: list[_Worker] = []
 
 
 class Tally:
-    """One owner's abandoned workers: how many are still running, and its cap."""
+    """One owner's abandoned workers: how many are still running, how many refused."""
 
-    __slots__ = ("abandoned", "cap", "rejected")
+    __slots__ = ("abandoned", "rejected")
 
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
+    def __init__(self) -> None:
         self.abandoned = 0  # still running, their callers gone
-        self.rejected = 0  # calls refused because ``abandoned`` was at ``cap``
+        self.rejected = 0  # calls refused because ``abandoned`` was at the cap
 
 
 class Abandoned(Exception):
@@ -144,6 +143,7 @@ def run(
     context: Context,
     thread_locals: Iterable[threading.local],
     tally: Tally,
+    cap: int,
 ) -> tuple[bool, Any]:
     """Run ``fn`` on a worker and wait at most ``seconds``: (True, result) if it returned.
 
@@ -152,7 +152,7 @@ def run(
     """
     job = _Job(fn, args, kwargs, context, thread_locals, tally)
     with _lock:
-        if tally.abandoned >= tally.cap:
+        if tally.abandoned >= cap:
             tally.rejected += 1
             raise Abandoned
         worker = _idle.pop() if _idle else None
@@ -164,13 +164,14 @@ def run(
         )
         try:
             thread.start()
-        except BaseException:  # out of threads: the call never started
-            job.done.release()
+        except BaseException:  # no thread (or interrupted while starting one)
+            if thread.ident is not None:  # it started after all: the call runs on, alone
+                _abandon(job)
             raise
     else:
         worker.wake.release()
     try:
-        finished = job.done.acquire(timeout=seconds)
+        finished = job.done.acquire(timeout=min(seconds, threading.TIMEOUT_MAX))
     except BaseException:  # interrupted while waiting (KeyboardInterrupt): let the call go
         _abandon(job)
         raise

@@ -1,0 +1,171 @@
+"""Configuration: built-in defaults, then the code's keywords, then the environment.
+
+An operator retunes or switches off a named policy without a code change::
+
+    RESILIENT_<NAME>_<KIND>_<OPTION>     one policy (NAME: its name upper-cased, every
+                                         run of other characters than A-Z, 0-9 made "_")
+    RESILIENT_DEFAULT_<KIND>_<OPTION>    every policy of a kind, named or not
+    RESILIENT_ENABLED=0                  every policy a pass-through
+
+Precedence, low to high: the option's declared default, the keyword given in code, the
+kind-wide variable, the policy's own variable. The environment is read when a policy is
+made and again by :func:`reload`, never at import. Every value is parsed and checked by
+the option's own declaration (``_core/options.py``); all the bad variables of a policy
+are reported together, in one :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from resilient._core import options as opt
+from resilient._core.parse import parse_bool
+from resilient._errors import ConfigError, ConfigWarning
+
+__all__ = [
+    "ENABLED",
+    "KINDS",
+    "Settings",
+    "default_variable",
+    "env_name",
+    "known_variables",
+    "resolve",
+    "unknown_variables",
+    "variable",
+    "warn_unknown",
+]
+
+PREFIX = "RESILIENT_"
+#: The emergency switch: ``RESILIENT_ENABLED=0`` makes every policy a pass-through.
+ENABLED = "RESILIENT_ENABLED"
+
+#: Every kind's declared options, by kind ("breaker", ...); each policy module adds its own.
+KINDS: dict[str, tuple[opt.Option, ...]] = {}
+
+
+def env_name(name: str) -> str:
+    """A name as variables spell it: ``payments-api.v2`` -> ``PAYMENTS_API_V2``."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).upper()
+
+
+def variable(kind: str, option: str, name: str) -> str:
+    return f"{PREFIX}{env_name(name)}_{kind.upper()}_{option.upper()}"
+
+
+def default_variable(kind: str, option: str) -> str:
+    return f"{PREFIX}DEFAULT_{kind.upper()}_{option.upper()}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One policy's resolved options, and where each value came from."""
+
+    values: Mapping[str, Any]
+    #: per option: "default", "code", or the environment variable that set it
+    sources: Mapping[str, str]
+    #: per option set by the environment: the variable's raw text
+    texts: Mapping[str, str] = field(default_factory=dict)
+    enabled: bool = True
+
+    def __getitem__(self, option: str) -> Any:
+        return self.values[option]
+
+    def blame(self, option: str) -> tuple[str, Any]:
+        """What to name in an error about ``option``: its variable and text, or itself."""
+        source = self.sources[option]
+        if source.startswith(PREFIX):
+            return source, self.texts[option]
+        return option, self.values[option]
+
+
+def resolve(
+    kind: str,
+    options: Sequence[opt.Option],
+    given: Mapping[str, Any],
+    *,
+    name: str | None,
+    owner: str,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Defaults, then ``given`` (validated: a bad keyword raises at once), then the
+    environment (every bad variable reported together)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    texts: dict[str, str] = {}
+    for option in options:
+        if option.name in given:
+            values[option.name] = option.validate(given[option.name], owner)
+            sources[option.name] = "code"
+        else:
+            values[option.name] = option.default
+            sources[option.name] = "default"
+    errors: list[ConfigError] = []
+    for option in options:
+        names = [variable(kind, option.name, name)] if name is not None else []
+        for var in (*names, default_variable(kind, option.name)):
+            if var not in env:
+                continue
+            raw = env[var]
+            try:
+                values[option.name] = option.from_text(raw)
+            except opt.Invalid:
+                expected = f"{option.expected}, written as {option.syntax}"
+                errors.append(ConfigError(var, raw, expected, owner=owner))
+            else:
+                sources[option.name] = var
+                texts[option.name] = raw
+            break  # the policy's own variable wins; a bad one never falls back
+    enabled = True
+    if ENABLED in env:
+        try:
+            enabled = parse_bool(env[ENABLED])
+        except opt.Invalid:
+            expected = "a boolean: 1/0, true/false, yes/no, on/off"
+            errors.append(ConfigError(ENABLED, env[ENABLED], expected, owner=owner))
+    if errors:
+        raise ConfigError.combine(errors)
+    return Settings(values, sources, texts, enabled)
+
+
+def known_variables(policies: Iterable[tuple[str, str | None]]) -> set[str]:
+    """Every variable that means something, given the live (kind, name) pairs."""
+    known = {ENABLED}
+    for kind, options in KINDS.items():
+        known.update(default_variable(kind, option.name) for option in options)
+    for kind, name in policies:
+        if name is not None:
+            known.update(variable(kind, option.name, name) for option in KINDS[kind])
+    return known
+
+
+def unknown_variables(
+    known: set[str], environ: Mapping[str, str] | None = None
+) -> list[tuple[str, str | None]]:
+    """``RESILIENT_*`` variables that match nothing known, each with a close match if any."""
+    env = os.environ if environ is None else environ
+    return [
+        (var, next(iter(difflib.get_close_matches(var, known, n=1, cutoff=0.8)), None))
+        for var in sorted(env)
+        if var.startswith(PREFIX) and var not in known
+    ]
+
+
+def warn_unknown(
+    unknown: Sequence[tuple[str, str | None]], *, only_close: bool, stacklevel: int = 2
+) -> None:
+    for var, suggestion in unknown:
+        if suggestion is None and only_close:
+            continue
+        hint = f"; did you mean {suggestion}?" if suggestion else ""
+        warnings.warn(
+            f"{var} matches no option of any resilient policy{hint}",
+            ConfigWarning,
+            stacklevel=stacklevel + 1,
+        )

@@ -1,0 +1,191 @@
+"""The registry of live policies, and what makes a policy configurable and registered.
+
+Every policy that has options registers itself, weakly: dropping the last reference to a
+policy frees it. A named policy is found by (kind, name).
+
+A name is not a lock on an object. Making a policy always makes a new, independent one,
+even if a live policy of that kind already has the name; the registry then finds the
+newest. Refusing the second (or handing back the first, state and all) would make code
+depend on when the garbage collector frees the old one: an object kept alive by a
+traceback's reference cycle, a notebook cell run again, a module reloaded, two tests
+that both say "payments". Every policy with the name reads the same variables, so the
+environment configures them all alike. To share state, share the object.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+from resilient._core import config
+from resilient._core import options as opt
+from resilient._errors import ConfigError
+
+__all__ = ["Configured", "Registry", "registry", "reload"]
+
+
+class Registry:
+    """The live policies: ``registry.get(name)``, ``list(registry)``, ``registry.reset()``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._all: weakref.WeakSet[Configured] = weakref.WeakSet()
+        self._named: weakref.WeakValueDictionary[tuple[str, str], Configured] = (
+            weakref.WeakValueDictionary()
+        )
+        self._births = itertools.count()
+
+    def get(self, name: str, kind: str | None = None) -> Any:
+        """The live policy called ``name`` (of ``kind``: "breaker", "retry", ...), the
+        newest if several are; KeyError if none is, or if several kinds share the name
+        and no kind is given."""
+        with self._lock:
+            found = [p for (k, n), p in self._named.items() if n == name and kind in (None, k)]
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            what = "policy" if kind is None else kind
+            raise KeyError(f"no live {what} is named {name!r}")
+        kinds = ", ".join(sorted(p.KIND for p in found))
+        raise KeyError(f"several policies are named {name!r} ({kinds}): say which kind")
+
+    def policies(self, kind: str | None = None) -> list[Any]:
+        """Every live named policy (of ``kind``), by kind, name and age."""
+        with self._lock:
+            live = [p for p in self._all if p.name is not None and kind in (None, p.KIND)]
+        return sorted(live, key=lambda p: (p.KIND, p.name, p._born))
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.policies())
+
+    def __len__(self) -> int:
+        return len(self.policies())
+
+    def reset(self, name: str | None = None, *, kind: str | None = None) -> None:
+        """Reset the state of the named policies (all, or those called ``name``): a
+        breaker closes with an empty window, counters start again from zero."""
+        for policy in self.policies(kind):
+            if name is None or policy.name == name:
+                policy.reset()
+
+    def _live(self) -> list[Configured]:
+        """Every live policy, named or not (``reload`` reconfigures them all)."""
+        with self._lock:
+            return list(self._all)
+
+    def _add(self, policy: Configured) -> None:
+        with self._lock:
+            policy._born = next(self._births)
+            if policy.name is not None:
+                self._named[(policy.KIND, policy.name)] = policy  # the newest wins
+            self._all.add(policy)
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{p.KIND}:{p.name}" for p in self.policies())
+        return f"<resilient.registry [{names}]>"
+
+
+registry = Registry()
+
+
+class Configured:
+    """Mixin: a policy whose options come from defaults, code and the environment.
+
+    A subclass declares ``KIND`` and ``OPTIONS`` (plus ``ENV_OPTIONS`` for settings only
+    the environment gives, like a breaker's pinned state), calls ``_configure`` first in
+    ``__init__`` and ``_register`` last, and implements two steps:
+    ``_compile(settings)`` checks what one option cannot check alone and builds the
+    policy's config object (raising ConfigError, changing nothing); ``_switch(compiled)``
+    installs it in one step, and cannot fail: a call sees the old or the new, never a mix.
+    """
+
+    KIND: ClassVar[str]
+    OPTIONS: ClassVar[tuple[opt.Option, ...]]
+    ENV_OPTIONS: ClassVar[tuple[opt.Option, ...]] = ()
+
+    name: str | None
+    _given: Mapping[str, Any] | None = None
+    _born = 0  # the registry's order of making
+    settings: config.Settings
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "KIND" in cls.__dict__:
+            config.KINDS[cls.KIND] = (*cls.OPTIONS, *cls.ENV_OPTIONS)
+
+    def _owner(self) -> str:
+        kind = type(self).__name__
+        return kind if self.name is None else f"{kind}({self.name!r})"
+
+    def _configure(self, name: str | None, given: Mapping[str, Any]) -> config.Settings:
+        """The settings of a new policy: its name checked, the environment read."""
+        self.name = opt.check_name(name, type(self).__name__)
+        settings = self._resolve(given)
+        self._given = dict(given)
+        config.warn_unknown(self._near_misses(), only_close=True, stacklevel=3)
+        return settings
+
+    def _resolve(
+        self, given: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    ) -> config.Settings:
+        return config.resolve(
+            self.KIND,
+            (*self.OPTIONS, *self.ENV_OPTIONS),
+            given,
+            name=self.name,
+            owner=self._owner(),
+            environ=environ,
+        )
+
+    def _near_misses(self) -> list[tuple[str, str | None]]:
+        mine = config.known_variables([(self.KIND, self.name)])
+        known = mine | config.known_variables((p.KIND, p.name) for p in registry._live())
+        return [
+            (var, suggestion)
+            for var, suggestion in config.unknown_variables(known)
+            if suggestion is not None and suggestion in mine
+        ]
+
+    def _register(self, settings: config.Settings) -> None:
+        """The last step of ``__init__``: apply the settings, then become findable."""
+        self.settings = settings
+        self._switch(self._compile(settings))
+        registry._add(self)
+
+    def _compile(self, settings: config.Settings) -> Any:
+        raise NotImplementedError
+
+    def _switch(self, compiled: Any) -> None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget counts and state gathered so far (the configuration stays)."""
+
+
+def reload(environ: Mapping[str, str] | None = None) -> None:
+    """Read the environment again and apply it to every live policy, keeping their state.
+
+    All or nothing: if any variable is bad, ConfigError reports every bad one and no
+    policy changes. Each policy switches in one step. A ``RESILIENT_*`` variable that
+    matches no live policy's option gets a ConfigWarning.
+    """
+    policies = registry._live()
+    planned: list[tuple[Configured, config.Settings, Any]] = []
+    errors: list[ConfigError] = []
+    for policy in policies:
+        assert policy._given is not None
+        try:
+            settings = policy._resolve(policy._given, environ)
+            planned.append((policy, settings, policy._compile(settings)))
+        except ConfigError as error:
+            errors.append(error)
+    if errors:
+        raise ConfigError.combine(errors)
+    for policy, settings, compiled in planned:
+        policy.settings = settings
+        policy._switch(compiled)
+    known = config.known_variables((p.KIND, p.name) for p in policies)
+    config.warn_unknown(config.unknown_variables(known, environ), only_close=False)
