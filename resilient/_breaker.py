@@ -25,14 +25,18 @@ from typing import Any, Literal, TypeVar
 
 from resilient._core import options as opt
 from resilient._core.clock import SYSTEM_CLOCK, MonotonicClock
+from resilient._core.config import Settings
 from resilient._core.decorate import NO_RESULT, GuardForms
 from resilient._core.events import Listeners
+from resilient._core.registry import Configured
 from resilient._core.window import (
     FAILURE,
     SLOW_FAILURE,
     SLOW_SUCCESS,
     SUCCESS,
+    CountWindow,
     Tally,
+    TimeWindow,
     Window,
     count_value,
     count_window,
@@ -104,6 +108,7 @@ class _Phase:
         "kind",
         "pending",
         "pending_seen",
+        "plain",
         "record",
         "reopen_for",
         "reported",
@@ -124,10 +129,13 @@ class _Phase:
         times_opened: int = 0,
         reopen_for: float = 0.0,
         fast: bool = False,
+        plain: bool = False,
     ) -> None:
         self.kind = kind
         # The driver admits a call on a fast phase without asking: CLOSED and untimed.
         self.fast = fast
+        # CLOSED, and a success needs nothing but a slot store: no timing, no predicate.
+        self.plain = plain
         self.window = window
         self.record = window.record
         self.append: Any = getattr(window, "append", None)  # count windows: a C-level record
@@ -251,7 +259,113 @@ OPTIONS = (
 )
 
 
-class CircuitBreaker(GuardForms):
+#: Environment only: ``RESILIENT_<NAME>_BREAKER_STATE`` pins a breaker from outside.
+PINNED = opt.Option(
+    "state",
+    "auto",
+    opt.choice("auto", "forced_open", "disabled"),
+    "auto, forced_open or disabled",
+    "Set only by the environment: forced_open rejects every call, disabled lets every"
+    " call through unrecorded, auto (or no variable) leaves the breaker to itself.",
+)
+_PINS = {"auto": None, "forced_open": FORCED_OPEN, "disabled": DISABLED}
+
+
+class _Rules:
+    """A breaker's configuration and the judgements made from it, replaced whole."""
+
+    def __init__(self, settings: Settings, owner: str) -> None:
+        self.owner = owner
+        open_for = settings["open_for"]
+        if callable(open_for):
+            self.open_for: Callable[[int], float] = open_for
+            self.open_duration(1)  # a callable that cannot answer fails now, not mid-outage
+        else:
+            self.open_for = lambda times_opened: open_for
+        self.failure_rate: float = settings["failure_rate"]
+        self.window_type: str = settings["window_type"]
+        self.window_size: float = settings["window_size"]
+        min_calls: int = settings["min_calls"]
+        if self.window_type == "count":
+            if not isinstance(self.window_size, int):
+                option, value = settings.blame("window_size")
+                expected = next(o.expected for o in OPTIONS if o.name == "window_size")
+                raise ConfigError(option, value, expected, owner=owner)
+            min_calls = min(min_calls, self.window_size)
+        self.min_calls = min_calls
+        self.half_open_calls: int = settings["half_open_calls"]
+        self.half_open_max_wait: float | None = settings["half_open_max_wait"]
+        slow_after: float | None = settings["slow_call_duration"]
+        self.timed = slow_after is not None
+        self.slow_after = math.inf if slow_after is None else slow_after
+        self.slow_rate: float = settings["slow_call_rate"]
+        self.is_failure: opt.ExceptionFilter = settings["record"]
+        self.is_ignored: opt.ExceptionFilter = settings["ignore"]
+        self.failure_result: Callable[[Any], bool] | None = settings["failure_result"]
+        self.clock: MonotonicClock = settings["clock"] or SYSTEM_CLOCK
+        self.now = self.clock.monotonic
+        self.pinned: str = settings["state"]
+        self.enabled = settings.enabled
+        # A success needs nothing but a slot store: no timing, no clock, no predicate.
+        self.plain_success = (
+            not self.timed and self.window_type == "count" and self.failure_result is None
+        )
+
+    def new_window(self) -> Window:
+        if self.window_type == "count":
+            return count_window(int(self.window_size))
+        return time_window(self.window_size)
+
+    def reshaped(self, window: Window) -> Window:
+        """``window`` if it has this shape already; else a new one (a count window keeps
+        its latest outcomes, as many as fit; a time window cannot be re-bucketed)."""
+        if self.window_type == "count" and isinstance(window, CountWindow):
+            if window.size == self.window_size:
+                return window
+            new = count_window(int(self.window_size))
+            for outcome in window.outcomes()[-int(self.window_size) :]:
+                new.record(outcome, 0.0)
+            return new
+        if isinstance(window, TimeWindow) and window.seconds == self.window_size:
+            return window
+        return self.new_window()
+
+    def open_duration(self, times_opened: int) -> float:
+        value = self.open_for(times_opened)
+        try:
+            return opt.duration(allow_zero=True)(value)  # type: ignore[no-any-return]
+        except opt.Invalid:
+            raise ConfigError(
+                "open_for",
+                value,
+                f"the open_for callable to return seconds >= 0 (called with {times_opened})",
+                owner=self.owner,
+            ) from None
+
+    def classify(self, outcome: int, exc: BaseException | None, result: object) -> int | None:
+        """SUCCESS/FAILURE (slow or not), or None for a call that counts as neither."""
+        if exc is None:
+            if (
+                self.failure_result is not None
+                and result is not NO_RESULT
+                and self.failure_result(result)
+            ):
+                return _FAILED[outcome]
+            return outcome
+        if not isinstance(exc, Exception) or isinstance(exc, UsageError):
+            return None  # cancellation, KeyboardInterrupt, SystemExit, GeneratorExit
+        if self.is_ignored(exc):
+            return None
+        return _FAILED[outcome] if self.is_failure(exc) else outcome
+
+    def over(self, tally: Tally) -> bool:
+        calls = tally.calls
+        return tally.failures / calls >= self.failure_rate or (
+            self.timed and tally.slow / calls >= self.slow_rate
+        )
+
+
+class CircuitBreaker(Configured, GuardForms):
     """Stops calls to a failing downstream, then lets a few probes decide when to resume.
 
     CLOSED counts outcomes in a sliding window; once it holds ``min_calls`` calls and the
@@ -265,7 +379,12 @@ class CircuitBreaker(GuardForms):
     ``await breaker.call_async(fn, ...)``. Defaults and their reasons: docs/breaker.md.
     """
 
+    KIND = "breaker"
+    OPTIONS = OPTIONS
+    ENV_OPTIONS = (PINNED,)
+
     _state: _Phase  # the one current phase; replaced whole by _swap, never edited
+    _rules: _Rules  # the configuration; replaced whole by a reload, never edited
 
     def __init__(
         self,
@@ -289,123 +408,69 @@ class CircuitBreaker(GuardForms):
         failure_result: Callable[[Any], bool] | None = None,
         clock: MonotonicClock | None = None,
     ) -> None:
-        self.name = opt.check_name(name, "CircuitBreaker")
         given = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
-        cfg = opt.resolve(OPTIONS, given, owner=self._owner())
+        settings = self._configure(name, given)
         self._lock = threading.Lock()
         self._listeners: Listeners[StateChange] = Listeners()
         self._events: deque[StateChange] = deque()  # decided, not yet delivered
         self._publishing = threading.Lock()
         self._rejected = itertools.count()
-        self._configure(cfg)
-        self._state = self._closed()
+        self._pinned_by_env = False
+        self._register(settings)
 
-    def _owner(self) -> str:
-        return "CircuitBreaker" if self.name is None else f"CircuitBreaker({self.name!r})"
+    def _compile(self, settings: Settings) -> _Rules:
+        return _Rules(settings, self._owner())
 
-    def _configure(self, cfg: dict[str, Any]) -> None:
-        open_for = cfg["open_for"]
-        if callable(open_for):
-            self._open_for: Callable[[int], float] = open_for
-            self._open_duration(1)  # a callable that cannot answer fails now, not mid-outage
-        else:
-            self._open_for = lambda times_opened: open_for
-        self._failure_rate: float = cfg["failure_rate"]
-        self._window_type: str = cfg["window_type"]
-        self._window_size: float = cfg["window_size"]
-        min_calls: int = cfg["min_calls"]
-        if self._window_type == "count":
-            if not isinstance(self._window_size, int):
-                option = next(o for o in OPTIONS if o.name == "window_size")
-                raise ConfigError(
-                    "window_size", self._window_size, option.expected, owner=self._owner()
-                )
-            min_calls = min(min_calls, self._window_size)
-        self._min_calls = min_calls
-        self._half_open_calls: int = cfg["half_open_calls"]
-        self._half_open_max_wait: float | None = cfg["half_open_max_wait"]
-        slow_after: float | None = cfg["slow_call_duration"]
-        self._timed = slow_after is not None
-        self._slow_after = math.inf if slow_after is None else slow_after
-        self._slow_rate: float = cfg["slow_call_rate"]
-        self._is_failure: opt.ExceptionFilter = cfg["record"]
-        self._is_ignored: opt.ExceptionFilter = cfg["ignore"]
-        self._failure_result: Callable[[Any], bool] | None = cfg["failure_result"]
-        self._clock: MonotonicClock = cfg["clock"] or SYSTEM_CLOCK
-        self._now = self._clock.monotonic
-        # A success needs nothing but a slot store: no timing, no clock, no predicate.
-        self._plain_success = (
-            not self._timed and self._window_type == "count" and self._failure_result is None
-        )
-
-    def _new_window(self) -> Window:
-        if self._window_type == "count":
-            return count_window(int(self._window_size))
-        return time_window(self._window_size)
-
-    def _closed(self) -> _Phase:
-        return _Phase(CLOSED, self._new_window(), fast=not self._timed)
-
-    def _open_duration(self, times_opened: int) -> float:
-        value = self._open_for(times_opened)
-        try:
-            return opt.duration(allow_zero=True)(value)  # type: ignore[no-any-return]
-        except opt.Invalid:
-            raise ConfigError(
-                "open_for",
-                value,
-                f"the open_for callable to return seconds >= 0 (called with {times_opened})",
-                owner=self._owner(),
-            ) from None
+    def _switch(self, compiled: _Rules) -> None:
+        """Adopt new rules, keeping the state and, where its shape allows, the window."""
+        old = getattr(self, "_rules", None)
+        with self._lock:
+            self._rules = c = compiled
+            now = c.now()
+            st = self._state if old is not None else None
+            pin = DISABLED if not c.enabled else _PINS[c.pinned]
+            if pin is not None and (st is None or st.kind is not pin):
+                window = st.window if st is not None else c.new_window()
+                self._install(_Phase(pin, window, since=now), now)
+                self._pinned_by_env = True
+            elif st is None or (pin is None and self._pinned_by_env):
+                self._install(self._closed(c, st.window if st is not None else None), now)
+                self._pinned_by_env = False
+            elif st.kind is CLOSED:  # the fast-path flags and the window follow the rules
+                self._install(self._closed(c, st.window, st), now)
+            elif st.kind is HALF_OPEN:  # probes admitted under the old rules go stale
+                self._install(self._probing(c, st, now), now)
+        self._publish()
 
     # -- the call path ----------------------------------------------------------------
 
     def _exit(self, token: _Token, exc: BaseException | None, result: object) -> None:
-        if (
-            exc is None
-            and self._plain_success
-            and token.__class__ is _Phase
-            and token.kind is CLOSED
-        ):
+        if exc is None and token.__class__ is _Phase and token.plain:
             token.append(SUCCESS)
             if token.pending:
-                self._judge(token, self._now())
+                c = self._rules
+                self._judge(c, token, c.now())
             return
         self._settle(token, exc, result)
 
     def _settle(self, token: _Token, exc: BaseException | None, result: object) -> None:
-        now = self._now()
+        c = self._rules
+        now = c.now()
         if isinstance(token, tuple):
             st, started = token
-            outcome = SLOW_SUCCESS if now - started >= self._slow_after else SUCCESS
+            outcome = SLOW_SUCCESS if now - started >= c.slow_after else SUCCESS
         else:
             st, outcome = token, SUCCESS
         if st.kind is DISABLED:
             return
         try:
-            counted = self._classify(outcome, exc, result)
+            counted = c.classify(outcome, exc, result)
         except BaseException:
-            self._report(st, None, now)  # a raising predicate must not leak a probe permit
+            self._report(c, st, None, now)  # a raising predicate must not leak a probe permit
             raise
-        self._report(st, counted, now)
+        self._report(c, st, counted, now)
 
-    def _classify(self, outcome: int, exc: BaseException | None, result: object) -> int | None:
-        """SUCCESS/FAILURE (slow or not), or None for a call that counts as neither."""
-        if exc is None:
-            if (
-                self._failure_result is not None
-                and result is not NO_RESULT
-                and self._failure_result(result)
-            ):
-                return _FAILED[outcome]
-            return outcome
-        if not isinstance(exc, Exception) or isinstance(exc, UsageError):
-            return None  # cancellation, KeyboardInterrupt, SystemExit, GeneratorExit
-        if self._is_ignored(exc):
-            return None
-        return _FAILED[outcome] if self._is_failure(exc) else outcome
-
-    def _report(self, st: _Phase, outcome: int | None, now: float) -> None:
+    def _report(self, c: _Rules, st: _Phase, outcome: int | None, now: float) -> None:
         if st.kind is CLOSED:
             if outcome is not None:
                 # A success can push a rate over its threshold only by completing the
@@ -413,7 +478,7 @@ class CircuitBreaker(GuardForms):
                 # have just slid out (the record opened a new bucket).
                 slid = st.record(outcome, now)
                 if outcome != SUCCESS or st.pending or slid:
-                    self._judge(st, now)
+                    self._judge(c, st, now)
         elif st.kind is HALF_OPEN:
             with self._lock:
                 if self._state is not st:
@@ -424,26 +489,21 @@ class CircuitBreaker(GuardForms):
                 st.reported += 1
                 st.failures += outcome in (FAILURE, SLOW_FAILURE)
                 st.slow += outcome in (SLOW_SUCCESS, SLOW_FAILURE)
-                if st.reported == self._half_open_calls:  # the last probe decides, once
-                    over = self._over(Tally(st.reported, st.failures, st.slow))
+                if st.reported == c.half_open_calls:  # the last probe decides, once
+                    over = c.over(Tally(st.reported, st.failures, st.slow))
                     self._install(
-                        self._opened(st, now, st.reopen_for) if over else self._closed(), now
+                        self._opened(st, now, st.reopen_for) if over else self._closed(c),
+                        now,
                     )
             self._publish()
 
-    def _over(self, tally: Tally) -> bool:
-        calls = tally.calls
-        return tally.failures / calls >= self._failure_rate or (
-            self._timed and tally.slow / calls >= self._slow_rate
-        )
-
-    def _judge(self, st: _Phase, now: float) -> None:
+    def _judge(self, c: _Rules, st: _Phase, now: float) -> None:
         """Open if the window's rates are over their thresholds (called off the happy path)."""
         tally = st.window.tally(now)
         if not tally.calls:
             return
-        over = self._over(tally)
-        if tally.calls < self._min_calls:
+        over = c.over(tally)
+        if tally.calls < c.min_calls:
             # Warming up. Judges race, so the one that saw the most calls decides whether
             # successes must keep judging: an older tally never overwrites a newer one.
             with self._lock:
@@ -456,7 +516,7 @@ class CircuitBreaker(GuardForms):
                 st.pending_seen = max(st.pending_seen, tally.calls)
                 st.pending = False
         if over:
-            self._swap(st, self._opened(st, now, self._open_duration(st.times_opened + 1)), now)
+            self._swap(st, self._opened(st, now, c.open_duration(st.times_opened + 1)), now)
 
     # -- transitions: the only code that changes _state -------------------------------
 
@@ -471,8 +531,9 @@ class CircuitBreaker(GuardForms):
 
     def _install(self, new: _Phase, now: float) -> None:
         """Under the lock: make ``new`` current and queue its event, stamped ``now``."""
-        old, self._state = self._state, new
-        if self._listeners and old.kind is not new.kind:
+        old = getattr(self, "_state", None)
+        self._state = new
+        if old is not None and self._listeners and old.kind is not new.kind:
             self._events.append(StateChange(self, old.kind, new.kind, now))
 
     def _publish(self) -> None:
@@ -491,46 +552,60 @@ class CircuitBreaker(GuardForms):
             finally:
                 self._publishing.release()
 
+    def _closed(
+        self, c: _Rules, window: Window | None = None, was: _Phase | None = None
+    ) -> _Phase:
+        """A CLOSED phase under ``c``: a fresh window, or ``window`` carried over into
+        one of ``c``'s shape (``was``: the CLOSED phase it replaces, warm-up and all)."""
+        window = c.new_window() if window is None else c.reshaped(window)
+        st = _Phase(CLOSED, window, fast=not c.timed, plain=c.plain_success)
+        if was is not None and was.window is window:
+            st.pending, st.pending_seen = was.pending, was.pending_seen
+        else:
+            st.pending = window.tally(c.now()).calls > 0  # re-judge the carried records
+        return st
+
     def _opened(self, st: _Phase, now: float, wait: float) -> _Phase:
         times = st.times_opened + 1
         return _Phase(OPEN, st.window, since=now, until=now + wait, times_opened=times)
 
-    def _probing(self, st: _Phase, now: float) -> _Phase:
+    def _probing(self, c: _Rules, st: _Phase, now: float) -> _Phase:
         # How long to reopen for is asked now, outside the lock, not when probes fail.
-        reopen_for = self._open_duration(st.times_opened + 1)
+        reopen_for = c.open_duration(st.times_opened + 1)
         return _Phase(
             HALF_OPEN, st.window, since=now, times_opened=st.times_opened, reopen_for=reopen_for
         )
 
     def _admit(self, st: _Phase) -> _Token:
         """Admission off the fast path: a token, or CircuitOpenError."""
+        c = self._rules
         while True:
             kind = st.kind
             if kind is OPEN:
-                now = self._now()
+                now = c.now()
                 if now < st.until:
                     # Inline rather than _rejection(): this is the hot path of an outage.
                     next(self._rejected)
                     raise CircuitOpenError(self.name, st.until - now, OPEN)
-                self._swap(st, self._probing(st, now), now)  # lazily, on the first call after
+                self._swap(st, self._probing(c, st, now), now)  # lazily, on the first call after
             elif kind is HALF_OPEN:
-                now = self._now()
-                max_wait = self._half_open_max_wait
+                now = c.now()
+                max_wait = c.half_open_max_wait
                 if max_wait is not None and now - st.since >= max_wait:
                     self._swap(st, self._opened(st, now, st.reopen_for), now)  # probes hung
                 else:
                     with self._lock:
                         if self._state is st:
-                            if st.admitted < self._half_open_calls:
+                            if st.admitted < c.half_open_calls:
                                 st.admitted += 1
-                                return (st, now) if self._timed else st
+                                return (st, now) if c.timed else st
                             # Full: if probes may hang, we know when this spell ends at the latest.
                             hint = None if max_wait is None else st.since + max_wait - now
                             raise self._rejection(st, hint)
             elif kind is FORCED_OPEN:
                 raise self._rejection(st, None)
             else:  # CLOSED when timed, DISABLED
-                return (st, self._now()) if self._timed and kind is CLOSED else st
+                return (st, c.now()) if c.timed and kind is CLOSED else st
             st = self._state
 
     def _rejection(self, st: _Phase, retry_after: float | None) -> CircuitOpenError:
@@ -547,14 +622,15 @@ class CircuitBreaker(GuardForms):
 
     @property
     def metrics(self) -> BreakerMetrics:
+        c = self._rules
         st = self._state
         if st.kind is HALF_OPEN:
             with self._lock:
                 tally = Tally(st.reported, st.failures, st.slow)
-            need = self._half_open_calls
+            need = c.half_open_calls
         else:
-            tally = st.window.tally(self._now())
-            need = self._min_calls
+            tally = st.window.tally(c.now())
+            need = c.min_calls
         calls = tally.calls
         enough = calls >= need and calls > 0
         return BreakerMetrics(
@@ -576,13 +652,14 @@ class CircuitBreaker(GuardForms):
         self._pin(DISABLED)
 
     def _pin(self, kind: State) -> None:
-        now = self._now()
+        now = self._rules.now()
         self._swap(None, _Phase(kind, self._state.window, since=now), now)
 
     def reset(self) -> None:
         """Back to CLOSED with an empty window; forgets open counts and rejections."""
+        c = self._rules
         self._rejected = itertools.count()
-        self._swap(None, self._closed(), self._now())
+        self._swap(None, self._closed(c), c.now())
 
     def add_listener(self, listener: L) -> L:
         """Call ``listener(StateChange)`` after every change of state; usable as a decorator.

@@ -20,8 +20,10 @@ from resilient._budget import RetryBudget
 from resilient._core import options as opt
 from resilient._core import testmode
 from resilient._core.clock import SYSTEM_CLOCK, Clock
+from resilient._core.config import Settings
 from resilient._core.deadline import remaining
 from resilient._core.decorate import Decorates
+from resilient._core.registry import Configured
 from resilient._errors import ConfigError, UsageError
 from resilient.backoff import Backoff
 
@@ -183,7 +185,65 @@ OPTIONS = (
 _OPTION_NAMES = frozenset(option.name for option in OPTIONS)
 
 
-class Retry(Decorates):
+class _Engine:
+    """A Retry's configuration and the decisions made from it, switched whole: a call
+    takes the engine current when it starts and keeps it to its end, so a reload never
+    mixes two configurations in one call."""
+
+    def __init__(self, settings: Settings, owner: str) -> None:
+        self.owner = owner
+        self._attempts: int = settings["attempts"]
+        self._wait = settings["wait"]
+        self._on = settings["on"]
+        self._on_tenacity = _is_tenacity(self._on, "retry_base")
+        self._on_result: Callable[[Any], bool] | None = settings["on_result"]
+        self._deadline: float | None = settings["deadline"]
+        self._stop = settings["stop"]
+        self._clock: Clock = settings["clock"] or SYSTEM_CLOCK
+        self._budget: RetryBudget | None = settings["budget"]
+        self._enabled = settings.enabled  # switched off: nothing is retried
+        # Results need a look only if someone asked to retry on them.
+        self._on_judges_results = self._on_tenacity and _judges_results(self._on)
+        self._checks_results = self._enabled and (
+            self._on_result is not None or self._on_judges_results
+        )
+        # The first attempt's start is read only if something measures from it, and the
+        # budget hears of first attempts only if there is one.
+        self._timed = (
+            self._deadline is not None
+            or self._stop is not None
+            or self._on_tenacity
+            or _is_tenacity(self._wait, "wait_base")  # tenacity reads seconds_since_start
+        )
+        self._begins = self._enabled and (self._timed or self._budget is not None)
+        self._retrying_stub: Any = None
+
+    def _owner(self) -> str:
+        return self.owner
+
+    # -- the happy path: what every call pays ----------------------------------------
+
+    def _begin(self) -> float:
+        """Before a first attempt: count it for the budget, note when it started."""
+        if self._budget is not None:
+            self._budget._deposit()
+        return self._clock.monotonic() if self._timed else 0.0
+
+    def _retries(self, exc: Exception) -> bool:
+        """Whether ``exc`` is a failure this policy retries (for a plain ``on``)."""
+        if isinstance(exc, UsageError) or not self._enabled:
+            return False
+        return True if self._on_tenacity else bool(self._on(exc))
+
+    def _result_is_failure(self, call: _Call | None, result: object) -> bool:
+        if self._on_result is not None and self._on_result(result):
+            return True
+        if self._on_judges_results:
+            return bool(self._on(_Call.tenacity_state(self, call, None, result)))
+        return False
+
+
+class Retry(Configured, Decorates):
     """Call again after a failure: ``@retry`` on ``def``/``async def``, ``retry.call(...)``,
     ``await retry.call_async(...)``, or the block form ``for attempt in retry: with attempt:``
     (``async for`` in async code).
@@ -191,6 +251,10 @@ class Retry(Decorates):
     When attempts run out, the last exception itself is re-raised, with a note saying
     how many attempts were made (an ``on_result`` retry returns the last value instead).
     """
+
+    KIND = "retry"
+    OPTIONS = OPTIONS
+    _engine: _Engine
 
     def __init__(
         self,
@@ -205,65 +269,29 @@ class Retry(Decorates):
         name: str | None = None,
         budget: RetryBudget | None = None,
     ) -> None:
-        self.name = opt.check_name(name, "Retry")
         given = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
-        cfg = opt.resolve(OPTIONS, given, owner=self._owner())
-        self._attempts: int = cfg["attempts"]
-        self._wait = cfg["wait"]
-        self._on = cfg["on"]
-        self._on_tenacity = _is_tenacity(self._on, "retry_base")
-        self._on_result: Callable[[Any], bool] | None = cfg["on_result"]
-        self._deadline: float | None = cfg["deadline"]
-        self._stop = cfg["stop"]
-        self._clock: Clock = cfg["clock"] or SYSTEM_CLOCK
-        self._budget: RetryBudget | None = cfg["budget"]
-        # Results need a look only if someone asked to retry on them.
-        self._on_judges_results = self._on_tenacity and _judges_results(self._on)
-        self._checks_results = self._on_result is not None or self._on_judges_results
-        # The first attempt's start is read only if something measures from it, and the
-        # budget hears of first attempts only if there is one.
-        self._timed = (
-            self._deadline is not None
-            or self._stop is not None
-            or self._on_tenacity
-            or _is_tenacity(self._wait, "wait_base")  # tenacity reads seconds_since_start
-        )
-        self._begins = self._timed or self._budget is not None
-        self._retrying_stub: Any = None
+        self._register(self._configure(name, given))
 
-    def _owner(self) -> str:
-        return "Retry" if self.name is None else f"Retry({self.name!r})"
+    def _compile(self, settings: Settings) -> _Engine:
+        return _Engine(settings, self._owner())
+
+    def _switch(self, compiled: _Engine) -> None:
+        self._engine = compiled
+
+    @property
+    def attempts(self) -> int:
+        return self._engine._attempts
 
     def __repr__(self) -> str:
-        return f"<{self._owner()} attempts={self._attempts}>"
-
-    # -- the happy path: what every call pays ----------------------------------------
-
-    def _begin(self) -> float:
-        """Before a first attempt: count it for the budget, note when it started."""
-        if self._budget is not None:
-            self._budget._deposit()
-        return self._clock.monotonic() if self._timed else 0.0
-
-    def _retries(self, exc: Exception) -> bool:
-        """Whether ``exc`` is a failure this policy retries (for a plain ``on``)."""
-        if isinstance(exc, UsageError):
-            return False
-        return True if self._on_tenacity else bool(self._on(exc))
-
-    def _result_is_failure(self, call: _Call | None, result: object) -> bool:
-        if self._on_result is not None and self._on_result(result):
-            return True
-        if self._on_judges_results:
-            return bool(self._on(_Call.tenacity_state(self, call, None, result)))
-        return False
+        return f"<{self._owner()} attempts={self._engine._attempts}>"
 
     # -- wrappers ---------------------------------------------------------------------
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
-        retry = self
+        policy = self
 
         def retried(*args: P.args, **kwargs: P.kwargs) -> R:
+            retry = policy._engine
             started = retry._begin() if retry._begins else 0.0
             try:
                 result: Any = fn(*args, **kwargs)
@@ -282,9 +310,10 @@ class Retry(Decorates):
         return retried
 
     def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        retry = self
+        policy = self
 
         async def retried(*args: P.args, **kwargs: P.kwargs) -> R:
+            retry = policy._engine
             started = retry._begin() if retry._begins else 0.0
             try:
                 result: Any = await fn(*args, **kwargs)
@@ -306,11 +335,11 @@ class Retry(Decorates):
 
     def __iter__(self) -> Iterator[Attempt]:
         """``for attempt in retry: with attempt: ...`` runs the block until it succeeds."""
-        return _Attempts(self)
+        return _Attempts(self._engine)
 
     def __aiter__(self) -> AsyncIterator[Attempt]:
         """``async for attempt in retry: with attempt: ...``; waits are async and cancellable."""
-        return _Attempts(self)
+        return _Attempts(self._engine)
 
     def __enter__(self) -> None:
         raise UsageError(
@@ -352,7 +381,7 @@ class _Call:
 
     def __init__(
         self,
-        retry: Retry,
+        retry: _Engine,
         fn: Callable[..., Any] | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -447,7 +476,7 @@ class _Call:
 
     @staticmethod
     def tenacity_state(
-        retry: Retry, call: _Call | None, exc: BaseException | None, result: object
+        retry: _Engine, call: _Call | None, exc: BaseException | None, result: object
     ) -> Any:
         """tenacity's RetryCallState for this attempt, for tenacity's own strategies."""
         import tenacity
@@ -563,7 +592,7 @@ class _Attempts:
 
     __slots__ = ("call", "done", "number", "retry", "started", "wait")
 
-    def __init__(self, retry: Retry) -> None:
+    def __init__(self, retry: _Engine) -> None:
         self.retry = retry
         self.call: _Call | None = None  # made on the first failure, as by the decorator
         self.number = 0

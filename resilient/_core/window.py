@@ -94,6 +94,14 @@ class CountWindow:
         self._ring: deque[int] = deque(maxlen=size)
         self.append: Callable[[int], None] = self._ring.append
 
+    @property
+    def size(self) -> int:
+        return self._ring.maxlen or 0
+
+    def outcomes(self) -> bytes:
+        """The outcomes held, oldest first (to carry them into a window of another size)."""
+        return bytes(self._ring)
+
     def record(self, outcome: int, now: float = 0.0) -> None:
         self.append(outcome)
 
@@ -124,9 +132,10 @@ class _Bucket:
 class TimeWindow:
     """The outcomes of the last ``seconds`` seconds, in :data:`TIME_BUCKETS` buckets."""
 
-    __slots__ = ("_buckets", "_span", "_width")
+    __slots__ = ("_buckets", "_span", "_width", "seconds")
 
     def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
         self._width = seconds / TIME_BUCKETS
         self._span = TIME_BUCKETS
         self._buckets: dict[int, _Bucket] = {}
