@@ -16,10 +16,12 @@ from resilient._budget import RetryBudget
 from resilient._bulkhead import Bulkhead, BulkheadMetrics
 from resilient._core.clock import Clock, MonotonicClock, SystemClock
 from resilient._core.deadline import deadline, remaining
+from resilient._core.registry import registry, reload
 from resilient._errors import (
     BulkheadFullError,
     CircuitOpenError,
     ConfigError,
+    ConfigWarning,
     RejectedError,
     ResilienceError,
     TimeoutExpired,
@@ -45,6 +47,7 @@ __all__ = [
     "CircuitOpenError",
     "Clock",
     "ConfigError",
+    "ConfigWarning",
     "Fallback",
     "MonotonicClock",
     "Pipeline",
@@ -62,6 +65,8 @@ __all__ = [
     "WorkersExhaustedError",
     "__version__",
     "deadline",
+    "registry",
+    "reload",
     "remaining",
 ]
 

@@ -13,7 +13,9 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from resilient._core import options as opt
+from resilient._core.config import Settings
 from resilient._core.decorate import Decorates, is_async_callable
+from resilient._core.registry import Configured
 from resilient._errors import ConfigError, UsageError
 
 __all__ = ["Fallback"]
@@ -24,13 +26,17 @@ R = TypeVar("R")
 _MISSING: Any = object()
 
 
-class Fallback(Decorates):
+class Fallback(Configured, Decorates):
     """Return ``value``, or ``handler(exc)``, when the call raises an exception matching ``on``.
 
     Give exactly one of ``value`` and ``handler``. A handler may be ``async def`` when it
     guards async code. As ``with fallback:`` the matching exception is swallowed (after
     the handler, if any, has seen it), since a block has no value to replace.
+    ``RESILIENT_ENABLED=0`` switches it off like every policy: errors pass through.
     """
+
+    KIND = "fallback"
+    OPTIONS = ()
 
     def __init__(
         self,
@@ -62,9 +68,16 @@ class Fallback(Decorates):
         self._value = value
         self._handler = handler
         self._async_handler = handler is not None and is_async_callable(handler)
+        self._register(self._configure(None, {}))
+
+    def _compile(self, settings: Settings) -> bool:
+        return settings.enabled
+
+    def _switch(self, compiled: bool) -> None:
+        self._enabled = compiled
 
     def _catches(self, exc: Exception) -> bool:
-        return not isinstance(exc, UsageError) and bool(self._on(exc))
+        return self._enabled and not isinstance(exc, UsageError) and bool(self._on(exc))
 
     def _recover(self, exc: Exception) -> Any:
         return self._value if self._handler is None else self._handler(exc)

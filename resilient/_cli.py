@@ -1,0 +1,252 @@
+"""The ``resilient`` command: ``demo``, ``env`` and ``config``.
+
+Built on argparse: the command has three subcommands and a handful of options, which
+argparse says well enough, and resilient takes no dependency for its command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from resilient._core import config
+from resilient._core.options import REQUIRED, Option
+from resilient._core.registry import Configured, registry
+from resilient._errors import ConfigError
+
+__all__ = ["main"]
+
+#: Exit codes: 0 all well; 1 the configuration has a problem; 2 the command was misused.
+OK, PROBLEM, USAGE = 0, 1, 2
+
+_TITLES = {
+    "breaker": "CircuitBreaker",
+    "retry": "Retry",
+    "timeout": "Timeout",
+    "bulkhead": "Bulkhead",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return USAGE
+    try:
+        return int(args.run(args))
+    except BrokenPipeError:  # piped into head: not an error (as the Python docs advise)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resilient",
+        description="Circuit breakers, retries, timeouts and bulkheads for Python.",
+        epilog="Every policy with a name can be retuned without a code change through"
+        " RESILIENT_<NAME>_<KIND>_<OPTION> variables; 'resilient env' lists them.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    from resilient import _demo
+
+    demo = commands.add_parser(
+        "demo",
+        help="watch a flaky downstream, called with and without resilience",
+        description=_demo.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _demo.add_arguments(demo)
+    demo.set_defaults(run=_demo.run)
+
+    env = commands.add_parser(
+        "env",
+        help="list every RESILIENT_* variable: type, default, range, meaning",
+        description="List every environment variable resilient reads, with the values it"
+        " accepts and its default. Variables set now are marked with their value.",
+    )
+    env.add_argument("--json", action="store_true", help="print JSON for machines")
+    env.set_defaults(run=_env)
+
+    cfg = commands.add_parser(
+        "config",
+        help="import your module and show each policy's effective configuration",
+        description="Import MODULE (or MODULE:ATTR), then print the effective"
+        " configuration of every named policy it made, and where each value came from:"
+        " the default, your code, or an environment variable.",
+    )
+    cfg.add_argument("target", metavar="MODULE[:ATTR]", help="e.g. myapp.clients or app:pipe")
+    cfg.add_argument(
+        "--check",
+        action="store_true",
+        help="exit with 1 if any RESILIENT_* variable is invalid or matches no policy"
+        " (for a deploy pipeline)",
+    )
+    cfg.add_argument("--json", action="store_true", help="print JSON for machines")
+    cfg.set_defaults(run=_config)
+    return parser
+
+
+# -- resilient env ---------------------------------------------------------------------------
+
+
+def _env_rows() -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = [
+        {
+            "variable": config.ENABLED,
+            "kind": None,
+            "option": None,
+            "syntax": "a boolean: 1/0, true/false, yes/no, on/off",
+            "default": "1",
+            "accepts": "a boolean",
+            "doc": "0 makes every policy a pass-through: the emergency switch.",
+        }
+    ]
+    for kind, options in config.KINDS.items():
+        for option in options:
+            rows.append(
+                {
+                    "variable": f"{config.PREFIX}<NAME>_{kind.upper()}_{option.name.upper()}",
+                    "default_variable": config.default_variable(kind, option.name),
+                    "kind": kind,
+                    "option": option.name,
+                    "syntax": option.syntax,
+                    "default": _default(option),
+                    "accepts": option.expected,
+                    "doc": option.doc,
+                }
+            )
+    return rows
+
+
+def _default(option: Option) -> str:
+    if option.default is REQUIRED:
+        return "(required in code)"
+    return str(getattr(option.default, "__name__", None) or repr(option.default))
+
+
+def _env(args: argparse.Namespace) -> int:
+    rows = _env_rows()
+    set_now = {k: v for k, v in os.environ.items() if k.startswith(config.PREFIX)}
+    if args.json:
+        print(json.dumps({"variables": rows, "set": set_now}, indent=2))
+        return OK
+    print(
+        "Variables resilient reads. <NAME> is a policy's name upper-cased, every run of"
+        " other characters than letters and digits made '_'.\nPrecedence, low to high:"
+        " the default, your code, RESILIENT_DEFAULT_<KIND>_<OPTION>,"
+        " RESILIENT_<NAME>_<KIND>_<OPTION>.\n"
+    )
+    kind = object()
+    for row in rows:
+        if row["kind"] != kind:
+            kind = row["kind"]
+            print(f"== {_TITLES.get(kind, 'all policies') if kind else 'all policies'} ==")
+        print(f"{row['variable']}")
+        if row.get("default_variable"):
+            print(f"  or {row['default_variable']}")
+        print(f"  {row['doc']}")
+        print(f"  accepts: {row['accepts']}; written as {row['syntax']}")
+        print(f"  default: {row['default']}")
+    if set_now:
+        print("\nSet now:")
+        for var, value in sorted(set_now.items()):
+            print(f"  {var}={value}")
+    return OK
+
+
+# -- resilient config ------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace) -> int:
+    module_name, _, attr = args.target.partition(":")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+        target = _lookup(module, attr) if attr else None
+    except ConfigError as error:  # a bad variable, raised as the module made its policies
+        return _report_invalid(args, error)
+    except (ImportError, AttributeError) as error:
+        print(f"resilient config: cannot load {args.target}: {error}", file=sys.stderr)
+        return USAGE
+    policies = _policies_of(target) if target is not None else registry.policies()
+    unknown = config.unknown_variables(
+        config.known_variables((p.KIND, p.name) for p in registry._live())
+    )
+    entries = [_describe(policy) for policy in policies]
+    if args.json:
+        unknown_json = [{"variable": v, "did_you_mean": s} for v, s in unknown]
+        print(json.dumps({"policies": entries, "unknown": unknown_json, "invalid": []}, indent=2))
+    else:
+        if not entries:
+            print(f"{args.target} made no named policy.")
+        for entry in entries:
+            title = _TITLES.get(entry["kind"], entry["kind"])
+            print(f"{title} {entry['name']!r}")
+            width = max(len(option) for option in entry["options"]) if entry["options"] else 0
+            for option, shown in entry["options"].items():
+                print(f"  {option:<{width}}  {shown['value']:<24}  ({shown['source']})")
+            if not entry["enabled"]:
+                print("  switched off by RESILIENT_ENABLED")
+        for var, suggestion in unknown:
+            hint = f"; did you mean {suggestion}?" if suggestion else ""
+            print(f"warning: {var} matches no option of any policy{hint}", file=sys.stderr)
+    return PROBLEM if args.check and unknown else OK
+
+
+def _lookup(module: Any, attr: str) -> Any:
+    obj = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _policies_of(target: Any) -> list[Configured]:
+    """The policies behind an attribute: a policy, a Pipeline's, or a decorated function's."""
+    if isinstance(target, Configured):
+        return [target]
+    policies = getattr(target, "policies", None)
+    if isinstance(policies, tuple):
+        return [p for p in policies if isinstance(p, Configured)]
+    raise AttributeError(f"{target!r} is not a resilient policy or Pipeline")
+
+
+def _describe(policy: Configured) -> dict[str, Any]:
+    settings = policy.settings
+    options = {}
+    for option in (*policy.OPTIONS, *policy.ENV_OPTIONS):
+        value = settings.values[option.name]
+        source = settings.sources[option.name]
+        if source.startswith(config.PREFIX):
+            source = f"{source}={settings.texts[option.name]}"
+        options[option.name] = {"value": _show(value), "source": source}
+    return {
+        "kind": policy.KIND,
+        "name": policy.name,
+        "enabled": settings.enabled,
+        "options": options,
+    }
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_show(v) for v in value) + ")"
+    return str(getattr(value, "__qualname__", None) or repr(value))
+
+
+def _report_invalid(args: argparse.Namespace, error: ConfigError) -> int:
+    if args.json:
+        invalid = [
+            {"variable": e.option, "value": e.value, "expected": e.expected, "policy": e.owner}
+            for e in error.errors
+        ]
+        print(json.dumps({"policies": [], "unknown": [], "invalid": invalid}, indent=2))
+    else:
+        print(f"resilient config: invalid configuration\n{error}", file=sys.stderr)
+    return PROBLEM
