@@ -175,7 +175,11 @@ def _config(args: argparse.Namespace) -> int:
     except (ImportError, AttributeError) as error:
         print(f"resilient config: cannot load {args.target}: {error}", file=sys.stderr)
         return USAGE
-    policies = _policies_of(target) if target is not None else registry.policies()
+    try:
+        policies = _policies_of(target) if target is not None else registry.policies()
+    except AttributeError as error:
+        print(f"resilient config: {error}", file=sys.stderr)
+        return USAGE
     unknown = config.unknown_variables(
         config.known_variables((p.KIND, p.name) for p in registry._live())
     )

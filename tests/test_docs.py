@@ -26,6 +26,13 @@ def test_options_tables_match_the_declarations(page: str, options: tuple[Option,
     assert markdown_table(options) in (DOCS / page).read_text()
 
 
+def test_the_variables_table_matches_the_declarations() -> None:
+    import resilient  # noqa: F401 - every policy module declares its kind on import
+    from resilient._core import config
+
+    assert config.markdown_table() in (DOCS / "configuration.md").read_text()
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (DOCS.parent / "README.md").read_text()
     command = (

@@ -35,6 +35,8 @@ __all__ = [
     "default_variable",
     "env_name",
     "known_variables",
+    "markdown_table",
+    "plausible",
     "resolve",
     "unknown_variables",
     "variable",
@@ -102,7 +104,9 @@ def resolve(
     for option in options:
         if option.name in given:
             values[option.name] = option.validate(given[option.name], owner)
-            sources[option.name] = "code"
+            # A signature's default arrives like any keyword; a value equal to the
+            # declared default is reported as the default, which it is either way.
+            sources[option.name] = "default" if _same(given[option.name], option) else "code"
         else:
             values[option.name] = option.default
             sources[option.name] = "default"
@@ -134,6 +138,16 @@ def resolve(
     return Settings(values, sources, texts, enabled)
 
 
+def _same(value: Any, option: opt.Option) -> bool:
+    default = option.default
+    if value is default:
+        return True
+    try:
+        return type(value) is type(default) and bool(value == default)
+    except Exception:  # an __eq__ that cannot answer: say "code"
+        return False
+
+
 def known_variables(policies: Iterable[tuple[str, str | None]]) -> set[str]:
     """Every variable that means something, given the live (kind, name) pairs."""
     known = {ENABLED}
@@ -143,6 +157,17 @@ def known_variables(policies: Iterable[tuple[str, str | None]]) -> set[str]:
         if name is not None:
             known.update(variable(kind, option.name, name) for option in KINDS[kind])
     return known
+
+
+def plausible(var: str) -> bool:
+    """Whether ``var`` is well formed for some policy name: RESILIENT_<name>_<KIND>_<OPTION>
+    with a known kind and option (a policy of that name may simply not be made yet)."""
+    for kind, options in KINDS.items():
+        for option in options:
+            suffix = f"_{kind.upper()}_{option.name.upper()}"
+            if var.endswith(suffix) and len(var) > len(PREFIX) + len(suffix):
+                return True
+    return False
 
 
 def unknown_variables(
@@ -169,3 +194,26 @@ def warn_unknown(
             ConfigWarning,
             stacklevel=stacklevel + 1,
         )
+
+
+def markdown_table() -> str:
+    """Every variable, as a Markdown table for docs/configuration.md (a test keeps it in step)."""
+    rows = [
+        "| variable | written as | default | what it does |",
+        "| --- | --- | --- | --- |",
+        f"| `{ENABLED}` | 1/0, true/false, yes/no, on/off | `1` |"
+        " `0` makes every policy a pass-through: the emergency switch. |",
+    ]
+    for kind, options in KINDS.items():
+        if not options:
+            continue
+        for option in options:
+            default = (
+                "required in code"
+                if option.default is opt.REQUIRED
+                else f"`{getattr(option.default, '__name__', None) or repr(option.default)}`"
+            )
+            var = f"{PREFIX}<NAME>_{kind.upper()}_{option.name.upper()}"
+            cells = (f"`{var}`", option.syntax, default, option.doc)
+            rows.append("| " + " | ".join(map(opt.cell, cells)) + " |")
+    return "\n".join(rows)

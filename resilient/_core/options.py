@@ -306,5 +306,11 @@ def markdown_table(options: Sequence[Option]) -> str:
     rows = ["| option | default | accepts | what it does |", "| --- | --- | --- | --- |"]
     for option in options:
         default = getattr(option.default, "__name__", None) or repr(option.default)
-        rows.append(f"| `{option.name}` | `{default}` | {option.expected} | {option.doc} |")
+        cells = (f"`{option.name}`", f"`{default}`", option.expected, option.doc)
+        rows.append("| " + " | ".join(map(cell, cells)) + " |")
     return "\n".join(rows)
+
+
+def cell(text: str) -> str:
+    """Text for a Markdown table cell: a pipe in it would end the cell."""
+    return text.replace("|", "\\|")

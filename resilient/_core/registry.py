@@ -141,12 +141,18 @@ class Configured:
         )
 
     def _near_misses(self) -> list[tuple[str, str | None]]:
-        mine = config.known_variables([(self.KIND, self.name)])
+        """Variables that look like a misspelt option or kind of this very policy.
+
+        A well-formed variable for another name is left alone: that policy may be made
+        later. ``reload()`` and ``resilient config --check`` report those."""
+        if self.name is None:
+            return []
+        mine = {config.variable(self.KIND, o.name, self.name) for o in config.KINDS[self.KIND]}
         known = mine | config.known_variables((p.KIND, p.name) for p in registry._live())
         return [
             (var, suggestion)
             for var, suggestion in config.unknown_variables(known)
-            if suggestion is not None and suggestion in mine
+            if suggestion in mine and not config.plausible(var)
         ]
 
     def _register(self, settings: config.Settings) -> None:
