@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from itertools import repeat
 from typing import Any
 
 Loop = Callable[[int], int]
+AsyncFn = Callable[[int], Awaitable[int]]
 
 
 def f(x: int) -> int:
@@ -50,3 +51,11 @@ def call_form(policy: Any) -> Loop:
         return result
 
     return loop
+
+
+async def awaits(fn: AsyncFn, n: int) -> int:
+    """``n`` awaits of ``fn(1)``; returns the last result, for the smoke run to check."""
+    result = 0
+    for _ in range(n):
+        result = await fn(1)
+    return result

@@ -8,6 +8,7 @@ what it batches in ``extra_info``: ``ops`` (operations per round, default 1), ``
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -99,3 +100,11 @@ def _threads(write: Any, rows: list[Row]) -> None:
             f" {one.median / most.median:6.2f}x {one.min / most.min:6.2f}x"
             f"  (N = {most.info['threads']})"
         )
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One asyncio loop per benchmark module, driven with run_until_complete."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()

@@ -10,7 +10,6 @@ suspends, so the loop itself is never entered; trio shows our path costs the sam
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import aiobreaker
@@ -20,23 +19,12 @@ import trio
 
 from resilient import CircuitBreaker
 
-from ._subjects import af
+from ._subjects import AsyncFn, af, awaits
 
 AWAITS = 10_000
 # trio.run costs about 250 us to start; over 50,000 awaits that is 5 ns each, in every row.
 TRIO_AWAITS = 50_000
 ROUNDS = 30
-
-AsyncFn = Callable[[int], Awaitable[int]]
-
-
-async def awaits(fn: AsyncFn, n: int) -> int:
-    """``n`` awaits of ``fn(1)``; returns the last result, for the smoke run to check."""
-    result = 0
-    for _ in range(n):
-        result = await fn(1)
-    return result
-
 
 SUBJECTS: dict[str, AsyncFn] = {
     "bare": af,
@@ -44,13 +32,6 @@ SUBJECTS: dict[str, AsyncFn] = {
     "aiobreaker": aiobreaker.CircuitBreaker()(af),
     "circuitbreaker": circuitbreaker.circuit(af),
 }
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 @pytest.mark.benchmark(group="async closed path (asyncio)")

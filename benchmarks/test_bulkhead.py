@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from itertools import repeat
 from typing import Any
 
@@ -28,22 +28,12 @@ import trio
 
 from resilient import Bulkhead
 
-from ._subjects import Loop, af, call_form, calls, f, wraps_passthrough
+from ._subjects import AsyncFn, Loop, af, awaits, call_form, calls, f, wraps_passthrough
 
 CALLS = 1000
 AWAITS = 10_000
 TRIO_AWAITS = 50_000  # trio.run costs about 250 us to start: 5 ns an await, in every row
 ROUNDS = 30
-
-AsyncFn = Callable[[int], Awaitable[int]]
-
-
-async def awaits(fn: AsyncFn, n: int) -> int:
-    """``n`` awaits of ``fn(1)``; returns the last result, for the smoke run to check."""
-    result = 0
-    for _ in range(n):
-        result = await fn(1)
-    return result
 
 
 def semaphore_async(fn: AsyncFn) -> AsyncFn:
@@ -87,13 +77,6 @@ ASYNCIO: dict[str, AsyncFn] = {
     "hyx": hyx.bulkhead.bulkhead(10, 100)(af),
     "asyncio.Semaphore": semaphore_async(af),
 }
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 @pytest.mark.benchmark(group="bulkhead, slots free (asyncio)")

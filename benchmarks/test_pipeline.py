@@ -20,7 +20,7 @@ and test_sync.py (``CALLS`` direct calls in a loop); the summary reports per cal
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,13 +28,11 @@ import pytest
 
 from resilient import Bulkhead, CircuitBreaker, Pipeline, Retry, Timeout
 
-from ._subjects import Loop, af, calls, f
+from ._subjects import AsyncFn, Loop, af, awaits, calls, f
 
 CALLS = 1000
 AWAITS = 10_000
 ROUNDS = 30
-
-AsyncFn = Callable[[int], Awaitable[int]]
 
 
 def parts() -> tuple[Retry, CircuitBreaker, Bulkhead, Timeout]:
@@ -49,14 +47,6 @@ def by_hand(fn: Any, *policies: Any) -> Any:
     return fn
 
 
-async def awaits(fn: AsyncFn, n: int) -> int:
-    """``n`` awaits of ``fn(1)``; returns the last result, for the smoke run to check."""
-    result = 0
-    for _ in range(n):
-        result = await fn(1)
-    return result
-
-
 # -- async -----------------------------------------------------------------------------------
 
 ASYNC: dict[str, AsyncFn] = {
@@ -68,13 +58,6 @@ ASYNC: dict[str, AsyncFn] = {
     "pipeline": Pipeline(*parts())(af),
     "stacked by hand": by_hand(af, *parts()),
 }
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 @pytest.mark.benchmark(group="pipeline and its parts (asyncio)")

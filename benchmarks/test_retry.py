@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from itertools import cycle, repeat
 from typing import Any
 
@@ -32,15 +32,13 @@ import tenacity
 
 from resilient import Retry
 
-from ._subjects import Loop, af, call_form, calls, f, wraps_passthrough
+from ._subjects import AsyncFn, Loop, af, awaits, call_form, calls, f, wraps_passthrough
 
 CALLS = 1000
 AWAITS = 10_000
 ROUNDS = 30  # async rounds for the bare await and ours
 PEER_ROUNDS = 10  # and for the peers, whose rounds take some 300 ms
 CYCLES = 200  # retry cycles a round: the peers' take some 130 us each
-
-AsyncFn = Callable[[int], Awaitable[int]]
 
 
 def block_form(retry: Retry) -> Loop:
@@ -84,14 +82,6 @@ def test_retry_success_path(benchmark: Any, name: str) -> None:
 # -- the success path, async -------------------------------------------------------------
 
 
-async def awaits(fn: AsyncFn, n: int) -> int:
-    """``n`` awaits of ``fn(1)``; returns the last result, for the smoke run to check."""
-    result = 0
-    for _ in range(n):
-        result = await fn(1)
-    return result
-
-
 ASYNC: dict[str, AsyncFn] = {
     "bare": af,
     "resilient": Retry(attempts=3)(af),
@@ -99,13 +89,6 @@ ASYNC: dict[str, AsyncFn] = {
     "stamina": stamina.retry(on=Exception, attempts=3)(af),
     "backoff": backoff.on_exception(backoff.expo, Exception, max_tries=3)(af),
 }
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 @pytest.mark.benchmark(group="retry success path (asyncio)")

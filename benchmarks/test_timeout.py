@@ -20,7 +20,6 @@ is compared. hyx's decorator, at some 13 us a call, runs fewer rounds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -30,23 +29,13 @@ import trio
 
 from resilient import Timeout
 
-from ._subjects import af
+from ._subjects import AsyncFn, af, awaits
 
 AWAITS = 10_000
 TRIO_AWAITS = 50_000  # trio.run costs about 250 us to start: 5 ns an await, in every row
 ROUNDS = 30
 PEER_ROUNDS = 10  # for hyx's decorator, whose rounds take some 130 ms
 LIMIT = 10.0
-
-AsyncFn = Callable[[int], Awaitable[int]]
-
-
-async def awaits(fn: AsyncFn, n: int) -> int:
-    """``n`` awaits of ``fn(1)``; returns the last result, for the smoke run to check."""
-    result = 0
-    for _ in range(n):
-        result = await fn(1)
-    return result
 
 
 async def asyncio_timeout(x: int) -> int:
@@ -86,13 +75,6 @@ ASYNCIO: dict[str, AsyncFn | None] = {
 }
 if not hasattr(asyncio, "timeout"):  # Python 3.10
     del ASYNCIO["asyncio.timeout"]
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 @pytest.mark.benchmark(group="timeout, nothing expires (asyncio)")

@@ -332,15 +332,9 @@ class _Rules:
 
     def open_duration(self, times_opened: int) -> float:
         value = self.open_for(times_opened)
-        try:
-            return opt.duration(allow_zero=True)(value)  # type: ignore[no-any-return]
-        except opt.Invalid:
-            raise ConfigError(
-                "open_for",
-                value,
-                f"the open_for callable to return seconds >= 0 (called with {times_opened})",
-                owner=self.owner,
-            ) from None
+        return opt.computed_seconds(
+            value, "open_for", f"called with {times_opened}", owner=self.owner
+        )
 
     def classify(self, outcome: int, exc: BaseException | None, result: object) -> int | None:
         """SUCCESS/FAILURE (slow or not), or None for a call that counts as neither."""

@@ -24,7 +24,7 @@ from resilient._core.config import Settings
 from resilient._core.deadline import remaining
 from resilient._core.decorate import Decorates
 from resilient._core.registry import Configured
-from resilient._errors import ConfigError, UsageError
+from resilient._errors import UsageError
 from resilient.backoff import Backoff
 
 __all__ = ["Retry"]
@@ -452,15 +452,9 @@ class _Call:
             value = wait(self._state(exc, None))
         else:
             value = wait(self.attempt, exc)
-        try:
-            return opt.duration(allow_zero=True)(value)  # type: ignore[no-any-return]
-        except opt.Invalid:
-            raise ConfigError(
-                "wait",
-                value,
-                f"the wait strategy to return seconds >= 0 (after attempt {self.attempt})",
-                owner=self.retry._owner(),
-            ) from None
+        return opt.computed_seconds(
+            value, "wait", f"after attempt {self.attempt}", owner=self.retry._owner()
+        )
 
     def _give_up(self, exc: BaseException | None, why: str) -> float | None:
         if exc is not None and why:

@@ -112,6 +112,16 @@ def resolve(options: Sequence[Option], given: Mapping[str, Any], owner: str) -> 
     }
 
 
+def computed_seconds(value: object, option: str, asked: str, owner: str) -> float:
+    """Seconds a user's callable returned (an ``open_for`` or ``wait`` strategy): >= 0 and
+    finite, or a ConfigError naming the option and what it was asked (``asked``)."""
+    try:
+        return duration(allow_zero=True)(value)  # type: ignore[no-any-return]
+    except Invalid:
+        expected = f"the {option} callable to return seconds >= 0 ({asked})"
+        raise ConfigError(option, value, expected, owner=owner) from None
+
+
 def check_name(name: object, owner: str) -> str | None:
     """A policy's name: None, or a non-empty string (it names metrics and variables)."""
     if name is not None and (not isinstance(name, str) or not name):
