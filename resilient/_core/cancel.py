@@ -80,12 +80,16 @@ class Expiries:
                     watch = self._watch(loop, _LoopWatch)
                 return _TaskExpiry(watch, task)
         trio = sys.modules.get("trio")
-        if trio is not None and trio.lowlevel.in_trio_task():
-            run = trio.lowlevel.current_trio_token()
-            last, watch = self._last
-            if last is not run:
-                watch = self._watch(run, _TrioWatch)
-            return _ScopeExpiry(watch, trio.CancelScope())
+        if trio is not None:
+            try:
+                run = trio.lowlevel.current_trio_token()
+            except RuntimeError:  # trio is imported, but this is not a trio task
+                pass
+            else:
+                last, watch = self._last
+                if last is not run:
+                    watch = self._watch(run, _TrioWatch)
+                return _ScopeExpiry(watch, trio.CancelScope())
         return _anyio_scope(self._seconds)
 
     def _watch(self, loop: Any, kind: Callable[[Any, float], _Watch]) -> _Watch:
@@ -273,7 +277,11 @@ class _ScopeExpiry(_Expiry):
     def __init__(self, watch: _Watch, scope: Any) -> None:
         scope.__enter__()
         self._scope = scope
-        super().__init__(watch)
+        self._watch = watch  # _Expiry.__init__, inlined: a trio call's budget is tight
+        self.redeliver = False
+        self._state = _RUNNING
+        self.at = watch.now() + watch.seconds
+        watch.add(self)
 
     def fire(self) -> None:
         self._scope.cancel()
