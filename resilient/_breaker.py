@@ -433,7 +433,17 @@ class CircuitBreaker(Configured, GuardForms):
             elif st.kind is CLOSED:  # the fast-path flags and the window follow the rules
                 self._install(self._closed(c, st.window, st), now)
             elif st.kind is HALF_OPEN:  # probes admitted under the old rules go stale
-                self._install(self._probing(c, st, now), now)
+                # (reopen_for as already computed: no user callable runs under the lock)
+                self._install(
+                    _Phase(
+                        HALF_OPEN,
+                        st.window,
+                        since=now,
+                        times_opened=st.times_opened,
+                        reopen_for=st.reopen_for,
+                    ),
+                    now,
+                )
         self._publish()
 
     # -- the call path ----------------------------------------------------------------
@@ -648,12 +658,14 @@ class CircuitBreaker(Configured, GuardForms):
     def _pin(self, kind: State) -> None:
         now = self._rules.now()
         self._swap(None, _Phase(kind, self._state.window, since=now), now)
+        self._pinned_by_env = False  # pinned in code now: only reset() undoes it
 
     def reset(self) -> None:
         """Back to CLOSED with an empty window; forgets open counts and rejections."""
         c = self._rules
         self._rejected = itertools.count()
         self._swap(None, self._closed(c), c.now())
+        self._pinned_by_env = False
 
     def add_listener(self, listener: L) -> L:
         """Call ``listener(StateChange)`` after every change of state; usable as a decorator.

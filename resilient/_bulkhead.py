@@ -140,6 +140,11 @@ class Bulkhead(Configured, GuardForms):
                     self._debt -= grow
                     break
                 grow += 1
+            if compiled.fast:  # switched off: the waiting go in too, holding no slot
+                while self._queue:
+                    waiter = self._queue.popleft()
+                    waiter.token = compiled
+                    waiter.grant()
             self._state = compiled
 
     @property
@@ -218,7 +223,7 @@ class Bulkhead(Configured, GuardForms):
         seconds = dl.limit(state.max_wait)[0]  # first: once queued, nothing else may raise
         waiter = self._enqueue(_ThreadWaiter(), state)
         if waiter.granted:
-            return None
+            return waiter.token
         try:
             woken = (
                 waiter.lock.acquire(timeout=min(seconds, threading.TIMEOUT_MAX))
@@ -230,13 +235,13 @@ class Bulkhead(Configured, GuardForms):
             raise
         if not woken:
             self._give_up(waiter)
-        return None
+        return waiter.token
 
     async def _wait_async(self, state: _Config) -> object:
         seconds = dl.limit(state.max_wait)[0]
         waiter = self._enqueue(_TaskWaiter(), state)
         if waiter.granted:
-            return None
+            return waiter.token
         scope = None
         try:
             scope = cancel.after(seconds)
@@ -248,9 +253,9 @@ class Bulkhead(Configured, GuardForms):
                     await cancel.redeliver()
                 raise
             self._give_up(waiter)
-            return None
+            return waiter.token
         scope.close(None)
-        return None
+        return waiter.token
 
     # -- waiting ----------------------------------------------------------------------
 
@@ -288,16 +293,20 @@ class Bulkhead(Configured, GuardForms):
             if not waiter.granted:
                 self._queue.remove(waiter)
                 return
-        self._exit(None, None, None)  # it had been handed a slot: hand it on
+        self._exit(waiter.token, None, None)  # it had been handed a slot: hand it on
 
 
 class _Waiter:
-    """A queued call: ``grant`` (under the bulkhead's lock) hands it a slot and wakes it."""
+    """A queued call: ``grant`` (under the bulkhead's lock) hands it a slot and wakes it.
 
-    __slots__ = ("granted",)
+    ``token`` is what it then holds: None for a slot, or the config of a bulkhead that
+    was switched off while it waited (it goes in holding nothing)."""
+
+    __slots__ = ("granted", "token")
 
     def __init__(self) -> None:
         self.granted = False
+        self.token: object = None
 
     def grant(self) -> None:
         raise NotImplementedError

@@ -271,7 +271,7 @@ def _never(exc: BaseException) -> bool:
 
 written(
     exception_filter,
-    _none_or(text.parse_exceptions),
+    text.parse_exceptions,
     "exception types by import path, separated by commas (ConnectionError,"
     " httpx.TimeoutException), a predicate's import path, or none",
 )

@@ -64,7 +64,10 @@ def parse_int(text: str) -> int:
     text = text.strip()
     if _INT.fullmatch(text) is None:
         raise Invalid
-    return int(text)
+    try:
+        return int(text)
+    except ValueError:  # more digits than int() converts
+        raise Invalid from None
 
 
 def parse_float(text: str) -> float:
@@ -100,14 +103,16 @@ def parse_import(text: str) -> Any:
         obj: Any = importlib.import_module(module_name or "builtins")
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError, ValueError):
+    except Exception:  # not importable (a relative path, a module that fails to import)
         raise Invalid from None
     return obj
 
 
 def parse_exceptions(text: str) -> Any:
     """Comma-separated import paths of exception types (``ConnectionError`` for a
-    builtin), as a tuple; or one import path of a predicate."""
+    builtin), as a tuple; or one import path of a predicate; ``none`` for no type."""
+    if text.strip().lower() == "none":
+        return ()
     parts = [part.strip() for part in text.split(",")]
     if not all(parts):
         raise Invalid

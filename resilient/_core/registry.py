@@ -33,17 +33,17 @@ class Registry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._all: weakref.WeakSet[Configured] = weakref.WeakSet()
-        self._named: weakref.WeakValueDictionary[tuple[str, str], Configured] = (
-            weakref.WeakValueDictionary()
-        )
         self._births = itertools.count()
 
     def get(self, name: str, kind: str | None = None) -> Any:
         """The live policy called ``name`` (of ``kind``: "breaker", "retry", ...), the
         newest if several are; KeyError if none is, or if several kinds share the name
         and no kind is given."""
-        with self._lock:
-            found = [p for (k, n), p in self._named.items() if n == name and kind in (None, k)]
+        newest: dict[str, Configured] = {}
+        for policy in self.policies(kind):  # by age: a later one replaces an earlier one
+            if policy.name == name:
+                newest[policy.KIND] = policy
+        found = list(newest.values())
         if len(found) == 1:
             return found[0]
         if not found:
@@ -79,8 +79,6 @@ class Registry:
     def _add(self, policy: Configured) -> None:
         with self._lock:
             policy._born = next(self._births)
-            if policy.name is not None:
-                self._named[(policy.KIND, policy.name)] = policy  # the newest wins
             self._all.add(policy)
 
     def __repr__(self) -> str:
