@@ -998,14 +998,21 @@ def _outage(s: dict[str, Any]) -> str:
     elif breaker["state_at_outage_start"] in (State.OPEN.value, State.HALF_OPEN.value):
         how = "the breaker was already open when it began"
     elif opened is not None:
-        how = f"the breaker opened {fmt_time(opened)} into it"
+        late = opened >= phase["end"] - phase["start"]  # a short run: the outage was over
+        how = f"the breaker opened {fmt_time(opened)} after it began" + (
+            ", when it was over" if late else ""
+        )
     else:
         how = "the breaker never opened, but the per-attempt timeout freed hung workers"
+    calls = ro["service_calls"]
+    if not calls:
+        reached = "no call reached the service"
+    else:
+        only = "only " if calls <= uo["service_calls"] / 2 else ""
+        reached = f"{only}{calls} calls reached the service"
     return (
         f"{unguarded}. With resilience {how}, callers had their answer (mostly a fast"
-        f" refusal) in {fmt_time(ro['p50'], ro['p50_unfinished'])} (median), and"
-        + (" only" if ro["service_calls"] <= uo["service_calls"] / 2 else "")
-        + f" {ro['service_calls']} calls reached the service."
+        f" refusal) in {fmt_time(ro['p50'], ro['p50_unfinished'])} (median), and {reached}."
     )
 
 

@@ -1321,6 +1321,8 @@ def run_flipping(
             if k >= per_worker and flips[0] >= MIN_FLIPS:
                 break
             results[i].append(work())
+            if k >= per_worker:  # wait for the flipper: a reload of many live policies is slow
+                time.sleep(0.001)
 
     def flipper() -> None:
         start.wait(10)

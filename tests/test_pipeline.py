@@ -261,6 +261,31 @@ class TestTimeoutAndRetry:
         assert downstream.calls == 2
         assert timeout.metrics.expired == 0
 
+    @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+    def test_an_inner_timeout_cut_short_by_an_outer_one_reports_to_the_breaker_between(
+        self, backend: str
+    ) -> None:
+        # Both would expire at the same instant; the inner one ends a moment earlier, so
+        # the breaker between them counts a TimeoutExpired, not an uncounted cancellation.
+        breaker = CircuitBreaker(min_calls=1000)
+        inner, outer = Timeout(5), Timeout(0.05)
+
+        async def hang() -> None:
+            await anyio.sleep(10)
+
+        async def main() -> BaseException | None:
+            try:
+                await Pipeline(outer, breaker, inner).call_async(hang)
+            except TimeoutExpired as err:
+                return err
+            return None
+
+        err = anyio.run(main, backend=backend)
+        assert isinstance(err, TimeoutExpired)
+        assert "the enclosing deadline" in str(err)
+        assert breaker.metrics.failures == 1
+        assert (inner.metrics.expired, outer.metrics.expired) == (1, 0)
+
 
 class TestFallback:
     def test_a_fallback_outermost_answers_for_an_open_breaker(self, mode: str) -> None:
