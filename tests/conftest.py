@@ -98,3 +98,16 @@ def assert_config_error(err: ConfigError, option: str, value: Any, expected: str
     message = str(err)
     assert f"{option}={value!r}" in message
     assert expected in message
+
+
+def cancellations_asked(task: Any = None) -> int:
+    """How many cancellations of the (current) asyncio task are still pending.
+
+    ``Task.cancelling()`` arrived in 3.11; a 3.10 task does not count them, so there
+    the question has no answer but 0 (the tests then rely on later awaits working).
+    """
+    import asyncio
+
+    task = task if task is not None else asyncio.current_task()
+    counter = getattr(task, "cancelling", None)
+    return 0 if counter is None else int(counter())

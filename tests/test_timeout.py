@@ -47,7 +47,7 @@ from resilient import (
     remaining,
 )
 
-from .conftest import Flavour, assert_config_error
+from .conftest import Flavour, assert_config_error, cancellations_asked
 
 BACKENDS = ("asyncio", "trio")
 ROOT = Path(__file__).resolve().parent.parent
@@ -554,8 +554,15 @@ class TestForms:
 # -- async: real cancellation -------------------------------------------------------------
 
 
+# Telling a cancellation from outside apart from our own when they meet in one loop
+# iteration, or after the body swallowed the outside one, takes Task.cancelling(), which
+# asyncio has from 3.11 (docs/timeout.md says so); on 3.10 the difference is unknowable.
+NEEDS_CANCEL_COUNTS = pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="asyncio counts cancellation requests from 3.11"
+)
+
 NATIVE = [
-    ("asyncio", "asyncio.timeout"),
+    *([("asyncio", "asyncio.timeout")] if sys.version_info >= (3, 11) else []),
     ("asyncio", "anyio.fail_after"),
     ("asyncio", "anyio.move_on_after"),
     ("trio", "anyio.fail_after"),
@@ -632,7 +639,7 @@ class TestAsyncCancellation:
             with pytest.raises(TimeoutExpired):
                 await expire()
             if backend == "asyncio":
-                assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+                assert cancellations_asked() == 0
             else:
                 assert trio.current_effective_deadline() == math.inf
             assert remaining() is None
@@ -659,7 +666,7 @@ class TestAsyncCancellation:
         async def main() -> str:
             result = await timeout.call_async(stubborn)
             if backend == "asyncio":
-                assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+                assert cancellations_asked() == 0
             await anyio.sleep(0.001)  # the task is usable
             return result
 
@@ -679,7 +686,7 @@ class TestAsyncCancellation:
             with pytest.raises(RuntimeError, match="cleanup failed") as info:
                 await timeout.call_async(cleanup_fails)
             if backend == "asyncio":
-                assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+                assert cancellations_asked() == 0
             await anyio.sleep(0.001)
             return info.value
 
@@ -712,6 +719,7 @@ class TestAsyncCancellation:
         assert took < 0.25  # never waited for the timeout
         assert timeout.metrics == TimeoutMetrics(0, 0, 0)
 
+    @NEEDS_CANCEL_COUNTS
     @pytest.mark.parametrize("offset", [-0.005, 0.0, 0.005])
     @pytest.mark.parametrize("form", ["call", "with"])
     def test_asyncio_a_task_cancel_in_the_same_iteration_as_the_timeout_wins(
@@ -748,6 +756,7 @@ class TestAsyncCancellation:
         assert task.cancelled()
         assert timeout.metrics.expired == 0
 
+    @NEEDS_CANCEL_COUNTS
     def test_asyncio_an_outer_cancel_the_body_swallowed_is_still_not_a_timeout(self) -> None:
         timeout = Timeout(0.05)
         steps: list[str] = []
@@ -945,7 +954,7 @@ class TestAsyncCancellation:
             except TimeoutExpired as exc:
                 outcomes[i] = exc
             if backend == "asyncio":
-                assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+                assert cancellations_asked() == 0
 
         async def main() -> None:
             async with anyio.create_task_group() as tg:
