@@ -276,6 +276,9 @@ class Bulkhead(Configured, GuardForms):
                 self._rejected += 1
                 raise BulkheadFullError(self.name)
             self._queue.append(waiter)
+            # A call leaving gives its slot back without the lock, then looks for waiters:
+            # if it looked before we were queued, its slot is in the deque by now.
+            self._serve()
         return waiter
 
     def _give_up(self, waiter: _Waiter) -> None:

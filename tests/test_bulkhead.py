@@ -11,6 +11,7 @@ the test instead of hanging the suite. Only the max_wait tests measure time (0.1
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import inspect
@@ -1702,3 +1703,24 @@ def test_tasks_follow_a_fifo_model_step_by_step(
         assert_all_slots_free(b)
 
     run_async(mode, main)
+
+
+def test_a_slot_given_back_while_a_call_queues_goes_to_that_call() -> None:
+    """The race behind test_a_slot_freed_just_as_a_thread_queues_is_never_left_idle, made
+    deterministic: the holder gives its slot back (lock-free) after the arrival found no
+    slot and before the arrival is in the queue, so the holder sees nobody waiting. The
+    arrival must still get the slot at once, not wait out max_wait."""
+    b = Bulkhead(1, max_wait=5.0)
+    b.__enter__()  # the holder's slot, given back from inside the arrival's queueing
+
+    class Queue(collections.deque):  # type: ignore[type-arg]
+        def append(self, waiter: object) -> None:
+            b.__exit__(None, None, None)  # finds the queue empty: returns the slot
+            super().append(waiter)
+
+    b._queue = Queue()
+    started = time.monotonic()
+    assert b.call(lambda: "in") == "in"
+    assert time.monotonic() - started < 1.0
+    assert b.metrics == BulkheadMetrics(1, 0, 0, 0)
+    assert_all_slots_free(b)
