@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing_extensions import assert_type
 
-from resilient import CircuitBreaker, Fallback, Retry, backoff
+from resilient import Bulkhead, CircuitBreaker, Fallback, Pipeline, Retry, Timeout, backoff
 
 breaker = CircuitBreaker("typing")
 timed = CircuitBreaker("t", window_type="time", window_size=0.5, slow_call_duration=0.1)
@@ -87,3 +87,33 @@ async def use_retry() -> None:
     async for attempt in retry:
         with attempt:
             pass
+
+
+timeout = Timeout(2.5, name="typing")
+bulkhead = Bulkhead(4, max_wait=0.5)
+pipeline = Pipeline(bulkhead, Timeout(10), retry, breaker, timeout)
+
+
+@pipeline
+def through(a: int, *, b: str = "") -> float:
+    return float(a)
+
+
+@timeout
+@bulkhead
+async def athrough(a: int) -> bytes:
+    return b""
+
+
+async def use_pipeline() -> None:
+    assert_type(through(1, b="x"), float)
+    assert_type(await athrough(1), bytes)
+    assert_type(pipeline.call(through, 1), float)
+    assert_type(await pipeline.call_async(athrough, 1), bytes)
+    assert_type(timeout.metrics.expired, int)
+    assert_type(bulkhead.metrics.in_use, int)
+    through("1")  # type: ignore[arg-type]
+    with bulkhead, timeout:
+        pass
+    async with pipeline:
+        pass
