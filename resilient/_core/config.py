@@ -17,6 +17,7 @@ are reported together, in one :class:`ConfigError`.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import warnings
@@ -51,6 +52,7 @@ ENABLED = "RESILIENT_ENABLED"
 KINDS: dict[str, tuple[opt.Option, ...]] = {}
 
 
+@functools.lru_cache(maxsize=1024)
 def env_name(name: str) -> str:
     """A name as variables spell it: ``payments-api.v2`` -> ``PAYMENTS_API_V2``."""
     return re.sub(r"[^A-Za-z0-9]+", "_", name).upper()

@@ -14,7 +14,9 @@ environment configures them all alike. To share state, share the object.
 
 from __future__ import annotations
 
+import difflib
 import itertools
+import os
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
@@ -142,15 +144,24 @@ class Configured:
         """Variables that look like a misspelt option or kind of this very policy.
 
         A well-formed variable for another name is left alone: that policy may be made
-        later. ``reload()`` and ``resilient config --check`` report those."""
+        later. ``reload()`` and ``resilient config --check`` report those. Cheap when no
+        ``RESILIENT_*`` variable is set, and never more than a scan of the environment."""
         if self.name is None:
             return []
-        mine = {config.variable(self.KIND, o.name, self.name) for o in config.KINDS[self.KIND]}
-        known = mine | config.known_variables((p.KIND, p.name) for p in registry._live())
+        suspects = [
+            var
+            for var in os.environ
+            if var.startswith(config.PREFIX)
+            and var != config.ENABLED
+            and not config.plausible(var)
+        ]
+        if not suspects:
+            return []
+        mine = [config.variable(self.KIND, o.name, self.name) for o in config.KINDS[self.KIND]]
         return [
-            (var, suggestion)
-            for var, suggestion in config.unknown_variables(known)
-            if suggestion in mine and not config.plausible(var)
+            (var, close[0])
+            for var in sorted(suspects)
+            if (close := difflib.get_close_matches(var, mine, n=1, cutoff=0.8))
         ]
 
     def _register(self, settings: config.Settings) -> None:
