@@ -170,7 +170,8 @@ OPTIONS = (
         "window_size",
         100,
         opt.window_size,
-        "a whole number of calls >= 1 (count window), or of seconds > 0 (time window)",
+        "a whole number of calls >= 1 (count window) up to 1,000,000, or of seconds > 0"
+        " (time window)",
         "How much history the failure rate is computed over.",
     ),
     opt.Option(
@@ -279,7 +280,14 @@ class _Rules:
         open_for = settings["open_for"]
         if callable(open_for):
             self.open_for: Callable[[int], float] = open_for
-            self.open_duration(1)  # a callable that cannot answer fails now, not mid-outage
+            try:  # a callable that cannot answer fails now, not mid-outage
+                self.open_duration(1)
+            except Exception as error:
+                option, value = settings.blame("open_for")
+                if isinstance(error, ConfigError) and option == "open_for":
+                    raise  # the keyword's own callable: its error names it already
+                expected = f"a callable(times_opened) -> seconds >= 0 (open_for(1): {error})"
+                raise ConfigError(option, value, expected, owner=owner) from error
         else:
             self.open_for = lambda times_opened: open_for
         self.failure_rate: float = settings["failure_rate"]
@@ -409,41 +417,51 @@ class CircuitBreaker(Configured, GuardForms):
         self._events: deque[StateChange] = deque()  # decided, not yet delivered
         self._publishing = threading.Lock()
         self._rejected = itertools.count()
-        self._pinned_by_env = False
+        self._pinned_by_env = False  # the state is pinned by the environment
+        self._code_pin: State | None = None  # ... or by force_open()/disable()
         self._register(settings)
 
     def _compile(self, settings: Settings) -> _Rules:
         return _Rules(settings, self._owner())
 
     def _switch(self, compiled: _Rules) -> None:
-        """Adopt new rules, keeping the state and, where its shape allows, the window."""
-        old = getattr(self, "_rules", None)
+        """Adopt new rules, keeping the state and, where its shape allows, the window.
+
+        A pin from the environment (``STATE``, or ``RESILIENT_ENABLED=0``) overrides the
+        state; lifting it returns to a pin made in code (``force_open()``, ``disable()``),
+        if there is one, else to CLOSED with the window kept.
+        """
+        c = compiled
         with self._lock:
-            self._rules = c = compiled
             now = c.now()
-            st = self._state if old is not None else None
-            pin = DISABLED if not c.enabled else _PINS[c.pinned]
-            if pin is not None and (st is None or st.kind is not pin):
-                window = st.window if st is not None else c.new_window()
-                self._install(_Phase(pin, window, since=now), now)
-                self._pinned_by_env = True
-            elif st is None or (pin is None and self._pinned_by_env):
-                self._install(self._closed(c, st.window if st is not None else None), now)
-                self._pinned_by_env = False
+            st: _Phase | None = getattr(self, "_state", None)
+            env_pin = DISABLED if not c.enabled else _PINS[c.pinned]
+            new: _Phase | None = None
+            if env_pin is not None:
+                if st is None or st.kind is not env_pin:
+                    new = _Phase(env_pin, c.new_window() if st is None else st.window, since=now)
+            elif st is None:
+                new = self._closed(c)
+            elif self._pinned_by_env:  # the environment's pin is lifted
+                if self._code_pin is not None:
+                    new = _Phase(self._code_pin, st.window, since=now)
+                else:
+                    new = self._closed(c, st.window)
             elif st.kind is CLOSED:  # the fast-path flags and the window follow the rules
-                self._install(self._closed(c, st.window, st), now)
+                new = self._closed(c, st.window, st)
             elif st.kind is HALF_OPEN:  # probes admitted under the old rules go stale
                 # (reopen_for as already computed: no user callable runs under the lock)
-                self._install(
-                    _Phase(
-                        HALF_OPEN,
-                        st.window,
-                        since=now,
-                        times_opened=st.times_opened,
-                        reopen_for=st.reopen_for,
-                    ),
-                    now,
+                new = _Phase(
+                    HALF_OPEN,
+                    st.window,
+                    since=now,
+                    times_opened=st.times_opened,
+                    reopen_for=st.reopen_for,
                 )
+            self._rules = c
+            self._pinned_by_env = env_pin is not None
+            if new is not None:
+                self._install(new, now)
         self._publish()
 
     # -- the call path ----------------------------------------------------------------
@@ -657,15 +675,17 @@ class CircuitBreaker(Configured, GuardForms):
 
     def _pin(self, kind: State) -> None:
         now = self._rules.now()
+        self._code_pin = kind  # only reset() undoes it; an environment pin may override it
+        self._pinned_by_env = False
         self._swap(None, _Phase(kind, self._state.window, since=now), now)
-        self._pinned_by_env = False  # pinned in code now: only reset() undoes it
 
     def reset(self) -> None:
         """Back to CLOSED with an empty window; forgets open counts and rejections."""
         c = self._rules
         self._rejected = itertools.count()
-        self._swap(None, self._closed(c), c.now())
+        self._code_pin = None
         self._pinned_by_env = False
+        self._swap(None, self._closed(c), c.now())
 
     def add_listener(self, listener: L) -> L:
         """Call ``listener(StateChange)`` after every change of state; usable as a decorator.

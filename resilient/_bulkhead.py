@@ -29,12 +29,15 @@ from resilient._errors import BulkheadFullError
 
 __all__ = ["OPTIONS", "Bulkhead", "BulkheadMetrics"]
 
+#: More calls inside at once than this is a typo, not a limit (each free slot is an item).
+MAX_CONCURRENT = 1_000_000
+
 OPTIONS = (
     opt.Option(
         "max_concurrent",
         opt.REQUIRED,
-        opt.positive_int,
-        "an int >= 1",
+        opt.bounded_int(MAX_CONCURRENT),
+        "an int >= 1, at most 1,000,000",
         "How many calls may be inside at once.",
     ),
     opt.Option(
@@ -127,12 +130,12 @@ class Bulkhead(Configured, GuardForms):
         """Resize to the new ``max_concurrent`` without losing a call inside or waiting."""
         with self._lock:
             grow = compiled.max_concurrent - self._slots
-            self._slots = compiled.max_concurrent
             if grow > 0:
                 repaid = min(grow, self._debt)
-                self._debt -= repaid
                 self._permits.extend([None] * (grow - repaid))
+                self._debt -= repaid
                 self._serve()
+            self._slots = compiled.max_concurrent
             while grow < 0:  # retire free slots now, busy ones as they come back
                 try:
                     self._permits.pop()
@@ -205,8 +208,14 @@ class Bulkhead(Configured, GuardForms):
                     self._queue.popleft().grant()
                     return
         self._permits.append(None)
-        if self._queue:  # someone queued as we gave the slot back: serve them
+        if self._queue or self._debt:  # someone queued, or the bulkhead shrank, meanwhile
             with self._lock:
+                if self._debt:
+                    try:
+                        self._permits.pop()  # retire a slot: this one, or an equal one
+                        self._debt -= 1
+                    except IndexError:  # taken already: the next one back is retired
+                        pass
                 self._serve()
 
     def _serve(self) -> None:

@@ -183,10 +183,12 @@ def _config(args: argparse.Namespace) -> int:
     unknown = config.unknown_variables(
         config.known_variables((p.KIND, p.name) for p in registry._live())
     )
+    invalid = config.invalid_variables()  # also those no policy made so far reads
     entries = [_describe(policy) for policy in policies]
     if args.json:
         unknown_json = [{"variable": v, "did_you_mean": s} for v, s in unknown]
-        print(json.dumps({"policies": entries, "unknown": unknown_json, "invalid": []}, indent=2))
+        document = {"policies": entries, "unknown": unknown_json, "invalid": _invalid(invalid)}
+        print(json.dumps(document, indent=2, default=repr))
     else:
         if not entries:
             print(f"{args.target} made no named policy.")
@@ -201,7 +203,9 @@ def _config(args: argparse.Namespace) -> int:
         for var, suggestion in unknown:
             hint = f"; did you mean {suggestion}?" if suggestion else ""
             print(f"warning: {var} matches no option of any policy{hint}", file=sys.stderr)
-    return PROBLEM if args.check and unknown else OK
+        for bad in invalid:
+            print(f"error: {bad}", file=sys.stderr)
+    return PROBLEM if (args.check and unknown) or invalid else OK
 
 
 def _lookup(module: Any, attr: str) -> Any:
@@ -212,7 +216,7 @@ def _lookup(module: Any, attr: str) -> Any:
 
 
 def _policies_of(target: Any) -> list[Configured]:
-    """The policies behind an attribute: a policy, a Pipeline's, or a decorated function's."""
+    """The policies behind an attribute: a policy, or a Pipeline's."""
     if isinstance(target, Configured):
         return [target]
     policies = getattr(target, "policies", None)
@@ -244,13 +248,18 @@ def _show(value: Any) -> str:
     return str(getattr(value, "__qualname__", None) or repr(value))
 
 
+def _invalid(errors: list[ConfigError]) -> list[dict[str, Any]]:
+    return [
+        {"variable": e.option, "value": e.value, "expected": e.expected, "policy": e.owner}
+        for e in errors
+    ]
+
+
 def _report_invalid(args: argparse.Namespace, error: ConfigError) -> int:
+    error = ConfigError.combine([error, *config.invalid_variables()])  # every bad one
     if args.json:
-        invalid = [
-            {"variable": e.option, "value": e.value, "expected": e.expected, "policy": e.owner}
-            for e in error.errors
-        ]
-        print(json.dumps({"policies": [], "unknown": [], "invalid": invalid}, indent=2))
+        document = {"policies": [], "unknown": [], "invalid": _invalid(list(error.errors))}
+        print(json.dumps(document, indent=2, default=repr))
     else:
         print(f"resilient config: invalid configuration\n{error}", file=sys.stderr)
     return PROBLEM

@@ -148,7 +148,13 @@ class ConfigError(ResilienceError, ValueError):
     @classmethod
     def combine(cls, errors: list[ConfigError]) -> ConfigError:
         """One error for several (one for one): they are all reported, none is lost."""
-        flat = [each for error in errors for each in error.errors]
+        seen: set[tuple[str, str]] = set()
+        flat = []
+        for each in (each for error in errors for each in error.errors):
+            key = (each.option, repr(each.value))  # one bad variable, read by many policies
+            if key not in seen:
+                seen.add(key)
+                flat.append(each)
         if len(flat) == 1:
             return flat[0]
         first = flat[0]

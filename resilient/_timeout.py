@@ -167,7 +167,7 @@ class Timeout(Configured, Decorates):
     def reset(self) -> None:
         """Count expiries and refusals from zero again (abandoned calls still run)."""
         self._expired = itertools.count()
-        self._tally.rejected = 0
+        workers.reset(self._tally)
 
     # -- deciding the limit ---------------------------------------------------------
 

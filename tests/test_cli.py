@@ -196,6 +196,34 @@ class TestConfig:
         assert invalid["value"] == "nan"
         assert invalid["policy"] == "Bulkhead('payments')"
 
+    def test_check_validates_variables_no_policy_reads_yet(self, app: Path) -> None:
+        # A policy made lazily later would fail in production: --check catches it now.
+        result = run(
+            "config",
+            "app",
+            "--check",
+            "--json",
+            cwd=app,
+            RESILIENT_DEFAULT_BULKHEAD_MAX_CONCURRENT="abc",
+            RESILIENT_LATER_RETRY_ATTEMPTS="-3",
+        )
+        assert result.returncode == 1
+        invalid = {e["variable"]: e["value"] for e in json.loads(result.stdout)["invalid"]}
+        assert invalid == {
+            "RESILIENT_DEFAULT_BULKHEAD_MAX_CONCURRENT": "abc",
+            "RESILIENT_LATER_RETRY_ATTEMPTS": "-3",
+        }
+
+    def test_a_bad_keyword_in_code_is_reported_as_json_too(self, app: Path) -> None:
+        (app / "badcode.py").write_text(
+            "import resilient\nclass Secs:\n    pass\nresilient.Timeout(Secs(), name='x')\n"
+        )
+        result = run("config", "badcode", "--json", cwd=app)
+        assert result.returncode == 1
+        (invalid,) = json.loads(result.stdout)["invalid"]
+        assert invalid["variable"] == "seconds"
+        assert "Secs object" in invalid["value"]
+
     @pytest.mark.parametrize("target", ["no_such_module", "app:no_such_attr", "app:unrelated.x"])
     def test_a_target_that_cannot_be_loaded_exits_with_2(self, app: Path, target: str) -> None:
         result = run("config", target, cwd=app)

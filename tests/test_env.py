@@ -13,6 +13,7 @@ into other tests) and uses policy names no other test uses.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import itertools
 import math
@@ -1719,3 +1720,95 @@ def test_switching_a_bulkhead_off_lets_its_waiting_calls_in_holding_no_slot(
     env.delenv("RESILIENT_ENABLED")
     resilient.reload()
     assert bulkhead.metrics == resilient.BulkheadMetrics(1, 0, 0, 0)  # no slot gained or lost
+
+
+# -- found in review ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "option", "text"),
+    [
+        ("bulkhead", "max_concurrent", str(10**12)),
+        ("bulkhead", "max_concurrent", "99999999999999999999"),
+        ("breaker", "window_size", str(2**63)),
+    ],
+)
+def test_a_size_too_large_to_build_is_a_config_error_and_reload_changes_nothing(
+    env: pytest.MonkeyPatch, kind: str, option: str, text: str
+) -> None:
+    name = fresh("huge")
+    made = {"bulkhead": lambda: resilient.Bulkhead(2, name=name)}
+    policy = made.get(kind, lambda: CircuitBreaker(name, window_size=10))()
+    timeout = resilient.Timeout(1.0, name=name)
+    var = config.variable(kind, option, name)
+    env.setenv(var, text)
+    env.setenv(config.variable("timeout", "seconds", name), "5")
+    with pytest.raises(ConfigError) as info:
+        resilient.reload()
+    assert info.value.option == var
+    assert timeout.seconds == 1.0  # all or nothing: the good change waited too
+    assert policy.settings.sources[option] != var
+    with pytest.raises(ConfigError):
+        made.get(kind, lambda: CircuitBreaker(name))()
+
+
+def test_an_env_pin_lifted_returns_to_a_pin_made_in_code(env: pytest.MonkeyPatch) -> None:
+    name = fresh("pinned")
+    breaker = CircuitBreaker(name)
+    breaker.force_open()
+    for var, text in [
+        (f"RESILIENT_{spell(name)}_BREAKER_STATE", "disabled"),
+        ("RESILIENT_ENABLED", "0"),
+    ]:
+        env.setenv(var, text)
+        resilient.reload()
+        assert breaker.state is State.DISABLED
+        env.delenv(var)
+        resilient.reload()
+        assert breaker.state is State.FORCED_OPEN  # the code's pin, not CLOSED
+    breaker.reset()
+    assert breaker.state is State.CLOSED
+
+
+@pytest.mark.parametrize("target", ["time:time", "builtins:repr", "os:getcwd"])
+def test_an_open_for_callable_that_cannot_answer_is_a_config_error_naming_it(
+    env: pytest.MonkeyPatch, target: str
+) -> None:
+    name = fresh("openfor")
+    var = f"RESILIENT_{spell(name)}_BREAKER_OPEN_FOR"
+    env.setenv(var, target)
+    with pytest.raises(ConfigError) as info:
+        CircuitBreaker(name)
+    assert (info.value.option, info.value.value) == (var, target)
+
+
+def test_a_bulkhead_shrunk_as_a_call_leaves_admits_no_more_than_its_size(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """The shrink lands between a leaving call's look at the queue and its giving the
+    slot back (a deque whose append runs the reload first, made deterministic)."""
+    name = fresh("shrink")
+    b = resilient.Bulkhead(2, name=name)
+    b.__enter__()
+    b.__enter__()
+    var = config.variable("bulkhead", "max_concurrent", name)
+
+    class Permits(collections.deque):  # type: ignore[type-arg]
+        armed = True
+
+        def append(self, item: object) -> None:
+            if Permits.armed:
+                Permits.armed = False
+                env.setenv(var, "1")
+                resilient.reload()
+            super().append(item)
+
+    b._permits = Permits(b._permits)
+    b.__exit__(None, None, None)  # one call leaves as the bulkhead shrinks to 1
+    assert b.metrics.in_use == 1
+    assert b.metrics.max_concurrent == 1
+    with pytest.raises(resilient.BulkheadFullError):
+        b.call(lambda: None)  # one still inside: full
+    b.__exit__(None, None, None)
+    assert b.call(lambda: "in") == "in"
+    assert b.metrics == resilient.BulkheadMetrics(1, 0, 0, 1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import inspect
 import itertools
 import math
@@ -22,6 +23,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -1757,3 +1759,18 @@ class TestDeadlines:
         assert took < 1.0
         assert outer.metrics == TimeoutMetrics(0, 0, 0)
         assert inner.metrics.expired == 1
+
+
+def test_ended_event_loops_are_not_kept_alive_by_a_timeout() -> None:
+    """A long-lived Timeout used from many asyncio.run() calls holds at most the last loop."""
+    timeout = Timeout(5)
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def one() -> int:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        return await timeout.call_async(asyncio.sleep, 0, 1)
+
+    for _ in range(20):
+        assert asyncio.run(one()) == 1
+    gc.collect()
+    assert sum(ref() is not None for ref in loops) <= 1

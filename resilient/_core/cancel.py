@@ -96,6 +96,8 @@ class Expiries:
         watch = self._watches.get(loop)
         if watch is None:
             watch = self._watches[loop] = kind(loop, self._seconds)
+        # The last loop is held strongly, so that the check above is one identity test:
+        # one loop at most outlives its run because of it (watches hold theirs weakly).
         self._last = (loop, watch)
         return watch
 
@@ -192,22 +194,27 @@ class _Watch:
 
 
 class _LoopWatch(_Watch):
-    __slots__ = ("_handle", "_loop")
+    __slots__ = ("_armed", "_loop")
 
     def __init__(self, loop: Any, seconds: float) -> None:
         super().__init__(seconds)
-        self._loop = loop
-        self._handle: Any = None
+        # Nothing here holds the loop (its timer handle neither): the watch is the value
+        # of a weak key, so a loop that has ended takes its watch with it.
+        self._loop = weakref.ref(loop)
+        self._armed = False
 
     def wake(self) -> None:
-        if self._handle is None:
+        if not self._armed:
             self._arm(self._queue[0].at)
 
     def _arm(self, at: float) -> None:
-        self._handle = self._loop.call_later(max(0.0, at - monotonic()), self._fire)
+        loop = self._loop()
+        if loop is not None:
+            loop.call_later(max(0.0, at - monotonic()), self._fire)
+            self._armed = True
 
     def _fire(self) -> None:
-        self._handle = None
+        self._armed = False
         at = self.expire()
         if at is not None:
             self._arm(at)

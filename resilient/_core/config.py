@@ -35,8 +35,10 @@ __all__ = [
     "Settings",
     "default_variable",
     "env_name",
+    "invalid_variables",
     "known_variables",
     "markdown_table",
+    "option_of",
     "plausible",
     "resolve",
     "unknown_variables",
@@ -161,15 +163,47 @@ def known_variables(policies: Iterable[tuple[str, str | None]]) -> set[str]:
     return known
 
 
-def plausible(var: str) -> bool:
-    """Whether ``var`` is well formed for some policy name: RESILIENT_<name>_<KIND>_<OPTION>
-    with a known kind and option (a policy of that name may simply not be made yet)."""
+def option_of(var: str) -> tuple[str, opt.Option] | None:
+    """The (kind, option) a well-formed variable sets, whatever name it carries."""
+    best: tuple[str, opt.Option] | None = None
+    best_len = 0
     for kind, options in KINDS.items():
         for option in options:
             suffix = f"_{kind.upper()}_{option.name.upper()}"
-            if var.endswith(suffix) and len(var) > len(PREFIX) + len(suffix):
-                return True
-    return False
+            fits = var.endswith(suffix) and len(var) > len(PREFIX) + len(suffix)
+            if fits and len(suffix) > best_len:
+                best, best_len = (kind, option), len(suffix)
+    return best
+
+
+def invalid_variables(environ: Mapping[str, str] | None = None) -> list[ConfigError]:
+    """Every set ``RESILIENT_*`` variable whose text its option would refuse, whether or
+    not a policy that reads it exists yet (for ``resilient config --check``)."""
+    env = os.environ if environ is None else environ
+    errors: list[ConfigError] = []
+    for var in sorted(env):
+        raw = env[var]
+        if var == ENABLED:
+            try:
+                parse_bool(raw)
+            except opt.Invalid:
+                errors.append(ConfigError(var, raw, "a boolean: 1/0, true/false, yes/no, on/off"))
+            continue
+        found = option_of(var) if var.startswith(PREFIX) else None
+        if found is None:
+            continue
+        option = found[1]
+        try:
+            option.from_text(raw)
+        except opt.Invalid:
+            errors.append(ConfigError(var, raw, f"{option.expected}, written as {option.syntax}"))
+    return errors
+
+
+def plausible(var: str) -> bool:
+    """Whether ``var`` is well formed for some policy name: RESILIENT_<name>_<KIND>_<OPTION>
+    with a known kind and option (a policy of that name may simply not be made yet)."""
+    return option_of(var) is not None
 
 
 def unknown_variables(

@@ -20,6 +20,7 @@ __all__ = [
     "REQUIRED",
     "Invalid",
     "Option",
+    "bounded_int",
     "check_name",
     "choice",
     "duration",
@@ -165,6 +166,17 @@ def positive_int(value: Any) -> int:
 written(positive_int, text.parse_int, "a whole number, e.g. 5")
 
 
+def bounded_int(most: int) -> Checker:
+    """A whole number from 1 to ``most``."""
+
+    def check(value: Any) -> int:
+        if positive_int(value) > most:
+            raise Invalid
+        return value  # type: ignore[no-any-return]
+
+    return written(check, text.parse_int, "a whole number, e.g. 5")
+
+
 def non_negative_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise Invalid
@@ -174,9 +186,17 @@ def non_negative_int(value: Any) -> int:
 written(non_negative_int, text.parse_int, "a whole number, e.g. 5")
 
 
+#: The most calls a count window holds: a million outcomes is a million bytes of ring;
+#: a larger window is a typo, and would be memory spent before the first call.
+MAX_WINDOW_CALLS = 1_000_000
+
+
 def window_size(value: Any) -> int | float:
-    """A positive whole number, or a positive finite float (seconds of a time window)."""
+    """A positive whole number (at most :data:`MAX_WINDOW_CALLS`), or a positive finite
+    float (seconds of a time window)."""
     if isinstance(value, int) and not isinstance(value, bool):
+        if value > MAX_WINDOW_CALLS:
+            raise Invalid
         return positive_int(value)
     seconds = _real(value)
     if seconds <= 0.0:

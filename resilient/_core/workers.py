@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from contextvars import Context
 from typing import Any
 
-__all__ = ["IDLE_SECONDS", "Abandoned", "Tally", "run"]
+__all__ = ["IDLE_SECONDS", "Abandoned", "Tally", "reset", "run"]
 
 #: How long an idle worker waits for another call before its thread exits.
 IDLE_SECONDS = 30.0
@@ -45,6 +45,12 @@ class Tally:
     def __init__(self) -> None:
         self.abandoned = 0  # still running, their callers gone
         self.rejected = 0  # calls refused because ``abandoned`` was at the cap
+
+
+def reset(tally: Tally) -> None:
+    """Count refusals from zero again (abandoned calls are still running: they stay)."""
+    with _lock:
+        tally.rejected = 0
 
 
 class Abandoned(Exception):
