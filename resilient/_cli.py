@@ -172,8 +172,8 @@ def _config(args: argparse.Namespace) -> int:
         target = _lookup(module, attr) if attr else None
     except ConfigError as error:  # a bad variable, raised as the module made its policies
         return _report_invalid(args, error)
-    except (ImportError, AttributeError) as error:
-        print(f"resilient config: cannot load {args.target}: {error}", file=sys.stderr)
+    except Exception as error:  # missing, misspelt, or failing as it imports
+        print(f"resilient config: cannot load {args.target}: {error!r}", file=sys.stderr)
         return USAGE
     try:
         policies = _policies_of(target) if target is not None else registry.policies()
