@@ -111,3 +111,30 @@ def cancellations_asked(task: Any = None) -> int:
     task = task if task is not None else asyncio.current_task()
     counter = getattr(task, "cancelling", None)
     return 0 if counter is None else int(counter())
+
+
+_names = itertools.count(1)
+
+
+def fresh(stem: str) -> str:
+    """A policy name no other test uses: environment variables and registry lookups go
+    by name, and a policy another test left alive may still carry one."""
+    return f"{stem}-{next(_names)}"
+
+
+@pytest.fixture
+def env() -> Iterator[pytest.MonkeyPatch]:
+    """Set variables; afterwards the environment is restored and every live policy
+    reloaded from it, so a reload made here changes no other test's policies."""
+    import warnings
+
+    import resilient
+
+    patch = pytest.MonkeyPatch()
+    try:
+        yield patch
+    finally:
+        patch.undo()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", resilient.ConfigWarning)
+            resilient.reload()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import gc
-import itertools
 import math
 import os
 import re
@@ -25,7 +24,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,33 +57,12 @@ from resilient._core.options import Option
 from resilient.testing import ManualClock
 
 from . import _envtargets as targets
+from .conftest import fresh
 
 T = "tests._envtargets"
 ROOT = Path(__file__).resolve().parent.parent
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def env() -> Iterator[pytest.MonkeyPatch]:
-    """Set variables; afterwards the environment is restored and every live policy
-    reloaded from it, so a reload made here changes no other test's policies."""
-    patch = pytest.MonkeyPatch()
-    try:
-        yield patch
-    finally:
-        patch.undo()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConfigWarning)
-            resilient.reload()
-
-
-_serial = itertools.count()
-
-
-def fresh(stem: str) -> str:
-    """A policy name no other test uses."""
-    return f"{stem}-{next(_serial)}"
 
 
 def spell(name: str) -> str:

@@ -7,11 +7,8 @@ tests look only at policies with names of their own, and count relative to a sta
 from __future__ import annotations
 
 import gc
-import itertools
 import threading
-import warnings
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,7 +19,6 @@ from resilient import (
     BulkheadFullError,
     CircuitBreaker,
     CircuitOpenError,
-    ConfigWarning,
     Fallback,
     Retry,
     State,
@@ -31,24 +27,7 @@ from resilient import (
     registry,
 )
 
-_serial = itertools.count()
-
-
-def fresh(stem: str) -> str:
-    return f"reg-{stem}-{next(_serial)}"
-
-
-@pytest.fixture
-def env() -> Iterator[pytest.MonkeyPatch]:
-    """Set variables; afterwards restore them and reload every live policy from them."""
-    patch = pytest.MonkeyPatch()
-    try:
-        yield patch
-    finally:
-        patch.undo()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConfigWarning)
-            resilient.reload()
+from .conftest import fresh
 
 
 def make_all(name: str) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import asyncio
 import contextvars
 import gc
 import inspect
-import itertools
 import math
 import pickle
 import signal
@@ -49,7 +48,7 @@ from resilient import (
     remaining,
 )
 
-from .conftest import Flavour, assert_config_error, cancellations_asked
+from .conftest import Flavour, assert_config_error, cancellations_asked, fresh
 
 BACKENDS = ("asyncio", "trio")
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,15 +69,6 @@ def gate() -> Iterator[threading.Event]:
     event = threading.Event()
     yield event
     event.set()
-
-
-_names = itertools.count(1)
-
-
-def fresh(name: str) -> str:
-    """A policy name no other test uses: a named policy is one live object per process,
-    so two tests that both said "db" would share one Timeout and its counts."""
-    return f"{name}-{next(_names)}"
 
 
 def cancelled_class(backend: str) -> type[BaseException]:
