@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from itertools import repeat
@@ -9,6 +10,12 @@ from typing import Any
 
 Loop = Callable[[int], int]
 AsyncFn = Callable[[int], Awaitable[int]]
+
+#: Awaits in one asyncio round, and rounds of our rows (peers may take fewer).
+AWAITS = 10_000
+ROUNDS = 30
+#: trio.run costs about 250 us to start; over 50,000 awaits that is 5 ns each, in every row.
+TRIO_AWAITS = 50_000
 
 
 def f(x: int) -> int:
@@ -59,3 +66,30 @@ async def awaits(fn: AsyncFn, n: int) -> int:
     for _ in range(n):
         result = await fn(1)
     return result
+
+
+def bench_asyncio(
+    benchmark: Any,
+    loop: asyncio.AbstractEventLoop,
+    fn: AsyncFn,
+    *,
+    baseline: bool,
+    rounds: int = ROUNDS,
+) -> None:
+    """Time rounds of :data:`AWAITS` awaits of ``fn`` in ``loop``, reported per await."""
+    benchmark.extra_info.update(ops=AWAITS, baseline=baseline)
+    result = benchmark.pedantic(
+        lambda: loop.run_until_complete(awaits(fn, AWAITS)), rounds=rounds, warmup_rounds=1
+    )
+    assert result == 1
+
+
+def bench_trio(benchmark: Any, fn: AsyncFn, *, baseline: bool) -> None:
+    """Time rounds of :data:`TRIO_AWAITS` awaits of ``fn`` in one ``trio.run`` each."""
+    import trio
+
+    benchmark.extra_info.update(ops=TRIO_AWAITS, baseline=baseline)
+    result = benchmark.pedantic(
+        trio.run, args=(awaits, fn, TRIO_AWAITS), rounds=ROUNDS // 2, warmup_rounds=1
+    )
+    assert result == 1

@@ -15,16 +15,10 @@ from typing import Any
 import aiobreaker
 import circuitbreaker
 import pytest
-import trio
 
 from resilient import CircuitBreaker
 
-from ._subjects import AsyncFn, af, awaits
-
-AWAITS = 10_000
-# trio.run costs about 250 us to start; over 50,000 awaits that is 5 ns each, in every row.
-TRIO_AWAITS = 50_000
-ROUNDS = 30
+from ._subjects import AsyncFn, af, bench_asyncio, bench_trio
 
 SUBJECTS: dict[str, AsyncFn] = {
     "bare": af,
@@ -37,19 +31,10 @@ SUBJECTS: dict[str, AsyncFn] = {
 @pytest.mark.benchmark(group="async closed path (asyncio)")
 @pytest.mark.parametrize("name", list(SUBJECTS))
 def test_asyncio_closed_path(benchmark: Any, loop: asyncio.AbstractEventLoop, name: str) -> None:
-    fn = SUBJECTS[name]
-    benchmark.extra_info.update(ops=AWAITS, baseline=name == "bare")
-    result = benchmark.pedantic(
-        lambda: loop.run_until_complete(awaits(fn, AWAITS)), rounds=ROUNDS, warmup_rounds=1
-    )
-    assert result == 1
+    bench_asyncio(benchmark, loop, SUBJECTS[name], baseline=name == "bare")
 
 
 @pytest.mark.benchmark(group="async closed path (trio)")
 @pytest.mark.parametrize("name", ["bare", "resilient"])
 def test_trio_closed_path(benchmark: Any, name: str) -> None:
-    benchmark.extra_info.update(ops=TRIO_AWAITS, baseline=name == "bare")
-    result = benchmark.pedantic(
-        trio.run, args=(awaits, SUBJECTS[name], TRIO_AWAITS), rounds=ROUNDS // 2, warmup_rounds=1
-    )
-    assert result == 1
+    bench_trio(benchmark, SUBJECTS[name], baseline=name == "bare")

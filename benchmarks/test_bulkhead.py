@@ -24,16 +24,22 @@ from typing import Any
 
 import hyx.bulkhead
 import pytest
-import trio
 
 from resilient import Bulkhead
 
-from ._subjects import AsyncFn, Loop, af, awaits, call_form, calls, f, wraps_passthrough
+from ._subjects import (
+    AsyncFn,
+    Loop,
+    af,
+    bench_asyncio,
+    bench_trio,
+    call_form,
+    calls,
+    f,
+    wraps_passthrough,
+)
 
 CALLS = 1000
-AWAITS = 10_000
-TRIO_AWAITS = 50_000  # trio.run costs about 250 us to start: 5 ns an await, in every row
-ROUNDS = 30
 
 
 def semaphore_async(fn: AsyncFn) -> AsyncFn:
@@ -82,12 +88,7 @@ ASYNCIO: dict[str, AsyncFn] = {
 @pytest.mark.benchmark(group="bulkhead, slots free (asyncio)")
 @pytest.mark.parametrize("name", list(ASYNCIO))
 def test_asyncio_bulkhead(benchmark: Any, loop: asyncio.AbstractEventLoop, name: str) -> None:
-    fn = ASYNCIO[name]
-    benchmark.extra_info.update(ops=AWAITS, baseline=name == "bare")
-    result = benchmark.pedantic(
-        lambda: loop.run_until_complete(awaits(fn, AWAITS)), rounds=ROUNDS, warmup_rounds=1
-    )
-    assert result == 1
+    bench_asyncio(benchmark, loop, ASYNCIO[name], baseline=name == "bare")
 
 
 TRIO: dict[str, AsyncFn] = {"bare": af, "resilient": Bulkhead(10)(af)}
@@ -96,11 +97,7 @@ TRIO: dict[str, AsyncFn] = {"bare": af, "resilient": Bulkhead(10)(af)}
 @pytest.mark.benchmark(group="bulkhead, slots free (trio)")
 @pytest.mark.parametrize("name", list(TRIO))
 def test_trio_bulkhead(benchmark: Any, name: str) -> None:
-    benchmark.extra_info.update(ops=TRIO_AWAITS, baseline=name == "bare")
-    result = benchmark.pedantic(
-        trio.run, args=(awaits, TRIO[name], TRIO_AWAITS), rounds=ROUNDS // 2, warmup_rounds=1
-    )
-    assert result == 1
+    bench_trio(benchmark, TRIO[name], baseline=name == "bare")
 
 
 # -- sync ----------------------------------------------------------------------------------

@@ -28,11 +28,9 @@ import pytest
 
 from resilient import Bulkhead, CircuitBreaker, Pipeline, Retry, Timeout
 
-from ._subjects import AsyncFn, Loop, af, awaits, calls, f
+from ._subjects import AsyncFn, Loop, af, bench_asyncio, calls, f
 
 CALLS = 1000
-AWAITS = 10_000
-ROUNDS = 30
 
 
 def parts() -> tuple[Retry, CircuitBreaker, Bulkhead, Timeout]:
@@ -63,12 +61,7 @@ ASYNC: dict[str, AsyncFn] = {
 @pytest.mark.benchmark(group="pipeline and its parts (asyncio)")
 @pytest.mark.parametrize("name", list(ASYNC))
 def test_async_pipeline(benchmark: Any, loop: asyncio.AbstractEventLoop, name: str) -> None:
-    fn = ASYNC[name]
-    benchmark.extra_info.update(ops=AWAITS, baseline=name == "bare")
-    result = benchmark.pedantic(
-        lambda: loop.run_until_complete(awaits(fn, AWAITS)), rounds=ROUNDS, warmup_rounds=1
-    )
-    assert result == 1
+    bench_asyncio(benchmark, loop, ASYNC[name], baseline=name == "bare")
 
 
 # -- sync --------------------------------------------------------------------------------------

@@ -32,11 +32,19 @@ import tenacity
 
 from resilient import Retry
 
-from ._subjects import AsyncFn, Loop, af, awaits, call_form, calls, f, wraps_passthrough
+from ._subjects import (
+    ROUNDS,
+    AsyncFn,
+    Loop,
+    af,
+    bench_asyncio,
+    call_form,
+    calls,
+    f,
+    wraps_passthrough,
+)
 
 CALLS = 1000
-AWAITS = 10_000
-ROUNDS = 30  # async rounds for the bare await and ours
 PEER_ROUNDS = 10  # and for the peers, whose rounds take some 300 ms
 CYCLES = 200  # retry cycles a round: the peers' take some 130 us each
 
@@ -96,14 +104,8 @@ ASYNC: dict[str, AsyncFn] = {
 def test_async_retry_success_path(
     benchmark: Any, loop: asyncio.AbstractEventLoop, name: str
 ) -> None:
-    fn = ASYNC[name]
-    benchmark.extra_info.update(ops=AWAITS, baseline=name == "bare")
-    result = benchmark.pedantic(
-        lambda: loop.run_until_complete(awaits(fn, AWAITS)),
-        rounds=ROUNDS if name in ("bare", "resilient") else PEER_ROUNDS,
-        warmup_rounds=1,
-    )
-    assert result == 1
+    rounds = ROUNDS if name in ("bare", "resilient") else PEER_ROUNDS
+    bench_asyncio(benchmark, loop, ASYNC[name], baseline=name == "bare", rounds=rounds)
 
 
 # -- one retry cycle (informational) -----------------------------------------------------

@@ -29,11 +29,8 @@ import trio
 
 from resilient import Timeout
 
-from ._subjects import AsyncFn, af, awaits
+from ._subjects import ROUNDS, AsyncFn, af, bench_asyncio, bench_trio
 
-AWAITS = 10_000
-TRIO_AWAITS = 50_000  # trio.run costs about 250 us to start: 5 ns an await, in every row
-ROUNDS = 30
 PEER_ROUNDS = 10  # for hyx's decorator, whose rounds take some 130 ms
 LIMIT = 10.0
 
@@ -81,13 +78,8 @@ if not hasattr(asyncio, "timeout"):  # Python 3.10
 @pytest.mark.parametrize("name", list(ASYNCIO))
 def test_asyncio_timeout(benchmark: Any, loop: asyncio.AbstractEventLoop, name: str) -> None:
     fn = ASYNCIO[name] or loop.run_until_complete(hyx_decorated())
-    benchmark.extra_info.update(ops=AWAITS, baseline=name == "bare")
-    result = benchmark.pedantic(
-        lambda: loop.run_until_complete(awaits(fn, AWAITS)),
-        rounds=PEER_ROUNDS if name == "hyx" else ROUNDS,
-        warmup_rounds=1,
-    )
-    assert result == 1
+    rounds = PEER_ROUNDS if name == "hyx" else ROUNDS
+    bench_asyncio(benchmark, loop, fn, baseline=name == "bare", rounds=rounds)
 
 
 # -- trio ----------------------------------------------------------------------------------
@@ -103,8 +95,4 @@ TRIO: dict[str, AsyncFn] = {
 @pytest.mark.benchmark(group="timeout, nothing expires (trio)")
 @pytest.mark.parametrize("name", list(TRIO))
 def test_trio_timeout(benchmark: Any, name: str) -> None:
-    benchmark.extra_info.update(ops=TRIO_AWAITS, baseline=name == "bare")
-    result = benchmark.pedantic(
-        trio.run, args=(awaits, TRIO[name], TRIO_AWAITS), rounds=ROUNDS // 2, warmup_rounds=1
-    )
-    assert result == 1
+    bench_trio(benchmark, TRIO[name], baseline=name == "bare")
