@@ -271,12 +271,10 @@ class Timeout(Configured, Decorates):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        block = pop_block(self)
+        block = self._leave()
         if block is None:
-            return  # entered while switched off
-        started, seconds, by_deadline, token = block
-        if token is not None:
-            dl.unscoped(token)
+            return
+        started, seconds, by_deadline = block
         took = time.monotonic() - started
         if exc is None and took > seconds:
             raise self._expire(
@@ -284,6 +282,18 @@ class Timeout(Configured, Decorates):
                 f"{_why(by_deadline)}: the block took {took:.3g}s (a sync block cannot be"
                 " interrupted, so it ran to its end)",
             )
+
+    def _leave(self) -> tuple[Any, float, bool] | None:
+        """Close this Timeout's innermost open block: its deadline undone, what the exit
+        needs returned (how it began, its limit, whether a deadline set it); None for a
+        block entered while switched off."""
+        block = pop_block(self)
+        if block is None:
+            return None
+        begun, seconds, by_deadline, token = block
+        if token is not None:
+            dl.unscoped(token)
+        return begun, seconds, by_deadline
 
     async def __aenter__(self) -> None:
         cfg = self._cfg
@@ -304,12 +314,10 @@ class Timeout(Configured, Decorates):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        block = pop_block(self)
+        block = self._leave()
         if block is None:
             return
-        scope, seconds, by_deadline, token = block
-        if token is not None:
-            dl.unscoped(token)
+        scope, seconds, by_deadline = block
         if scope.close(exc):
             raise self._expire(seconds, _why(by_deadline)) from exc
         if scope.redeliver:
