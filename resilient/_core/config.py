@@ -218,12 +218,8 @@ def unknown_variables(
     ]
 
 
-def warn_unknown(
-    unknown: Sequence[tuple[str, str | None]], *, only_close: bool, stacklevel: int = 2
-) -> None:
+def warn_unknown(unknown: Sequence[tuple[str, str | None]], *, stacklevel: int = 2) -> None:
     for var, suggestion in unknown:
-        if suggestion is None and only_close:
-            continue
         hint = f"; did you mean {suggestion}?" if suggestion else ""
         warnings.warn(
             f"{var} matches no option of any resilient policy{hint}",

@@ -125,7 +125,7 @@ class Configured:
         self.name = opt.check_name(name, type(self).__name__)
         settings = self._resolve(given)
         self._given = dict(given)
-        config.warn_unknown(self._near_misses(), only_close=True, stacklevel=3)
+        config.warn_unknown(self._near_misses(), stacklevel=3)
         return settings
 
     def _resolve(
@@ -203,4 +203,4 @@ def reload(environ: Mapping[str, str] | None = None) -> None:
         policy.settings = settings
         policy._switch(compiled)
     known = config.known_variables((p.KIND, p.name) for p in policies)
-    config.warn_unknown(config.unknown_variables(known, environ), only_close=False)
+    config.warn_unknown(config.unknown_variables(known, environ))
