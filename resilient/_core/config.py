@@ -102,18 +102,14 @@ def resolve(
     """Defaults, then ``given`` (validated: a bad keyword raises at once), then the
     environment (every bad variable reported together)."""
     env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
+    values = opt.resolve(options, given, owner)
+    # A signature's default arrives like any keyword; a value equal to the declared
+    # default is reported as the default, which it is either way.
+    sources = {
+        o.name: "code" if o.name in given and not _same(given[o.name], o) else "default"
+        for o in options
+    }
     texts: dict[str, str] = {}
-    for option in options:
-        if option.name in given:
-            values[option.name] = option.validate(given[option.name], owner)
-            # A signature's default arrives like any keyword; a value equal to the
-            # declared default is reported as the default, which it is either way.
-            sources[option.name] = "default" if _same(given[option.name], option) else "code"
-        else:
-            values[option.name] = option.default
-            sources[option.name] = "default"
     errors: list[ConfigError] = []
     for option in options:
         names = [variable(kind, option.name, name)] if name is not None else []
