@@ -93,3 +93,16 @@ def bench_trio(benchmark: Any, fn: AsyncFn, *, baseline: bool) -> None:
         trio.run, args=(awaits, fn, TRIO_AWAITS), rounds=ROUNDS // 2, warmup_rounds=1
     )
     assert result == 1
+
+
+def locked_breaker(**options: Any) -> Any:
+    """A CircuitBreaker on the locked window a free-threaded build would give it."""
+    from unittest import mock
+
+    from resilient import CircuitBreaker
+    from resilient._core import window
+
+    with mock.patch.object(window, "LOCK_FREE", False):
+        breaker = CircuitBreaker(**options)
+    assert type(breaker._state.window) is window.LockedCountWindow
+    return breaker

@@ -2,9 +2,10 @@
 
 Under the GIL, 8 threads cannot beat 1 at pure-Python work; what they can do is lose time
 to contention. A closed path that takes no lock should keep about the throughput of one
-thread (target: at least 0.9x). pybreaker holds a lock around the user's call, so a thread
-switched out inside it holds up every other. The bare call shows what the interpreter
-itself loses to switching threads.
+thread (target: at least 0.9x); so should the locked window a free-threaded build uses
+("resilient-locked"), whose lock is held for a few bytecodes, never around the call.
+pybreaker holds a lock around the user's call, so a thread switched out inside it holds
+up every other. The bare call shows what the interpreter itself loses to switching threads.
 
 ``--io`` makes the call release the GIL (``time.sleep(0)``, as a socket read would): there
 threads should overlap and 8 beat 1 many times over, unless a lock held around the call
@@ -25,6 +26,7 @@ from collections.abc import Callable
 
 import pybreaker
 
+from benchmarks._subjects import locked_breaker
 from resilient import CircuitBreaker
 
 CALLS = 200_000
@@ -46,6 +48,7 @@ def subjects(fn: Callable[[int], int] = f) -> dict[str, Callable[[int], int]]:
     return {
         "bare": fn,
         "resilient": CircuitBreaker()(fn),
+        "resilient-locked": locked_breaker()(fn),
         "pybreaker": pybreaker.CircuitBreaker()(fn),
     }
 

@@ -14,7 +14,6 @@ held while user code runs.
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 from collections import deque
@@ -28,17 +27,15 @@ from resilient._core.clock import SYSTEM_CLOCK, MonotonicClock
 from resilient._core.config import Settings
 from resilient._core.decorate import NO_RESULT, GuardForms
 from resilient._core.events import Listeners
+from resilient._core.primitives import counter
 from resilient._core.registry import Configured
 from resilient._core.window import (
     FAILURE,
     SLOW_FAILURE,
     SLOW_SUCCESS,
     SUCCESS,
-    CountWindow,
     Tally,
-    TimeWindow,
     Window,
-    count_value,
     count_window,
     time_window,
 )
@@ -102,18 +99,18 @@ class _Phase:
 
     __slots__ = (
         "admitted",
-        "append",
         "failures",
         "fast",
         "kind",
         "pending",
-        "pending_seen",
+        "pending_stamp",
         "plain",
         "record",
         "reopen_for",
         "reported",
         "since",
         "slow",
+        "success",
         "times_opened",
         "until",
         "window",
@@ -138,7 +135,7 @@ class _Phase:
         self.plain = plain
         self.window = window
         self.record = window.record
-        self.append: Any = getattr(window, "append", None)  # count windows: a C-level record
+        self.success = window.success  # a plain phase's whole record of a success
         self.since = since
         self.until = until
         self.times_opened = times_opened
@@ -148,7 +145,7 @@ class _Phase:
         # CLOSED: a rate is over its threshold but the window is still under min_calls,
         # so successes must re-judge too (they can bring the window up to min_calls).
         self.pending = False
-        self.pending_seen = 0  # the most calls a warm-up judge has seen
+        self.pending_stamp = -1  # the stamp of the tally that set ``pending``
         # HALF_OPEN probe bookkeeping; only touched under the breaker's lock.
         self.admitted = self.reported = self.failures = self.slow = 0
 
@@ -321,21 +318,23 @@ class _Rules:
 
     def new_window(self) -> Window:
         if self.window_type == "count":
-            return count_window(int(self.window_size))
+            return count_window(int(self.window_size), slow=self.timed)
         return time_window(self.window_size)
 
     def reshaped(self, window: Window) -> Window:
         """``window`` if it has this shape already; else a new one (a count window keeps
         its latest outcomes, as many as fit; a time window cannot be re-bucketed)."""
-        if self.window_type == "count" and isinstance(window, CountWindow):
-            if window.size == self.window_size:
-                return window
-            new = count_window(int(self.window_size))
+        if (
+            window.kind == self.window_type
+            and window.length == self.window_size
+            and (window.records_slow or not self.timed)
+        ):
+            return window
+        if self.window_type == "count" and window.kind == "count":
+            new = count_window(int(self.window_size), slow=self.timed)
             for outcome in window.outcomes()[-int(self.window_size) :]:
                 new.record(outcome, 0.0)
             return new
-        if isinstance(window, TimeWindow) and window.seconds == self.window_size:
-            return window
         return self.new_window()
 
     def open_duration(self, times_opened: int) -> float:
@@ -416,7 +415,7 @@ class CircuitBreaker(Configured, GuardForms):
         self._listeners: Listeners[StateChange] = Listeners()
         self._events: deque[StateChange] = deque()  # decided, not yet delivered
         self._publishing = threading.Lock()
-        self._rejected = itertools.count()
+        self._rejected = counter()
         self._pinned_by_env = False  # the state is pinned by the environment
         self._code_pin: State | None = None  # ... or by force_open()/disable()
         self._register(settings)
@@ -468,7 +467,7 @@ class CircuitBreaker(Configured, GuardForms):
 
     def _exit(self, token: _Token, exc: BaseException | None, result: object) -> None:
         if exc is None and token.__class__ is _Phase and token.plain:
-            token.append(SUCCESS)
+            token.success()
             if token.pending:
                 c = self._rules
                 self._judge(c, token, c.now())
@@ -526,19 +525,21 @@ class CircuitBreaker(Configured, GuardForms):
             return
         over = c.over(tally)
         if tally.calls < c.min_calls:
-            # Warming up. Judges race, so the one that saw the most calls decides whether
-            # successes must keep judging: an older tally never overwrites a newer one.
-            with self._lock:
-                if tally.calls >= st.pending_seen:
-                    st.pending_seen = tally.calls
-                    st.pending = over
+            # Warming up: whether successes must keep judging is decided by the latest
+            # tally (by stamp, not by count: a time window empties as time passes), so an
+            # older tally never overwrites a newer one.
+            self._set_pending(st, tally.stamp, over)
             return
         if st.pending:  # warmed up: successes need not judge any more
-            with self._lock:
-                st.pending_seen = max(st.pending_seen, tally.calls)
-                st.pending = False
+            self._set_pending(st, tally.stamp, False)
         if over:
             self._swap(st, self._opened(st, now, c.open_duration(st.times_opened + 1)), now)
+
+    def _set_pending(self, st: _Phase, stamp: int, pending: bool) -> None:
+        with self._lock:
+            if stamp >= st.pending_stamp:
+                st.pending_stamp = stamp
+                st.pending = pending
 
     # -- transitions: the only code that changes _state -------------------------------
 
@@ -582,7 +583,7 @@ class CircuitBreaker(Configured, GuardForms):
         window = c.new_window() if window is None else c.reshaped(window)
         st = _Phase(CLOSED, window, fast=not c.timed, plain=c.plain_success)
         if was is not None and was.window is window:
-            st.pending, st.pending_seen = was.pending, was.pending_seen
+            st.pending, st.pending_stamp = was.pending, was.pending_stamp
         else:
             st.pending = window.tally(c.now()).calls > 0  # re-judge the carried records
         return st
@@ -607,7 +608,7 @@ class CircuitBreaker(Configured, GuardForms):
                 now = c.now()
                 if now < st.until:
                     # Inline rather than _rejection(): this is the hot path of an outage.
-                    next(self._rejected)
+                    self._rejected.incr()
                     raise CircuitOpenError(self.name, st.until - now, OPEN)
                 self._swap(st, self._probing(c, st, now), now)  # lazily, on the first call after
             elif kind is HALF_OPEN:
@@ -632,7 +633,7 @@ class CircuitBreaker(Configured, GuardForms):
 
     def _rejection(self, st: _Phase, retry_after: float | None) -> CircuitOpenError:
         """A fresh error for each rejection, so no traceback ever grows."""
-        next(self._rejected)
+        self._rejected.incr()
         return CircuitOpenError(self.name, retry_after, st.kind)
 
     # -- inspection and manual control ------------------------------------------------
@@ -662,7 +663,7 @@ class CircuitBreaker(Configured, GuardForms):
             slow_calls=tally.slow,
             failure_rate=tally.failures / calls if enough else None,
             slow_call_rate=tally.slow / calls if enough else None,
-            rejected=count_value(self._rejected),
+            rejected=self._rejected.value,
         )
 
     def force_open(self) -> None:
@@ -682,7 +683,7 @@ class CircuitBreaker(Configured, GuardForms):
     def reset(self) -> None:
         """Back to CLOSED with an empty window; forgets open counts and rejections."""
         c = self._rules
-        self._rejected = itertools.count()
+        self._rejected = counter()
         self._code_pin = None
         self._pinned_by_env = False
         self._swap(None, self._closed(c), c.now())

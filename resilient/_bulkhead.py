@@ -4,8 +4,9 @@ thread, connection or task the process has.
 A call takes a slot or, when all are taken, waits in a FIFO queue up to ``max_wait``
 seconds (never past an enclosing :func:`resilient.deadline`), then gets BulkheadFullError.
 A freed slot goes straight to the oldest waiter, so a newcomer never overtakes the queue.
-A call that finds nobody waiting takes and returns its slot without a lock; a small lock
-guards the queue, and is never held while a call runs or waits. Threads wait on a lock
+A call that finds nobody waiting takes and returns its slot without a lock (where the
+GIL makes that exact: :mod:`resilient._core.primitives`); a small lock guards the queue,
+and is never held while a call runs or waits. Threads wait on a lock
 of their own; tasks on an event of their own loop, woken from other threads through
 that loop's thread-safe entry, so one bulkhead can guard threads and several event loops
 (asyncio and trio) at once.
@@ -24,6 +25,7 @@ from resilient._core import deadline as dl
 from resilient._core import options as opt
 from resilient._core.config import Settings
 from resilient._core.decorate import MUST_WAIT, GuardForms
+from resilient._core.primitives import LOCK_FREE
 from resilient._core.registry import Configured
 from resilient._errors import BulkheadFullError
 
@@ -184,21 +186,51 @@ class Bulkhead(Configured, GuardForms):
     # -- the guard protocol -----------------------------------------------------------
 
     def _admit(self, state: _Config) -> object:
-        if not self._queue:  # nobody waits: take a slot if one is free, lock-free
-            try:
-                self._permits.pop()
-                return None
-            except IndexError:
-                pass
+        if self._take_free_slot():
+            return None
         if state.max_wait:
             return MUST_WAIT
         with self._lock:
             self._rejected += 1
         raise BulkheadFullError(self.name)
 
+    def _take_free_slot(self) -> bool:
+        """Take a free slot, unless a call is queued for one: a newcomer never overtakes.
+
+        Lock-free, the slot is taken first and the queue looked at second: a waiter
+        queued before that look sees the slot handed on to it; one queued after it came
+        after this call, which was admitted at the look. (Looking first, a waiter could
+        queue and a slot come back between the look and the take.) Locked variant: both
+        under the lock, since without a GIL two stores to two deques need not be seen
+        in the order they were made.
+        """
+        if not LOCK_FREE:
+            with self._lock:
+                if self._queue or not self._permits:
+                    return False
+                self._permits.pop()
+                return True
+        try:
+            self._permits.pop()
+        except IndexError:
+            return False
+        if not self._queue:
+            return True
+        self._exit(None, None, None)  # someone was queued first: the slot is theirs
+        return False
+
     def _exit(self, token: object, exc: BaseException | None, result: object) -> None:
         if token is not None:
             return  # admitted while switched off: it holds no slot
+        if not LOCK_FREE:
+            with self._lock:
+                if self._debt:
+                    self._debt -= 1
+                elif self._queue:
+                    self._queue.popleft().grant()
+                else:
+                    self._permits.append(None)
+            return
         if self._queue or self._debt:
             with self._lock:
                 if self._debt:  # max_concurrent shrank: this slot goes

@@ -13,7 +13,6 @@ inside it, so an inner Retry never starts an attempt that cannot finish in time.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -26,8 +25,8 @@ from resilient._core import deadline as dl
 from resilient._core import options as opt
 from resilient._core.config import Settings
 from resilient._core.decorate import Decorates, pop_block, push_block
+from resilient._core.primitives import counter
 from resilient._core.registry import Configured
-from resilient._core.window import count_value
 from resilient._errors import RejectedError, TimeoutExpired
 
 __all__ = ["OPTIONS", "Timeout", "TimeoutMetrics", "WorkersExhaustedError"]
@@ -132,7 +131,7 @@ class Timeout(Configured, Decorates):
         given = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
         settings = self._configure(name, given)
         self._tally = workers.Tally()
-        self._expired = itertools.count()
+        self._expired = counter()
         self._register(settings)
 
     def _compile(self, settings: Settings) -> _Config:
@@ -160,13 +159,11 @@ class Timeout(Configured, Decorates):
 
     @property
     def metrics(self) -> TimeoutMetrics:
-        return TimeoutMetrics(
-            count_value(self._expired), self._tally.abandoned, self._tally.rejected
-        )
+        return TimeoutMetrics(self._expired.value, self._tally.abandoned, self._tally.rejected)
 
     def reset(self) -> None:
         """Count expiries and refusals from zero again (abandoned calls still run)."""
-        self._expired = itertools.count()
+        self._expired = counter()
         workers.reset(self._tally)
 
     # -- deciding the limit ---------------------------------------------------------
@@ -187,7 +184,7 @@ class Timeout(Configured, Decorates):
         return seconds, by_deadline
 
     def _expire(self, seconds: float, detail: str) -> TimeoutExpired:
-        next(self._expired)
+        self._expired.incr()
         return TimeoutExpired(self.name, seconds, detail)
 
     # -- wrappers ---------------------------------------------------------------------

@@ -89,6 +89,16 @@ def switch_often() -> Iterator[None]:
         sys.setswitchinterval(old)
 
 
+@pytest.fixture
+def lock_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bulkhead's lock-free slot keeping, even where the locked one is in force: for
+    the tests that stage an interleaving of the lock-free code (the locked code takes its
+    lock for each step, so none of them can come about there)."""
+    import resilient._bulkhead
+
+    monkeypatch.setattr(resilient._bulkhead, "LOCK_FREE", True)
+
+
 def assert_config_error(err: ConfigError, option: str, value: Any, expected: str) -> None:
     """A ConfigError that names the option, the value as given and what was expected."""
     assert isinstance(err, ValueError)

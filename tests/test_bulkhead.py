@@ -1705,7 +1705,7 @@ def test_tasks_follow_a_fifo_model_step_by_step(
     run_async(mode, main)
 
 
-def test_a_slot_given_back_while_a_call_queues_goes_to_that_call() -> None:
+def test_a_slot_given_back_while_a_call_queues_goes_to_that_call(lock_free: None) -> None:
     """The race behind test_a_slot_freed_just_as_a_thread_queues_is_never_left_idle, made
     deterministic: the holder gives its slot back (lock-free) after the arrival found no
     slot and before the arrival is in the queue, so the holder sees nobody waiting. The
@@ -1724,3 +1724,127 @@ def test_a_slot_given_back_while_a_call_queues_goes_to_that_call() -> None:
     assert time.monotonic() - started < 1.0
     assert b.metrics == BulkheadMetrics(1, 0, 0, 0)
     assert_all_slots_free(b)
+
+
+class Interleaving:
+    """Pauses chosen threads right after their k-th operation on a bulkhead's deques.
+
+    ``plan(thread_id, step1, step2, ...)``: right after that thread's first operation on
+    either deque (a length check, a pop that found nothing, an append...) ``step1`` runs
+    in it, then ``step2`` after its second, and so on: the thread is held there, between
+    two operations, for as long as its step waits. Other threads run free.
+    """
+
+    def __init__(self, b: Bulkhead) -> None:
+        self.plans: dict[int, list[Callable[[], None]]] = {}
+        b._queue = Watched(b._queue, self)
+        b._permits = Watched(b._permits, self)
+
+    def plan(self, thread_id: int, *steps: Callable[[], None]) -> None:
+        self.plans[thread_id] = list(steps)
+
+    def after_op(self) -> None:
+        steps = self.plans.get(threading.get_ident())
+        if steps:
+            steps.pop(0)()
+
+
+class Watched(deque):  # type: ignore[type-arg]
+    def __init__(self, items: deque[Any], interleaving: Interleaving) -> None:
+        super().__init__(items)
+        self.interleaving = interleaving
+
+    def __len__(self) -> int:  # what `if not queue` asks
+        n = deque.__len__(self)
+        self.interleaving.after_op()
+        return n
+
+    def pop(self) -> Any:
+        try:
+            return deque.pop(self)
+        finally:
+            self.interleaving.after_op()
+
+    def popleft(self) -> Any:
+        try:
+            return deque.popleft(self)
+        finally:
+            self.interleaving.after_op()
+
+    def append(self, item: Any) -> None:
+        deque.append(self, item)
+        self.interleaving.after_op()
+
+
+def raw_len(d: deque[Any]) -> int:
+    return deque.__len__(d)
+
+
+def until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "the interleaving did not come about"
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("newcomer_mode", ["sync", "asyncio", "trio"])
+def test_a_newcomer_never_overtakes_a_waiter_queued_during_its_admission(
+    newcomer_mode: str, lock_free: None
+) -> None:
+    """Bulkhead(1), held by H. A newcomer N starts its admission and is held right after
+    its first look at the bulkhead; meanwhile H starts to leave and finds nobody queued,
+    W queues, and H gives its slot back, lock-free. N must not take that slot: W queued
+    first and gets in first, then N (on a thread, an asyncio task or a trio task).
+
+    The interleaving a lock-free admission that looks at the queue before it takes a slot
+    loses: it saw no queue, then took the slot W was owed."""
+    b = Bulkhead(1, max_wait=LONG)
+    steps = Interleaving(b)
+    order: list[str] = []
+    h_gate, h_looked, h_go, h_gave = (threading.Event() for _ in range(4))
+
+    def holder() -> None:
+        with b:
+            steps.plan(
+                threading.get_ident(),
+                lambda: (h_looked.set(), h_go.wait(WAIT)),  # looked: nobody queued
+                lambda: (h_gave.set(), until(lambda: bool(order))),  # slot given back
+            )
+            assert h_gate.wait(WAIT)
+
+    def waiter() -> None:
+        b.call(order.append, "W")
+
+    h = Worker(holder)
+    until(lambda: b.metrics.in_use == 1)
+    workers: list[Worker] = []
+
+    def interfere() -> None:  # runs in N's thread, right after N's first look
+        h_gate.set()
+        assert h_looked.wait(WAIT)
+        workers.append(Worker(waiter))
+        until(lambda: raw_len(b._queue) == 1)
+        h_go.set()
+        assert h_gave.wait(WAIT)
+
+    def newcomer_sync() -> None:
+        steps.plan(threading.get_ident(), interfere)
+        b.call(order.append, "N")
+
+    async def newcomer_async() -> None:
+        async def body() -> None:
+            order.append("N")
+            await anyio.lowlevel.checkpoint()
+
+        steps.plan(threading.get_ident(), interfere)
+        await b.call_async(body)
+
+    if newcomer_mode == "sync":
+        newcomer_sync()
+    else:
+        run_async(newcomer_mode, newcomer_async)
+    h.outcome()
+    for worker in workers:
+        worker.outcome()
+    assert order == ["W", "N"]
+    assert b.metrics == BulkheadMetrics(1, 0, 0, 0)

@@ -27,9 +27,11 @@ from resilient._core.window import (
     SLOW_FAILURE,
     SLOW_SUCCESS,
     SUCCESS,
+    CountWindow,
+    LockedCountWindow,
+    LockedTimeWindow,
     Tally,
-    count_window,
-    time_window,
+    TimeWindow,
 )
 from resilient.testing import ManualClock
 
@@ -212,6 +214,7 @@ def expected_tally(plans: list[list[int]]) -> Tally:
         calls=sum(seen.values()),
         failures=seen[FAILURE] + seen[SLOW_FAILURE],
         slow=seen[SLOW_SUCCESS] + seen[SLOW_FAILURE],
+        stamp=sum(seen.values()),  # every record counts towards the stamp
     )
 
 
@@ -241,11 +244,17 @@ def hammer(window: Any, work: list[list[int]]) -> list[Tally]:
     return reads
 
 
-@pytest.mark.parametrize(
-    "make",
-    [lambda: count_window(THREADS * RECORDS), lambda: time_window(60.0)],
-    ids=["count_window", "time_window"],
-)
+# Both variants of each window, whichever the interpreter would pick: the locked ones are
+# what a free-threaded build runs (CI also runs this file with RESILIENT_PRIMITIVES=locked).
+WINDOW_CLASSES = {
+    "count": lambda: CountWindow(THREADS * RECORDS),
+    "locked_count": lambda: LockedCountWindow(THREADS * RECORDS),
+    "time": lambda: TimeWindow(60.0),
+    "locked_time": lambda: LockedTimeWindow(60.0),
+}
+
+
+@pytest.mark.parametrize("make", list(WINDOW_CLASSES.values()), ids=list(WINDOW_CLASSES))
 def test_window_loses_and_doubles_no_record_under_8_threads(make: Callable[[], Any]) -> None:
     """8 threads x 100,000 records into one window: tally() is exactly what was recorded.
 
@@ -263,7 +272,29 @@ def test_window_loses_and_doubles_no_record_under_8_threads(make: Callable[[], A
             assert before.calls <= after.calls
             assert before.failures <= after.failures
             assert before.slow <= after.slow
+            assert before.stamp <= after.stamp
         assert all(r.calls <= expected.calls for r in reads)
+
+
+@pytest.mark.parametrize("make", [CountWindow, LockedCountWindow])
+def test_a_sliding_count_window_holds_exactly_the_last_n_after_8_threads(
+    make: Callable[[int], Any],
+) -> None:
+    """A window of 1,000 under 8 threads x 100,000 records slides 800 times over: after
+    them it holds exactly 1,000 calls, and once 1,000 known outcomes follow from one
+    thread, exactly those (every record of the storm has slid out, none is stuck)."""
+    window = make(1000)
+    work = plans()
+    hammer(window, work)
+    after = window.tally(FROZEN_NOW)
+    assert after.calls == 1000
+    assert after.stamp == THREADS * RECORDS
+    known = random.Random(99).choices(CODES, k=1000)
+    for code in known:
+        window.record(code, FROZEN_NOW)
+    expected = expected_tally([known])
+    assert window.tally(FROZEN_NOW) == expected._replace(stamp=THREADS * RECORDS + 1000)
+    assert window.outcomes() == bytes(known)
 
 
 def test_time_window_keeps_a_record_that_lands_after_a_concurrent_read() -> None:

@@ -1761,7 +1761,7 @@ def test_an_open_for_callable_that_cannot_answer_is_a_config_error_naming_it(
 
 
 def test_a_bulkhead_shrunk_as_a_call_leaves_admits_no_more_than_its_size(
-    env: pytest.MonkeyPatch,
+    env: pytest.MonkeyPatch, lock_free: None
 ) -> None:
     """The shrink lands between a leaving call's look at the queue and its giving the
     slot back (a deque whose append runs the reload first, made deterministic)."""

@@ -27,6 +27,7 @@ from typing import Any
 
 from resilient._core import options as opt
 from resilient._core.parse import parse_bool
+from resilient._core.primitives import SWITCH
 from resilient._errors import ConfigError, ConfigWarning
 
 __all__ = [
@@ -150,7 +151,7 @@ def _same(value: Any, option: opt.Option) -> bool:
 
 def known_variables(policies: Iterable[tuple[str, str | None]]) -> set[str]:
     """Every variable that means something, given the live (kind, name) pairs."""
-    known = {ENABLED}
+    known = {ENABLED, SWITCH}
     for kind, options in KINDS.items():
         known.update(default_variable(kind, option.name) for option in options)
     for kind, name in policies:
@@ -184,6 +185,10 @@ def invalid_variables(environ: Mapping[str, str] | None = None) -> list[ConfigEr
                 parse_bool(raw)
             except opt.Invalid:
                 errors.append(ConfigError(var, raw, "a boolean: 1/0, true/false, yes/no, on/off"))
+            continue
+        if var == SWITCH:
+            if raw.strip().lower() not in ("auto", "locked"):
+                errors.append(ConfigError(var, raw, "'auto' or 'locked'"))
             continue
         found = option_of(var) if var.startswith(PREFIX) else None
         if found is None:
@@ -231,6 +236,9 @@ def markdown_table() -> str:
         "| --- | --- | --- | --- |",
         f"| `{ENABLED}` | 1/0, true/false, yes/no, on/off | `1` |"
         " `0` makes every policy a pass-through: the emergency switch. |",
+        f"| `{SWITCH}` | auto, locked | `auto` |"
+        " `locked`: the state core's locked variants, which a free-threaded build uses,"
+        " on any build (read once, at import; for testing them). |",
     ]
     for kind, options in KINDS.items():
         if not options:
