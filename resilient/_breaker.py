@@ -14,6 +14,7 @@ held while user code runs.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections import deque
@@ -25,7 +26,7 @@ from typing import Any, Literal, TypeVar
 from resilient._core import options as opt
 from resilient._core.clock import SYSTEM_CLOCK, MonotonicClock
 from resilient._core.config import Settings
-from resilient._core.decorate import NO_RESULT, GuardForms
+from resilient._core.decorate import NO_RESULT, GuardForms, Refusal
 from resilient._core.events import Listeners
 from resilient._core.primitives import counter
 from resilient._core.registry import Configured
@@ -106,6 +107,7 @@ class _Phase:
         "pending_stamp",
         "plain",
         "record",
+        "refusal",
         "reopen_for",
         "reported",
         "since",
@@ -127,8 +129,11 @@ class _Phase:
         reopen_for: float = 0.0,
         fast: bool = False,
         plain: bool = False,
+        refusal: Refusal | None = None,
     ) -> None:
         self.kind = kind
+        # OPEN, FORCED_OPEN: every call is refused until a known time (the drivers do it).
+        self.refusal = refusal
         # The driver admits a call on a fast phase without asking: CLOSED and untimed.
         self.fast = fast
         # CLOSED, and a success needs nothing but a slot store: no timing, no predicate.
@@ -306,6 +311,16 @@ class _Rules:
         self.slow_rate: float = settings["slow_call_rate"]
         self.is_failure: opt.ExceptionFilter = settings["record"]
         self.is_ignored: opt.ExceptionFilter = settings["ignore"]
+        # Exceptions told apart by type alone (the usual case): a plain phase classifies
+        # a failure with isinstance checks instead of predicate calls. ``neither``: the
+        # Exceptions that count as neither failure nor success (None: ask the predicates).
+        self.neither: tuple[type[BaseException], ...] | None = None
+        self.failing: tuple[type[BaseException], ...] = ()
+        if isinstance(self.is_failure, opt.TypeFilter) and isinstance(
+            self.is_ignored, opt.TypeFilter
+        ):
+            self.neither = (UsageError, *self.is_ignored.types)
+            self.failing = self.is_failure.types
         self.failure_result: Callable[[Any], bool] | None = settings["failure_result"]
         self.clock: MonotonicClock = settings["clock"] or SYSTEM_CLOCK
         self.now = self.clock.monotonic
@@ -432,18 +447,19 @@ class CircuitBreaker(Configured, GuardForms):
         """
         c = compiled
         with self._lock:
+            self._rules = c  # (the phases made below read it)
             now = c.now()
             st: _Phase | None = getattr(self, "_state", None)
             env_pin = DISABLED if not c.enabled else _PINS[c.pinned]
             new: _Phase | None = None
             if env_pin is not None:
                 if st is None or st.kind is not env_pin:
-                    new = _Phase(env_pin, c.new_window() if st is None else st.window, since=now)
+                    new = self._pinned(env_pin, c.new_window() if st is None else st.window, now)
             elif st is None:
                 new = self._closed(c)
             elif self._pinned_by_env:  # the environment's pin is lifted
                 if self._code_pin is not None:
-                    new = _Phase(self._code_pin, st.window, since=now)
+                    new = self._pinned(self._code_pin, st.window, now)
                 else:
                     new = self._closed(c, st.window)
             elif st.kind is CLOSED:  # the fast-path flags and the window follow the rules
@@ -457,7 +473,6 @@ class CircuitBreaker(Configured, GuardForms):
                     times_opened=st.times_opened,
                     reopen_for=st.reopen_for,
                 )
-            self._rules = c
             self._pinned_by_env = env_pin is not None
             if new is not None:
                 self._install(new, now)
@@ -466,11 +481,24 @@ class CircuitBreaker(Configured, GuardForms):
     # -- the call path ----------------------------------------------------------------
 
     def _exit(self, token: _Token, exc: BaseException | None, result: object) -> None:
-        if exc is None and token.__class__ is _Phase and token.plain:
-            token.success()
-            if token.pending:
+        if token.__class__ is _Phase and token.plain:  # CLOSED, untimed, count window
+            if exc is None:
+                token.success()
+            else:  # told apart by type, recorded without a clock: no _settle, no predicate
                 c = self._rules
-                self._judge(c, token, c.now())
+                neither = c.neither
+                if neither is None:
+                    self._settle(token, exc, result)
+                    return
+                if not isinstance(exc, Exception) or isinstance(exc, neither):
+                    return  # cancellation, an ignored error...: counts as nothing
+                if isinstance(exc, c.failing):
+                    token.record(FAILURE, 0.0)
+                    self._judge(c, token, None)
+                    return
+                token.success()
+            if token.pending:
+                self._judge(self._rules, token, None)
             return
         self._settle(token, exc, result)
 
@@ -518,9 +546,12 @@ class CircuitBreaker(Configured, GuardForms):
                     )
             self._publish()
 
-    def _judge(self, c: _Rules, st: _Phase, now: float) -> None:
-        """Open if the window's rates are over their thresholds (called off the happy path)."""
-        tally = st.window.tally(now)
+    def _judge(self, c: _Rules, st: _Phase, now: float | None) -> None:
+        """Open if the window's rates are over their thresholds (called off the happy path).
+
+        ``now`` is None for a count window judged on the plain path: the clock is read
+        only if the breaker opens."""
+        tally = st.window.tally(0.0 if now is None else now)
         if not tally.calls:
             return
         over = c.over(tally)
@@ -533,6 +564,8 @@ class CircuitBreaker(Configured, GuardForms):
         if st.pending:  # warmed up: successes need not judge any more
             self._set_pending(st, tally.stamp, False)
         if over:
+            if now is None:
+                now = c.now()
             self._swap(st, self._opened(st, now, c.open_duration(st.times_opened + 1)), now)
 
     def _set_pending(self, st: _Phase, stamp: int, pending: bool) -> None:
@@ -589,8 +622,32 @@ class CircuitBreaker(Configured, GuardForms):
         return st
 
     def _opened(self, st: _Phase, now: float, wait: float) -> _Phase:
-        times = st.times_opened + 1
-        return _Phase(OPEN, st.window, since=now, until=now + wait, times_opened=times)
+        until = now + wait
+        c = self._rules
+        # The error is made by one C call and says how long is left when read.
+        error = functools.partial(
+            BaseException.__new__, CircuitOpenError, self.name, None, OPEN, until, c.clock
+        )
+        refusal = Refusal(c.now, until, self._rejected.incr, error)
+        return _Phase(
+            OPEN,
+            st.window,
+            since=now,
+            until=until,
+            times_opened=st.times_opened + 1,
+            refusal=refusal,
+        )
+
+    def _pinned(self, kind: State, window: Window, now: float) -> _Phase:
+        """A phase pinned by code or the environment: FORCED_OPEN (refusing every call,
+        with no retry_after: nobody knows when) or DISABLED."""
+        refusal = None
+        if kind is FORCED_OPEN:
+            error = functools.partial(
+                BaseException.__new__, CircuitOpenError, self.name, None, FORCED_OPEN
+            )
+            refusal = Refusal(self._rules.now, math.inf, self._rejected.incr, error)
+        return _Phase(kind, window, since=now, refusal=refusal)
 
     def _probing(self, c: _Rules, st: _Phase, now: float) -> _Phase:
         # How long to reopen for is asked now, outside the lock, not when probes fail.
@@ -606,10 +663,10 @@ class CircuitBreaker(Configured, GuardForms):
             kind = st.kind
             if kind is OPEN:
                 now = c.now()
-                if now < st.until:
-                    # Inline rather than _rejection(): this is the hot path of an outage.
-                    self._rejected.incr()
-                    raise CircuitOpenError(self.name, st.until - now, OPEN)
+                if now < st.until:  # (the drivers refuse before asking; the with-form asks)
+                    assert st.refusal is not None
+                    st.refusal.counted()
+                    raise st.refusal.error()
                 self._swap(st, self._probing(c, st, now), now)  # lazily, on the first call after
             elif kind is HALF_OPEN:
                 now = c.now()
@@ -626,7 +683,9 @@ class CircuitBreaker(Configured, GuardForms):
                             hint = None if max_wait is None else st.since + max_wait - now
                             raise self._rejection(st, hint)
             elif kind is FORCED_OPEN:
-                raise self._rejection(st, None)
+                assert st.refusal is not None
+                st.refusal.counted()
+                raise st.refusal.error()
             else:  # CLOSED when timed, DISABLED
                 return (st, c.now()) if c.timed and kind is CLOSED else st
             st = self._state
@@ -678,7 +737,7 @@ class CircuitBreaker(Configured, GuardForms):
         now = self._rules.now()
         self._code_pin = kind  # only reset() undoes it; an environment pin may override it
         self._pinned_by_env = False
-        self._swap(None, _Phase(kind, self._state.window, since=now), now)
+        self._swap(None, self._pinned(kind, self._state.window, now), now)
 
     def reset(self) -> None:
         """Back to CLOSED with an empty window; forgets open counts and rejections."""

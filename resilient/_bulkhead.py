@@ -24,7 +24,7 @@ from resilient._core import cancel
 from resilient._core import deadline as dl
 from resilient._core import options as opt
 from resilient._core.config import Settings
-from resilient._core.decorate import MUST_WAIT, GuardForms
+from resilient._core.decorate import MUST_WAIT, GuardForms, Refusal
 from resilient._core.primitives import LOCK_FREE
 from resilient._core.registry import Configured
 from resilient._errors import BulkheadFullError
@@ -77,6 +77,8 @@ class _Config:
     """What a call reads: the guard's ``_state``, switched whole by a reload."""
 
     __slots__ = ("fast", "max_concurrent", "max_wait", "max_waiting")
+
+    refusal: Refusal | None = None  # a bulkhead never refuses every call until a known time
 
     def __init__(
         self, max_concurrent: int, max_wait: float, max_waiting: int | None, enabled: bool

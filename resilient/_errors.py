@@ -41,19 +41,33 @@ class RejectedError(ResilienceError):
     or None when it cannot know (a forced-open breaker, probes in flight).
     """
 
-    # Rejections are raised on the hot path of an outage: one flat __init__ filling
-    # slots costs a third of the usual super().__init__ chain.
-    __slots__ = ("name", "retry_after")
+    # Rejections are raised on the hot path of an outage, so an instance keeps its values
+    # in ``args`` alone and reads them through properties: a policy makes one with
+    # ``BaseException.__new__(cls, *args)``, a single C call, no Python __init__ at all.
+    __slots__ = ()
 
     def __init__(self, name: str | None = None, retry_after: float | None = None) -> None:
-        self.name = name
-        self.retry_after = retry_after
+        self.args = (name, retry_after)
+
+    @property
+    def name(self) -> str | None:
+        """The policy's name (None if it has none)."""
+        return self.args[0] if self.args else None
+
+    @property
+    def retry_after(self) -> float | None:
+        args = self.args
+        return args[1] if len(args) > 1 else None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name, self.retry_after))
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, retry_after={self.retry_after!r})"
+
     def __str__(self) -> str:
-        hint = "" if self.retry_after is None else f"; retry after {self.retry_after:.3f}s"
+        retry_after = self.retry_after
+        hint = "" if retry_after is None else f"; retry after {retry_after:.3f}s"
         return f"{self._what()}{hint}"
 
     def _what(self) -> str:
@@ -68,20 +82,40 @@ class RejectedError(ResilienceError):
 class CircuitOpenError(RejectedError):
     """The circuit breaker is not admitting calls (OPEN, FORCED_OPEN, or HALF_OPEN and full).
 
-    A fresh instance is raised on every rejection, so its traceback never grows.
+    A fresh instance is raised on every rejection, so its traceback never grows. An OPEN
+    breaker's error knows when the spell ends and says, when read, how long is left:
+    ``retry_after`` shrinks as time passes, and reaches 0.0 when a probe may go in.
     """
 
-    __slots__ = ("state",)
+    __slots__ = ()
 
     def __init__(
         self, name: str | None = None, retry_after: float | None = None, state: Any = None
     ) -> None:
-        self.name = name
-        self.retry_after = retry_after
-        self.state = state
+        self.args = (name, retry_after, state)
+
+    @property
+    def retry_after(self) -> float | None:
+        args = self.args
+        if len(args) == 5:  # the breaker's own: (name, None, state, until, clock)
+            left: float = args[3] - args[4].monotonic()
+            return max(0.0, left)
+        return args[1] if len(args) > 1 else None
+
+    @property
+    def state(self) -> Any:
+        """The breaker's state when it refused (a :class:`resilient.State`)."""
+        args = self.args
+        return args[2] if len(args) > 2 else None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name, self.retry_after, self.state))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, retry_after={self.retry_after!r},"
+            f" state={self.state!r})"
+        )
 
     def _what(self) -> str:
         return f"circuit breaker {self._who()} is {getattr(self.state, 'value', self.state)}"

@@ -6,6 +6,8 @@ looping or waiting (a circuit breaker; later a bulkhead's fast path). It provide
 ``_state``
     its current state object; when ``_state.fast`` is true the call is admitted with no
     further work and the state itself is the token (a CLOSED breaker: one attribute read);
+    when ``_state.refusal`` is a :class:`Refusal`, the call is refused until its time
+    without asking the guard (an OPEN breaker);
 ``_admit(state) -> token``
     the full admission otherwise, without blocking: a token that ties the outcome to the
     admission, or raise (a rejection), or :data:`MUST_WAIT` when the call may queue for
@@ -33,7 +35,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from types import CodeType, TracebackType
-from typing import Any, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
 from resilient._errors import UsageError
 
@@ -42,6 +44,7 @@ __all__ = [
     "NO_RESULT",
     "Decorates",
     "GuardForms",
+    "Refusal",
     "is_async_callable",
     "pop_block",
     "push_block",
@@ -53,9 +56,24 @@ T = TypeVar("T")
 
 
 class Gate(Protocol):
-    """What the drivers read of a guard's state: may the call go straight in?"""
+    """What the drivers read of a guard's state: may the call go straight in (``fast``),
+    or is every call refused until a known time (``refusal``, else None)?"""
 
     fast: bool
+    refusal: Refusal | None
+
+
+class Refusal(NamedTuple):
+    """A state that refuses every call until ``until`` (on ``now``'s clock): the drivers
+    raise ``error()`` there and then, counting it with ``counted()``, without a call into
+    the guard. An open breaker's rejection is the hot path of an outage; this keeps it to
+    one frame (the wrapper's), a clock read, a count and a C-level construction of the
+    error. A tuple, so the drivers unpack it in one step."""
+
+    now: Callable[[], float]
+    until: float
+    counted: Callable[[], object]
+    error: Callable[[], BaseException]
 
 
 class _NoResult:
@@ -272,6 +290,12 @@ def _sync_driver(guard: GuardForms, fn: Callable[P, R]) -> Callable[P, R]:
     def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
         token: Any = guard._state
         if not token.fast:
+            refusal = token.refusal
+            if refusal is not None:
+                now, until, counted, error = refusal
+                if now() < until:
+                    counted()
+                    raise error()
             state = token
             token = guard._admit(state)
             if token is MUST_WAIT:
@@ -293,6 +317,12 @@ def _async_driver(
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
         token: Any = guard._state
         if not token.fast:
+            refusal = token.refusal
+            if refusal is not None:
+                now, until, counted, error = refusal
+                if now() < until:
+                    counted()
+                    raise error()
             state = token
             token = guard._admit(state)
             if token is MUST_WAIT:

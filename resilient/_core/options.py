@@ -280,13 +280,23 @@ def exception_filter(value: Any, *, catchable: bool = False) -> ExceptionFilter:
         return value  # type: ignore[no-any-return]
     else:
         raise Invalid
-    if not types:
-        return _never
-    return lambda exc: isinstance(exc, types)
+    return TypeFilter(types)
 
 
-def _never(exc: BaseException) -> bool:
-    return False
+class TypeFilter:
+    """``isinstance(exc, types)`` as a predicate; a policy on a hot path may read
+    ``types`` and ask ``isinstance`` itself, without a call."""
+
+    __slots__ = ("types",)
+
+    def __init__(self, types: tuple[type[BaseException], ...]) -> None:
+        self.types = types
+
+    def __call__(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.types)
+
+    def __repr__(self) -> str:
+        return f"TypeFilter({', '.join(t.__qualname__ for t in self.types) or 'nothing'})"
 
 
 written(
