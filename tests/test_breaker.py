@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import pickle
 import threading
 import traceback
 from typing import Any
@@ -145,6 +146,38 @@ class TestOpen:
         assert all(e.name == "svc" and e.retry_after == pytest.approx(6.0) for e in errors)
         assert errors[0].state is State.OPEN
         assert b.metrics.rejected == 3
+
+    def test_retry_after_says_how_long_is_left_when_read_and_pickles_as_a_number(
+        self, flavour: Flavour, clock: ManualClock
+    ) -> None:
+        """An OPEN breaker's error knows when the spell ends: read later, it says less;
+        past the end, 0.0. Pickled, it keeps the value read then (a monotonic time means
+        nothing in another process). Its str and repr say the same."""
+        b = breaker(clock)
+        trip(flavour, b)
+        with pytest.raises(CircuitOpenError) as info:
+            flavour.call(b, "never")
+        error = info.value
+        assert error.retry_after == pytest.approx(10.0)
+        assert "retry after 10.000s" in str(error)
+        clock.advance(4)
+        assert error.retry_after == pytest.approx(6.0)
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is CircuitOpenError
+        assert (copy.name, copy.retry_after, copy.state) == ("svc", pytest.approx(6.0), State.OPEN)
+        clock.advance(7)
+        assert error.retry_after == 0.0
+        assert copy.retry_after == pytest.approx(6.0)
+        assert (
+            repr(error)
+            == "CircuitOpenError(name='svc', retry_after=0.0, state=<State.OPEN: 'open'>)"
+        )
+
+    def test_errors_made_by_hand_take_keywords_and_keep_their_values(self) -> None:
+        error = CircuitOpenError(name="x", retry_after=1.5, state=State.OPEN)
+        assert (error.name, error.retry_after, error.state) == ("x", 1.5, State.OPEN)
+        assert CircuitOpenError().retry_after is None
+        assert pickle.loads(pickle.dumps(error)).retry_after == 1.5
 
     def test_rejection_traceback_does_not_grow(self, clock: ManualClock) -> None:
         b = breaker(clock)

@@ -19,8 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import resilient
 from resilient import CircuitBreaker, State
-from resilient._core import primitives
+from resilient._core import config, primitives
 from resilient._core.window import (
     FAILURE,
     SLOW_FAILURE,
@@ -36,7 +37,7 @@ from resilient._core.window import (
 )
 from resilient.testing import ManualClock
 
-from .conftest import Flavour
+from .conftest import Flavour, fresh
 from .test_concurrency import run_threads
 
 CODES = (SUCCESS, FAILURE, SLOW_SUCCESS, SLOW_FAILURE)
@@ -113,7 +114,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_switch_makes_every_primitive_locked() -> None:
     code = (
-        "from resilient._core import primitives, window\n"
+        "from resilient._core import config, primitives, window\n"
         "from resilient import Bulkhead, CircuitBreaker\n"
         "b = CircuitBreaker(window_size=5)\n"
         "t = CircuitBreaker(window_type='time', window_size=5)\n"
@@ -350,3 +351,71 @@ def test_the_factories_pick_the_variant_in_force() -> None:
     )
     assert type(count_window(5)) is expected[0]
     assert type(time_window(5.0)) is expected[1]
+
+
+@pytest.mark.parametrize("make", [CountWindow, LockedCountWindow])
+def test_outcomes_read_while_8_threads_record_never_fail(
+    make: Callable[[int], Any], switch_often: None
+) -> None:
+    """What a resizing reload reads, while the window is recorded to: always a run of
+    valid codes no longer than the window (on a build without a GIL, iterating a deque
+    that other threads append to raised RuntimeError half-way through a reload)."""
+    window = make(500)
+    stop = threading.Event()
+    reads: list[bytes] = []
+
+    def worker(i: int) -> None:
+        if i == 8:
+            try:
+                for _ in range(2000):
+                    reads.append(window.outcomes())
+            finally:
+                stop.set()
+            return
+        for k in range(200_000):
+            if stop.is_set():
+                return
+            window.record(CODES[(i + k) % 4], 0.0)
+
+    run_threads(9, worker)
+    assert len(reads) == 2000
+    assert all(len(r) <= 500 and set(r) <= set(CODES) for r in reads)
+
+
+@pytest.mark.parametrize("locked", [False, True])
+def test_a_resizing_reload_while_8_threads_call_keeps_every_count_exact(
+    locked: bool, env: pytest.MonkeyPatch, switch_often: None
+) -> None:
+    """8 threads call a breaker (min_calls out of reach) while reloads resize its window
+    again and again: nothing raises, and afterwards the window holds exactly the calls
+    made since, up to its size."""
+    from resilient._core import window as window_module
+
+    env.setattr(window_module, "LOCK_FREE", not locked)
+    name = fresh("resized")
+    b = CircuitBreaker(name, window_size=1000, min_calls=1000, failure_rate=1.0)
+    stop = threading.Event()
+
+    def worker(i: int) -> None:
+        if i == 8:
+            try:
+                for size in [600, 1000, 2000, 900] * 5:
+                    env.setenv(config.variable("breaker", "window_size", name), str(size))
+                    env.setenv(config.variable("breaker", "min_calls", name), str(size))
+                    resilient.reload()
+            finally:
+                stop.set()
+            return
+        for _ in range(200_000):
+            if stop.is_set():
+                return
+            with pytest.raises(ConnectionError):
+                b.call(_raise)
+
+    run_threads(9, worker)
+    assert type(b._state.window).__name__ == ("LockedCountWindow" if locked else "CountWindow")
+    assert b.state is State.CLOSED
+    assert b.metrics.calls <= 900
+    for _ in range(900):
+        b.call(lambda: None)
+    assert (b.metrics.calls, b.metrics.failures) == (900, 0)
