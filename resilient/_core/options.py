@@ -186,8 +186,10 @@ def non_negative_int(value: Any) -> int:
 written(non_negative_int, text.parse_int, "a whole number, e.g. 5")
 
 
-#: The most calls a count window holds: a million outcomes is a million bytes of ring;
-#: a larger window is a typo, and would be memory spent before the first call.
+#: The most calls a count window holds. Its rings cost 8 bytes per slot for each kind of
+#: outcome it marks (failures; slow calls too if timed), 8 to 24 MB at a million, spent
+#: at construction: a larger window is a typo. (The ring tags of _core.window need
+#: fewer than 2**24 slots.)
 MAX_WINDOW_CALLS = 1_000_000
 
 
