@@ -103,6 +103,7 @@ class _Phase:
         "failures",
         "fast",
         "kind",
+        "passed",
         "pending",
         "pending_stamp",
         "plain",
@@ -141,6 +142,9 @@ class _Phase:
         self.window = window
         self.record = window.record
         self.success = window.success  # a plain phase's whole record of a success
+        # A fast phase: what the drivers call with the result of a call that returned
+        # (set by CircuitBreaker._arm: the window's own record, or the full _exit).
+        self.passed: Callable[[object], object] = window.success
         self.since = since
         self.until = until
         self.times_opened = times_opened
@@ -573,6 +577,16 @@ class CircuitBreaker(Configured, GuardForms):
             if stamp >= st.pending_stamp:
                 st.pending_stamp = stamp
                 st.pending = pending
+                self._arm(st)
+
+    def _arm(self, st: _Phase) -> None:
+        """Say what a call that returned through the fast path records: on a plain phase
+        that is not warming up, only the window's own record of a success (one C call,
+        no frame of ours); else the full _exit."""
+        if st.plain and not st.pending:
+            st.passed = st.success
+        else:
+            st.passed = functools.partial(self._exit, st, None)
 
     # -- transitions: the only code that changes _state -------------------------------
 
@@ -619,6 +633,7 @@ class CircuitBreaker(Configured, GuardForms):
             st.pending, st.pending_stamp = was.pending, was.pending_stamp
         else:
             st.pending = window.tally(c.now()).calls > 0  # re-judge the carried records
+        self._arm(st)
         return st
 
     def _opened(self, st: _Phase, now: float, wait: float) -> _Phase:

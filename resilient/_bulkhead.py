@@ -80,6 +80,10 @@ class _Config:
 
     refusal: Refusal | None = None  # a bulkhead never refuses every call until a known time
 
+    @staticmethod
+    def passed(result: object) -> None:
+        """Switched off (fast): a call that returned held no slot, so gives none back."""
+
     def __init__(
         self, max_concurrent: int, max_wait: float, max_waiting: int | None, enabled: bool
     ) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from resilient._core import config
 from resilient._core.options import REQUIRED, Option
+from resilient._core.primitives import SWITCH
 from resilient._core.registry import Configured, registry
 from resilient._errors import ConfigError
 
@@ -106,7 +107,17 @@ def _env_rows() -> list[dict[str, Any]]:
             "default": "1",
             "accepts": "a boolean",
             "doc": "0 makes every policy a pass-through: the emergency switch.",
-        }
+        },
+        {
+            "variable": SWITCH,
+            "kind": None,
+            "option": None,
+            "syntax": "auto or locked",
+            "default": "auto",
+            "accepts": "'auto' or 'locked'",
+            "doc": "locked: the state core's locked variants (what a free-threaded build"
+            " runs) on any build; read once, at import.",
+        },
     ]
     for kind, options in config.KINDS.items():
         for option in options:

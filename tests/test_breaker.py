@@ -719,8 +719,8 @@ class TestReviewFindings:
 def test_successes_stop_judging_once_the_rate_is_back_under(clock: ManualClock) -> None:
     """A failure first in warm-up flags the window; successes that follow clear the flag.
 
-    Otherwise every later success would re-read the whole window (a slowdown that the
-    concurrency hammer once ran into).
+    Otherwise every later success would take a tally, which a plain success never needs
+    (a slowdown that the concurrency hammer once ran into, when a tally was O(window)).
     """
     b = breaker(clock, window_size=1000, min_calls=1000, failure_rate=1.0)
     sync = Flavour("sync", "call")

@@ -340,10 +340,10 @@ def test_time_window_keeps_a_record_that_lands_after_a_concurrent_read() -> None
 
 BIG = 200_000
 CALLS_PER_THREAD = 20_000
-FAIL_EVERY = 100  # each failure makes a count window re-read itself (O(window)): keep few
+FAIL_EVERY = 100  # one call in 100 fails
 
 WINDOWS = {
-    # the C-level happy path: a success is one deque.append
+    # the C-level happy path: a success is one next() on the window's counter
     "count": {"window_type": "count", "window_size": BIG},
     # every outcome goes through TimeWindow.record
     "time": {"window_type": "time", "window_size": 60},

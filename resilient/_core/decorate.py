@@ -5,7 +5,9 @@ looping or waiting (a circuit breaker; later a bulkhead's fast path). It provide
 
 ``_state``
     its current state object; when ``_state.fast`` is true the call is admitted with no
-    further work and the state itself is the token (a CLOSED breaker: one attribute read);
+    further work and the state itself is the token (a CLOSED breaker: one attribute read),
+    and a call that returns is recorded by ``_state.passed(result)`` (a CLOSED breaker:
+    one C call), read when it returns;
     when ``_state.refusal`` is a :class:`Refusal`, the call is refused until its time
     without asking the guard (an OPEN breaker);
 ``_admit(state) -> token``
@@ -57,10 +59,14 @@ T = TypeVar("T")
 
 class Gate(Protocol):
     """What the drivers read of a guard's state: may the call go straight in (``fast``),
-    or is every call refused until a known time (``refusal``, else None)?"""
+    and if so what records a call that returned (``passed(result)``, in place of
+    ``_exit``); or is every call refused until a known time (``refusal``, else None)?"""
 
     fast: bool
     refusal: Refusal | None
+
+    @property
+    def passed(self) -> Callable[[Any], object]: ...
 
 
 class Refusal(NamedTuple):
@@ -289,7 +295,8 @@ class GuardForms(Decorates):
 def _sync_driver(guard: GuardForms, fn: Callable[P, R]) -> Callable[P, R]:
     def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
         token: Any = guard._state
-        if not token.fast:
+        fast = token.fast
+        if not fast:
             refusal = token.refusal
             if refusal is not None:
                 now, until, counted, error = refusal
@@ -305,7 +312,10 @@ def _sync_driver(guard: GuardForms, fn: Callable[P, R]) -> Callable[P, R]:
         except BaseException as exc:
             guard._exit(token, exc, None)
             raise
-        guard._exit(token, None, result)
+        if fast:
+            token.passed(result)  # read now: it may have changed while the call ran
+        else:
+            guard._exit(token, None, result)
         return result
 
     return guarded
@@ -316,7 +326,8 @@ def _async_driver(
 ) -> Callable[P, Coroutine[Any, Any, R]]:
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
         token: Any = guard._state
-        if not token.fast:
+        fast = token.fast
+        if not fast:
             refusal = token.refusal
             if refusal is not None:
                 now, until, counted, error = refusal
@@ -332,7 +343,10 @@ def _async_driver(
         except BaseException as exc:
             guard._exit(token, exc, None)
             raise
-        guard._exit(token, None, result)
+        if fast:
+            token.passed(result)  # read now: it may have changed while the call ran
+        else:
+            guard._exit(token, None, result)
         return result
 
     return guarded

@@ -95,9 +95,9 @@ class Window(Protocol):
         made without: a breaker that does not time its calls never records one)."""
         ...
 
-    def success(self) -> object:
+    def success(self, result: object = None, /) -> object:
         """Record a success in a count window (no clock needed; one C call where
-        lock-free)."""
+        lock-free). ``result``, the call's, is ignored: a driver passes it."""
         ...
 
     def record(self, outcome: int, now: float) -> bool:
@@ -176,7 +176,9 @@ class CountWindow:
         self.length: float = size
         self.records_slow = slow
         self._numbers = ticks()
-        self.success: Callable[[], object] = self._numbers.__next__
+        # next(numbers[, ignored]): a builtin called through a partial, which takes the
+        # call's result (and ignores it) when a driver records a plain success.
+        self.success: Callable[..., object] = functools.partial(next, self._numbers)
         codes = _MARKED if slow else (FAILURE,)
         marks = {code: _Marks(self._numbers, size) for code in codes}
         self._marks = tuple(marks.get(code, _REFUSE) for code in range(SLOW_FAILURE + 1))
@@ -283,7 +285,7 @@ class LockedCountWindow:
         self._counts[0] = size
         self._next = 0  # outcomes recorded so far; the next goes to slot _next % size
 
-    def success(self) -> None:
+    def success(self, result: object = None, /) -> None:
         self.record(SUCCESS)
 
     def record(self, outcome: int, now: float = 0.0) -> bool:
@@ -349,7 +351,7 @@ class TimeWindow:
         self._buckets: dict[int, _Bucket] = {}
         self._everything = ticks()  # every outcome ever recorded: the tallies' stamp
 
-    def success(self) -> None:
+    def success(self, result: object = None, /) -> None:
         raise NotImplementedError("a time window records with the time: record()")
 
     def _epoch(self, now: float) -> int:
@@ -413,7 +415,7 @@ class LockedTimeWindow:
         self._everything = 0
         self._lock = threading.Lock()
 
-    def success(self) -> None:
+    def success(self, result: object = None, /) -> None:
         raise NotImplementedError("a time window records with the time: record()")
 
     def record(self, outcome: int, now: float) -> bool:
