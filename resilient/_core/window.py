@@ -271,7 +271,7 @@ class LockedCountWindow:
     """The last ``size`` outcomes in a ring of one-byte slots with running counts; each
     record exchanges one slot under a lock (builds without a GIL)."""
 
-    __slots__ = ("_counts", "_lock", "_next", "_ring", "length", "size")
+    __slots__ = ("_counts", "_lock", "_next", "_ring", "length", "size", "success")
 
     kind = "count"
     records_slow = True
@@ -284,18 +284,19 @@ class LockedCountWindow:
         self._counts = [0, 0, 0, 0, 0]  # held per code; index 0 counts empty slots
         self._counts[0] = size
         self._next = 0  # outcomes recorded so far; the next goes to slot _next % size
+        # record(SUCCESS[, the call's result in place of the unused now]): one frame.
+        self.success: Callable[..., object] = functools.partial(self.record, SUCCESS)
 
-    def success(self, result: object = None, /) -> None:
-        self.record(SUCCESS)
-
-    def record(self, outcome: int, now: float = 0.0) -> bool:
+    def record(self, outcome: int, now: object = 0.0) -> bool:
         with self._lock:
-            slot = self._next % self.size
-            counts = self._counts
-            counts[self._ring[slot]] -= 1
-            counts[outcome] += 1
+            at = self._next
+            slot = at % self.size
+            old = self._ring[slot]
             self._ring[slot] = outcome
-            self._next += 1
+            self._next = at + 1
+            counts = self._counts
+            counts[old] -= 1
+            counts[outcome] += 1
         return False
 
     def tally(self, now: float = 0.0) -> Tally:
