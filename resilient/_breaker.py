@@ -102,6 +102,7 @@ class _Phase:
         "admitted",
         "failures",
         "fast",
+        "forward",
         "kind",
         "passed",
         "pending",
@@ -157,6 +158,9 @@ class _Phase:
         self.pending_stamp = -1  # the stamp of the tally that set ``pending``
         # HALF_OPEN probe bookkeeping; only touched under the breaker's lock.
         self.admitted = self.reported = self.failures = self.slow = 0
+        # CLOSED, replaced by a reload that changed its window or its flags: the phase
+        # that took over, where the outcomes of calls admitted under this one now go.
+        self.forward: _Phase | None = None
 
 
 _Token = _Phase | tuple[_Phase, float]  # timed tokens carry the start time
@@ -467,16 +471,19 @@ class CircuitBreaker(Configured, GuardForms):
                 else:
                     new = self._closed(c, st.window)
             elif st.kind is CLOSED:  # the fast-path flags and the window follow the rules
-                new = self._closed(c, st.window, st)
-            elif st.kind is HALF_OPEN:  # probes admitted under the old rules go stale
-                # (reopen_for as already computed: no user callable runs under the lock)
-                new = _Phase(
-                    HALF_OPEN,
-                    st.window,
-                    since=now,
-                    times_opened=st.times_opened,
-                    reopen_for=st.reopen_for,
-                )
+                window = c.reshaped(st.window)
+                if window is not st.window or (st.fast, st.plain) != (
+                    not c.timed,
+                    c.plain_success,
+                ):
+                    new = self._closed(c, window, st)
+                    self._forward(st, new)
+                # else the phase stays: a reload that changes nothing about it is unseen
+            elif st.kind is HALF_OPEN and st.reported >= c.half_open_calls:
+                new = self._probed(c, st, now)  # fewer probes now: enough have reported
+            # Else HALF_OPEN stays too: its probes report to it, and the new rules' number
+            # of probes applies to them (reopen_for as computed when the spell began: no
+            # user callable runs under the lock). OPEN and its end stay as they are.
             self._pinned_by_env = env_pin is not None
             if new is not None:
                 self._install(new, now)
@@ -525,6 +532,8 @@ class CircuitBreaker(Configured, GuardForms):
 
     def _report(self, c: _Rules, st: _Phase, outcome: int | None, now: float) -> None:
         if st.kind is CLOSED:
+            while st.forward is not None:  # admitted before a reload replaced the phase
+                st = st.forward
             if outcome is not None:
                 # A success can push a rate over its threshold only by completing the
                 # window to min_calls (pending) or, in a time window, when old buckets
@@ -542,12 +551,8 @@ class CircuitBreaker(Configured, GuardForms):
                 st.reported += 1
                 st.failures += outcome in (FAILURE, SLOW_FAILURE)
                 st.slow += outcome in (SLOW_SUCCESS, SLOW_FAILURE)
-                if st.reported == c.half_open_calls:  # the last probe decides, once
-                    over = c.over(Tally(st.reported, st.failures, st.slow))
-                    self._install(
-                        self._opened(st, now, st.reopen_for) if over else self._closed(c),
-                        now,
-                    )
+                if st.reported >= c.half_open_calls:  # the last probe decides, once
+                    self._install(self._probed(c, st, now), now)
             self._publish()
 
     def _judge(self, c: _Rules, st: _Phase, now: float | None) -> None:
@@ -555,6 +560,8 @@ class CircuitBreaker(Configured, GuardForms):
 
         ``now`` is None for a count window judged on the plain path: the clock is read
         only if the breaker opens."""
+        while st.forward is not None:  # (a reload replaced the phase as the call ran)
+            st = st.forward
         tally = st.window.tally(0.0 if now is None else now)
         if not tally.calls:
             return
@@ -578,6 +585,18 @@ class CircuitBreaker(Configured, GuardForms):
                 st.pending_stamp = stamp
                 st.pending = pending
                 self._arm(st)
+
+    def _probed(self, c: _Rules, st: _Phase, now: float) -> _Phase:
+        """Under the lock: what a HALF_OPEN spell whose probes have reported turns into."""
+        over = c.over(Tally(st.reported, st.failures, st.slow))
+        return self._opened(st, now, st.reopen_for) if over else self._closed(c)
+
+    def _forward(self, old: _Phase, new: _Phase) -> None:
+        """Under the lock: ``new`` takes over from the CLOSED phase ``old``; the calls
+        admitted under ``old`` report to ``new`` (through _settle, which follows)."""
+        old.forward = new
+        old.plain = False
+        old.passed = functools.partial(self._exit, old, None)
 
     def _arm(self, st: _Phase) -> None:
         """Say what a call that returned through the fast path records: on a plain phase

@@ -1,0 +1,177 @@
+"""Regression tests for the defects an adversarial review found (reloads, forks, hostile
+inputs, misuse), each in the forms it affects. Time comes from a ManualClock; calls in
+flight wait on events, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+
+import resilient
+from resilient import CircuitBreaker, CircuitOpenError, State
+from resilient._core import config
+from resilient.testing import ManualClock
+
+from .conftest import MODES, fresh
+from .test_concurrency import run_async
+
+WAIT = 20.0
+
+
+class Boom(ConnectionError):
+    """What every call in flight ends with."""
+
+
+def in_flight(mode: str, b: CircuitBreaker, n: int, during: Callable[[], None]) -> list[str]:
+    """Start ``n`` calls through ``b`` (threads for sync, tasks for asyncio and trio), each
+    held inside until ``during()`` has run, then each raising Boom. Returns how each
+    ended: "failed", or "rejected" for a call the breaker refused at the door."""
+    if mode == "sync":
+        inside = threading.Semaphore(0)
+        release = threading.Event()
+        outcomes: list[str] = []
+
+        def body() -> None:
+            inside.release()
+            assert release.wait(WAIT)
+            raise Boom
+
+        def call() -> None:
+            try:
+                b.call(body)
+            except Boom:
+                outcomes.append("failed")
+            except CircuitOpenError:
+                outcomes.append("rejected")
+                inside.release()
+
+        threads = [threading.Thread(target=call, daemon=True) for _ in range(n)]
+        for thread in threads:
+            thread.start()
+        for _ in range(n):
+            assert inside.acquire(timeout=WAIT)
+        try:
+            during()
+        finally:
+            release.set()
+        for thread in threads:
+            thread.join(WAIT)
+        return outcomes
+
+    async def main() -> list[str]:
+        release = anyio.Event()
+        entered = 0
+        outcomes: list[str] = []
+        all_in = anyio.Event()
+
+        def arrived() -> None:
+            nonlocal entered
+            entered += 1
+            if entered == n:
+                all_in.set()
+
+        async def body() -> None:
+            arrived()
+            await release.wait()
+            raise Boom
+
+        async def call() -> None:
+            try:
+                await b.call_async(body)
+            except Boom:
+                outcomes.append("failed")
+            except CircuitOpenError:
+                outcomes.append("rejected")
+                arrived()
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(n):
+                tg.start_soon(call)
+            with anyio.fail_after(WAIT):
+                await all_in.wait()
+            try:
+                during()
+            finally:
+                release.set()
+        return outcomes
+
+    return run_async(mode, main)
+
+
+# -- 1. a reload must not blind a breaker ---------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_calls_admitted_before_a_reload_still_open_the_breaker(
+    mode: str, env: pytest.MonkeyPatch
+) -> None:
+    """Four calls are inside when reloads run: one that changes nothing leaves the phase
+    as it is; one that resizes the window replaces it, and the four failures still
+    count, in the new window: the breaker opens."""
+    name = fresh("blind")
+    b = CircuitBreaker(name, window_size=10, min_calls=4, clock=ManualClock())
+    phase = b._state
+
+    def reloads() -> None:
+        resilient.reload()
+        assert b._state is phase  # nothing about the breaker changed: its phase stays
+        env.setenv(config.variable("breaker", "window_size", name), "20")
+        resilient.reload()
+        assert b._state is not phase
+
+    assert in_flight(mode, b, 4, reloads) == ["failed"] * 4
+    assert b.state is State.OPEN
+    assert b.settings["window_size"] == 20
+
+
+def test_reloads_never_let_more_than_half_open_calls_probes_in(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """HALF_OPEN with half_open_calls=2 and two probes inside: reloads that change nothing
+    admit no third; one that raises it to 3 admits exactly one more; the probes' outcomes
+    then decide as usual."""
+    name = fresh("probes")
+    clock = ManualClock()
+    b = CircuitBreaker(name, min_calls=1, half_open_calls=2, open_for=10, clock=clock)
+    with pytest.raises(ZeroDivisionError):
+        b.call(lambda: 1 / 0)
+    clock.advance(10)
+    probes: list[Any] = []
+    for _ in range(2):
+        b.__enter__()
+        probes.append(b._state)
+    assert b.state is State.HALF_OPEN
+    for _ in range(5):
+        resilient.reload()
+        with pytest.raises(CircuitOpenError):
+            b.call(lambda: "third")
+    env.setenv(config.variable("breaker", "half_open_calls", name), "3")
+    resilient.reload()
+    b.__enter__()  # the third probe
+    with pytest.raises(CircuitOpenError):
+        b.call(lambda: "fourth")
+    for _ in range(3):
+        b.__exit__(None, None, None)
+    assert b.state is State.CLOSED
+
+
+def test_a_reload_lowering_half_open_calls_below_those_reported_decides_at_once(
+    env: pytest.MonkeyPatch,
+) -> None:
+    name = fresh("fewer")
+    clock = ManualClock()
+    b = CircuitBreaker(name, min_calls=1, half_open_calls=5, open_for=10, clock=clock)
+    with pytest.raises(ZeroDivisionError):
+        b.call(lambda: 1 / 0)
+    clock.advance(10)
+    for _ in range(3):
+        b.call(lambda: "fine")
+    assert b.state is State.HALF_OPEN
+    env.setenv(config.variable("breaker", "half_open_calls", name), "2")
+    resilient.reload()
+    assert b.state is State.CLOSED
