@@ -14,7 +14,12 @@ from typing import Any, ParamSpec, TypeVar
 
 from resilient._core import options as opt
 from resilient._core.config import Settings
-from resilient._core.decorate import Decorates, is_async_callable
+from resilient._core.decorate import (
+    CoroutineType,
+    Decorates,
+    is_async_callable,
+    returned_coroutine,
+)
 from resilient._core.registry import Configured
 from resilient._errors import ConfigError, UsageError
 
@@ -98,7 +103,10 @@ class Fallback(Configured, Decorates):
 
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+                if result.__class__ is CoroutineType:
+                    raise returned_coroutine(fn, result)
+                return result
             except Exception as exc:
                 if not fallback._catches(exc):
                     raise

@@ -22,7 +22,7 @@ from resilient._core import testmode
 from resilient._core.clock import SYSTEM_CLOCK, Clock
 from resilient._core.config import Settings
 from resilient._core.deadline import remaining
-from resilient._core.decorate import Decorates
+from resilient._core.decorate import CoroutineType, Decorates, returned_coroutine
 from resilient._core.registry import Configured
 from resilient._errors import UsageError
 from resilient.backoff import Backoff
@@ -295,6 +295,8 @@ class Retry(Configured, Decorates):
             started = retry._begin() if retry._begins else 0.0
             try:
                 result: Any = fn(*args, **kwargs)
+                if result.__class__ is CoroutineType:
+                    raise returned_coroutine(fn, result)
             except Exception as exc:
                 if not retry._retries(exc):
                     raise
@@ -517,6 +519,8 @@ class _Call:
             self.attempt += 1
             try:
                 result, exc = fn(*self.args, **self.kwargs), None
+                if result.__class__ is CoroutineType:
+                    raise returned_coroutine(fn, result)
             except Exception as failure:
                 if not retry._retries(failure):
                     raise

@@ -24,7 +24,13 @@ from resilient._core import cancel, workers
 from resilient._core import deadline as dl
 from resilient._core import options as opt
 from resilient._core.config import Settings
-from resilient._core.decorate import Decorates, pop_block, push_block
+from resilient._core.decorate import (
+    CoroutineType,
+    Decorates,
+    pop_block,
+    push_block,
+    returned_coroutine,
+)
 from resilient._core.primitives import counter
 from resilient._core.registry import Configured
 from resilient._errors import RejectedError, TimeoutExpired
@@ -195,7 +201,10 @@ class Timeout(Configured, Decorates):
         def timed(*args: P.args, **kwargs: P.kwargs) -> R:
             cfg = timeout._cfg
             if not cfg.enabled:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+                if result.__class__ is CoroutineType:
+                    raise returned_coroutine(fn, result)
+                return result
             seconds, by_deadline = timeout._limit(cfg)
             if by_deadline:
                 context = copy_context()
@@ -218,7 +227,9 @@ class Timeout(Configured, Decorates):
                 raise WorkersExhaustedError(timeout.name) from None
             if not done:
                 raise timeout._expire(seconds, _why(by_deadline))
-            return result  # type: ignore[no-any-return]
+            if result.__class__ is CoroutineType:
+                raise returned_coroutine(fn, result)
+            return result
 
         return timed
 

@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 import resilient
-from resilient import CircuitBreaker, CircuitOpenError, State
+from resilient import CircuitBreaker, CircuitOpenError, State, UsageError
 from resilient._core import config
 from resilient.testing import ManualClock
 
@@ -175,3 +175,46 @@ def test_a_reload_lowering_half_open_calls_below_those_reported_decides_at_once(
     env.setenv(config.variable("breaker", "half_open_calls", name), "2")
     resilient.reload()
     assert b.state is State.CLOSED
+
+
+# -- 13. a plain def that returns a coroutine ------------------------------------------------
+
+
+async def _coroutine_body() -> str:
+    return "never awaited"
+
+
+def _returns_a_coroutine() -> Any:
+    return _coroutine_body()
+
+
+POLICIES: dict[str, Callable[[], Any]] = {
+    "breaker": lambda: CircuitBreaker(),
+    "retry": lambda: resilient.Retry(3, wait=0),
+    "timeout": lambda: resilient.Timeout(5),
+    "fallback": lambda: resilient.Fallback(lambda exc: "fallback"),
+    "bulkhead": lambda: resilient.Bulkhead(2),
+    "pipeline": lambda: resilient.Pipeline(
+        resilient.Fallback(lambda exc: "fallback"),
+        resilient.Retry(3, wait=0),
+        CircuitBreaker(),
+        resilient.Timeout(5),
+    ),
+}
+
+
+@pytest.mark.parametrize("form", ["decorator", "call"])
+@pytest.mark.parametrize("kind", list(POLICIES))
+def test_a_plain_def_returning_a_coroutine_is_a_usage_error(kind: str, form: str) -> None:
+    """The coroutine would go back unawaited and count as a success: instead it is closed
+    (no "never awaited" warning), nothing is retried, counted or fallen back from, and
+    the error says what to do."""
+    policy = POLICIES[kind]()
+    guarded = policy(_returns_a_coroutine) if form == "decorator" else None
+    with pytest.raises(UsageError, match="returned a coroutine") as info:
+        guarded() if guarded is not None else policy.call(_returns_a_coroutine)
+    assert "call_async" in str(info.value)
+    if kind == "breaker":
+        assert policy.metrics.calls == 0
+    if kind == "bulkhead":
+        assert policy.metrics.in_use == 0

@@ -205,6 +205,27 @@ def test_a_record_counts_from_the_moment_it_takes_its_number() -> None:
     assert window.tally() == Tally(3, 1, 0, 5)
 
 
+def test_a_paused_record_does_not_hold_back_the_ones_after_it() -> None:
+    """A thread pauses between taking a failure's numbers and writing its slot while the
+    window moves far on. Failures recorded after it that fall out are not counted: they
+    prove the paused one fallen too (numbers grow with kind-numbers), so the tally is
+    exact even before it resumes. (Scanning that stopped at the paused slot counted every
+    later failure as held, and opened a breaker that was failing half its calls.)"""
+    window = CountWindow(10)
+    paused = window._marks[FAILURE]
+    number, j = paused.take()
+    for _ in range(30):  # 30 failures, then 10 successes: every failure slides out
+        window.record(FAILURE)
+    for _ in range(10):
+        window.success()
+    assert window.tally() == Tally(10, 0, 0, 41)
+    for _ in range(5):
+        window.record(FAILURE)
+    assert window.tally() == Tally(10, 5, 0, 46)
+    paused.ring[j % 10] = number << 24 | j  # it resumes: nothing changes
+    assert window.tally() == Tally(10, 5, 0, 46)
+
+
 def test_a_million_slot_window_tallies_in_steps_that_do_not_grow_with_it() -> None:
     """Every failure is stepped over once as it falls out, never the whole window: after
     3 million records into a window of a million, a tally is a handful of steps. (The

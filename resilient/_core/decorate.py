@@ -36,7 +36,7 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
-from types import CodeType, TracebackType
+from types import CodeType, CoroutineType, TracebackType
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
 from resilient._errors import UsageError
@@ -44,6 +44,7 @@ from resilient._errors import UsageError
 __all__ = [
     "MUST_WAIT",
     "NO_RESULT",
+    "CoroutineType",
     "Decorates",
     "GuardForms",
     "Refusal",
@@ -147,6 +148,17 @@ def _is_async(owner: object, fn: object) -> bool:
             " it only creates the generator; guard the code that consumes it instead"
         )
     return is_async
+
+
+def returned_coroutine(fn: object, coroutine: Any) -> UsageError:
+    """The error for a plain function that returned a coroutine to a sync call: it would
+    be handed back unawaited and counted a success. (Sync wrappers check the result's
+    class, one comparison; this closes the coroutine so it warns of nothing.)"""
+    coroutine.close()
+    return UsageError(
+        f"{fn!r} returned a coroutine to a sync call, which cannot await it: guard the"
+        " async def itself, or use 'await policy.call_async(fn, ...)'"
+    )
 
 
 def is_async_callable(fn: object) -> bool:
@@ -309,6 +321,8 @@ def _sync_driver(guard: GuardForms, fn: Callable[P, R]) -> Callable[P, R]:
                 token = guard._wait(state)
         try:
             result = fn(*args, **kwargs)
+            if result.__class__ is CoroutineType:
+                raise returned_coroutine(fn, result)
         except BaseException as exc:
             guard._exit(token, exc, None)
             raise

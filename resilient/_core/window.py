@@ -238,19 +238,26 @@ class CountWindow:
 
 def _fallen(marks: _Marks, size: int, kind_taken: int, first: int) -> int:
     """How many of a kind's first ``kind_taken`` outcomes are numbered below ``first``:
-    step from the last answer over those that fell out since (each one once)."""
+    step from the last answer over those that fell out since (each slot about once).
+
+    Numbers grow with kind-numbers, so a written slot numbered below ``first`` proves
+    every earlier one fallen, slots still in flight (taken, not yet written) included,
+    and one at or above ``first`` proves every later one held. Only in-flight slots
+    between the last of the one and the first of the other stay undecided, and count as
+    held: at most one per thread paused mid-record.
+    """
     ring = marks.ring
-    j = max(marks.hint, kind_taken - size)  # the older ones were overwritten: fallen
+    j = fallen = max(marks.hint, kind_taken - size)  # older ones were overwritten: fallen
     while j < kind_taken:
         slot = ring[j % size]
-        if slot & _TAG != j & _TAG:
-            break  # taken but not written yet: in flight, so still held
-        if ((slot >> _TAG_BITS) - first) & _SEQ < _HALF:
-            break  # numbered at or after first: held (and so is every later one)
+        if slot & _TAG == j & _TAG:  # written (else in flight: the next written decides)
+            if ((slot >> _TAG_BITS) - first) & _SEQ < _HALF:
+                break  # numbered at or after first: held, and so is every later one
+            fallen = j + 1
         j += 1
-    if j > marks.hint:
-        marks.hint = j  # a racing reader may store a smaller hint: that only costs steps
-    return j
+    if fallen > marks.hint:
+        marks.hint = fallen  # a racing reader may store a smaller hint: that only costs steps
+    return fallen
 
 
 class _Refused:
