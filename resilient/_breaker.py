@@ -180,8 +180,8 @@ OPTIONS = (
         "window_size",
         100,
         opt.window_size,
-        "a whole number of calls >= 1 (count window) up to 1,000,000, or of seconds > 0"
-        " (time window)",
+        "a whole number of calls from 1 to 1,000,000 (count window), or seconds from 0.001 to"
+        " 31,536,000 (time window)",
         "How much history the failure rate is computed over.",
     ),
     opt.Option(
@@ -195,7 +195,7 @@ OPTIONS = (
         "min_calls",
         20,
         opt.positive_int,
-        "a whole number >= 1",
+        "a whole number from 1 to 1,000,000",
         "No decision while the window holds fewer calls. 20 rather than resilience4j's and"
         " Polly's 100: an outage is acted on after 20 calls, not 100, yet a steady 10% error"
         " rate reaches 50% of 20 calls with odds of about 1 in 140,000 (of 10: 1 in 600).",
@@ -213,7 +213,7 @@ OPTIONS = (
         "half_open_calls",
         5,
         opt.positive_int,
-        "a whole number >= 1",
+        "a whole number from 1 to 1,000,000",
         "Probes admitted in HALF_OPEN; the breaker decides once all have reported. 5 gives"
         " the failure rate something to stand on (1 probe would let a single lucky call"
         " close the breaker) while risking few calls on a service that may still be down.",

@@ -38,15 +38,15 @@ OPTIONS = (
     opt.Option(
         "min_per_second",
         10.0,
-        opt.duration(allow_zero=True),
-        "a number >= 0",
+        opt.per_second,
+        "a number from 0 to 1,000,000",
         "Retries allowed a second whatever the ratio, so that low traffic can retry.",
     ),
     opt.Option(
         "window",
         10.0,
-        opt.duration(allow_zero=False),
-        "seconds > 0",
+        opt.time_span,
+        "seconds from 0.001 to 31,536,000 (a year)",
         "How much recent traffic the ratio is taken over.",
     ),
     opt.Option(

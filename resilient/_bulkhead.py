@@ -54,7 +54,7 @@ OPTIONS = (
         "max_waiting",
         None,
         opt.optional(opt.non_negative_int),
-        "None, or an int >= 0",
+        "None, or a whole number from 0 to 1,000,000",
         "How many calls may wait at once; beyond it they are rejected at once. None: as"
         " many as arrive (each still waits at most `max_wait`).",
     ),

@@ -123,7 +123,7 @@ OPTIONS = (
         "attempts",
         3,
         opt.positive_int,
-        "a whole number >= 1 (the first attempt included)",
+        "a whole number from 1 to 1,000,000 (the first attempt included)",
         "How many times to call at most. 3: one failure in a flaky network is common,"
         " two in a row already says the downstream is in trouble.",
     ),

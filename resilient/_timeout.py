@@ -61,7 +61,7 @@ OPTIONS = (
         "max_abandoned",
         10,
         opt.positive_int,
-        "an int >= 1",
+        "a whole number from 1 to 1,000,000",
         "Sync calls only: once this many timed-out calls are still running on their"
         " worker threads (Python cannot stop a thread), new calls are refused at once with"
         " `WorkersExhaustedError` until some finish, so a hung downstream cannot pile up"

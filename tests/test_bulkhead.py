@@ -300,7 +300,7 @@ def start_call(tasks: Tasks, form: str, b: Bulkhead, body: Callable[[], Awaitabl
 
 INT_GE_1 = "an int >= 1"
 SECONDS = "seconds >= 0, a finite number"
-NONE_OR_INT = "None, or an int >= 0"
+NONE_OR_INT = "None, or a whole number from 0 to 1,000,000"
 
 BAD_OPTIONS = [
     ("max_concurrent", 0, INT_GE_1),
@@ -322,6 +322,7 @@ BAD_OPTIONS = [
     ("max_waiting", 1.5, NONE_OR_INT),
     ("max_waiting", True, NONE_OR_INT),
     ("max_waiting", "2", NONE_OR_INT),
+    ("max_waiting", 10**40, NONE_OR_INT),
 ]
 
 

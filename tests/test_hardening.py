@@ -218,3 +218,41 @@ def test_a_plain_def_returning_a_coroutine_is_a_usage_error(kind: str, form: str
         assert policy.metrics.calls == 0
     if kind == "bulkhead":
         assert policy.metrics.in_use == 0
+
+
+# -- 14, 15. bounds that make every value safe ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "option"),
+    [
+        (lambda: CircuitBreaker(window_type="time", window_size=5e-324), "window_size"),
+        (lambda: CircuitBreaker(window_type="time", window_size=1e308), "window_size"),
+        (lambda: resilient.RetryBudget(window=5e-324), "window"),
+        (lambda: resilient.RetryBudget(min_per_second=1e308, window=1e308), "min_per_second"),
+        (lambda: CircuitBreaker(min_calls=10**40), "min_calls"),
+        (lambda: resilient.Retry(10**40), "attempts"),
+        (lambda: resilient.Timeout(1, max_abandoned=10**40), "max_abandoned"),
+        (lambda: resilient.Bulkhead(1, max_waiting=10**40), "max_waiting"),
+    ],
+)
+def test_values_no_window_or_counter_can_take_are_config_errors(
+    make: Callable[[], Any], option: str
+) -> None:
+    """Subnormal and enormous windows used to crash at the first call (OverflowError,
+    ZeroDivisionError); integer options took 10**40 while others stopped at a million.
+    One rule now: every whole number is at most 1,000,000; a time window spans 1 ms to
+    a year; a rate a second is at most 1,000,000."""
+    with pytest.raises(resilient.ConfigError) as info:
+        make()
+    assert info.value.option == option
+
+
+def test_the_smallest_and_largest_time_windows_work() -> None:
+    clock = ManualClock(1e6)
+    for seconds in (0.001, 365 * 24 * 3600.0):
+        b = CircuitBreaker(window_type="time", window_size=seconds, min_calls=2, clock=clock)
+        b.call(lambda: "ok")
+        assert b.metrics.calls == 1
+        budget = resilient.RetryBudget(min_per_second=1_000_000, window=seconds, clock=clock)
+        assert budget.available >= 1

@@ -1289,11 +1289,11 @@ class TestTestMode:
 # -- configuration -------------------------------------------------------------------------
 
 BAD = [
-    ("attempts", 0, "whole number >= 1"),
-    ("attempts", -1, "whole number >= 1"),
-    ("attempts", 1.5, "whole number >= 1"),
-    ("attempts", True, "whole number >= 1"),
-    ("attempts", "3", "whole number >= 1"),
+    ("attempts", 0, "whole number from 1 to 1,000,000"),
+    ("attempts", -1, "whole number from 1 to 1,000,000"),
+    ("attempts", 1.5, "whole number from 1 to 1,000,000"),
+    ("attempts", True, "whole number from 1 to 1,000,000"),
+    ("attempts", "3", "whole number from 1 to 1,000,000"),
     ("wait", -1, "seconds >= 0"),
     ("wait", math.nan, "seconds >= 0"),
     ("wait", math.inf, "seconds >= 0"),
@@ -1334,9 +1334,12 @@ BAD_BUDGET = [
     ("ratio", 0, "0 < ratio <= 1"),
     ("ratio", 2, "0 < ratio <= 1"),
     ("ratio", math.nan, "0 < ratio <= 1"),
-    ("min_per_second", -1, ">= 0"),
-    ("window", 0, "seconds > 0"),
-    ("window", -10, "seconds > 0"),
+    ("min_per_second", -1, "from 0 to 1,000,000"),
+    ("min_per_second", 1e308, "from 0 to 1,000,000"),
+    ("window", 0, "seconds from 0.001 to 31,536,000"),
+    ("window", -10, "seconds from 0.001 to 31,536,000"),
+    ("window", 5e-324, "seconds from 0.001 to 31,536,000"),
+    ("window", 1e308, "seconds from 0.001 to 31,536,000"),
     ("clock", object(), "monotonic()"),
 ]
 

@@ -236,7 +236,7 @@ class TestErrors:
 # -- configuration ------------------------------------------------------------------------
 
 SECONDS = "seconds > 0, a finite number"
-CAP = "an int >= 1"
+CAP = "a whole number from 1 to 1,000,000"
 LOCALS = "a `threading.local`, or a tuple of them"
 
 BAD = [

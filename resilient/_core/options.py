@@ -157,8 +157,13 @@ def rate(value: Any) -> float:
 written(rate, text.parse_float, "a decimal number, e.g. 0.25")
 
 
+#: The one bound of every whole-number option: more calls, probes, attempts or waiters
+#: than this is a typo, not a setting (and a count window's ring needs fewer than 2**24).
+MAX_COUNT = 1_000_000
+
+
 def positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
         raise Invalid
     return value
 
@@ -178,7 +183,7 @@ def bounded_int(most: int) -> Checker:
 
 
 def non_negative_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
         raise Invalid
     return value
 
@@ -188,22 +193,43 @@ written(non_negative_int, text.parse_int, "a whole number, e.g. 5")
 
 #: The most calls a count window holds. Its rings cost 8 bytes per slot for each kind of
 #: outcome it marks (failures; slow calls too if timed), 8 to 24 MB at a million, spent
-#: at construction: a larger window is a typo. (The ring tags of _core.window need
-#: fewer than 2**24 slots.)
-MAX_WINDOW_CALLS = 1_000_000
+#: at construction.
+MAX_WINDOW_CALLS = MAX_COUNT
+
+#: A time window (a breaker's, a retry budget's) spans 1 ms to a year: its buckets are a
+#: twentieth of it, and the clock divided by a bucket's width must stay a finite number.
+MIN_SPAN = 0.001
+MAX_SPAN = 365 * 24 * 3600.0
+
+
+def time_span(value: Any) -> float:
+    """Seconds of a time window: from :data:`MIN_SPAN` to :data:`MAX_SPAN`."""
+    seconds = _real(value)
+    if not MIN_SPAN <= seconds <= MAX_SPAN:
+        raise Invalid
+    return seconds
+
+
+written(time_span, text.parse_duration, "a duration: 250ms, 2s, 1.5m, 1h or bare seconds")
 
 
 def window_size(value: Any) -> int | float:
-    """A positive whole number (at most :data:`MAX_WINDOW_CALLS`), or a positive finite
-    float (seconds of a time window)."""
+    """A whole number of calls (1 to :data:`MAX_WINDOW_CALLS`), or seconds of a time
+    window (:func:`time_span`)."""
     if isinstance(value, int) and not isinstance(value, bool):
-        if value > MAX_WINDOW_CALLS:
-            raise Invalid
         return positive_int(value)
-    seconds = _real(value)
-    if seconds <= 0.0:
+    return time_span(value)
+
+
+def per_second(value: Any) -> float:
+    """A rate in events a second: 0 to :data:`MAX_COUNT`."""
+    rate_ = _real(value)
+    if not 0.0 <= rate_ <= MAX_COUNT:
         raise Invalid
-    return seconds
+    return rate_
+
+
+written(per_second, text.parse_float, "a decimal number, e.g. 10")
 
 
 def _parse_window_size(raw: str) -> int | float:
