@@ -186,6 +186,16 @@ def _config(args: argparse.Namespace) -> int:
     except Exception as error:  # missing, misspelt, or failing as it imports
         print(f"resilient config: cannot load {args.target}: {error!r}", file=sys.stderr)
         return USAGE
+    except SystemExit as exit_:  # a module that exits as it imports made nothing to show
+        print(
+            f"resilient config: {args.target} exited while importing"
+            f" (SystemExit({exit_.code!r})): nothing to check it against",
+            file=sys.stderr,
+        )
+        invalid = config.invalid_variables()  # the variables can still be judged alone
+        for bad in invalid:
+            print(f"error: {bad}", file=sys.stderr)
+        return PROBLEM if invalid else USAGE
     try:
         policies = _policies_of(target) if target is not None else registry.policies()
     except AttributeError as error:

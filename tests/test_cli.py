@@ -230,6 +230,18 @@ class TestConfig:
         assert result.returncode == 2
         assert f"cannot load {target}" in result.stderr
 
+    @pytest.mark.parametrize("code", ["0", "None", "3", "'bye'"])
+    def test_a_module_that_exits_as_it_imports_fails_the_check(self, app: Path, code: str) -> None:
+        """A deploy gate must not pass because the app called sys.exit(0) on import: the
+        command says so and exits 2, or 1 when a variable is bad."""
+        (app / "exits.py").write_text(f"import sys\nsys.exit({code})\n")
+        result = run("config", "exits", "--check", cwd=app)
+        assert result.returncode == 2
+        assert "exits exited while importing" in result.stderr
+        bad = run("config", "exits", "--check", cwd=app, RESILIENT_PAYMENTS_BREAKER_MIN_CALLS="-1")
+        assert bad.returncode == 1
+        assert "RESILIENT_PAYMENTS_BREAKER_MIN_CALLS='-1' is invalid" in bad.stderr
+
     def test_an_attribute_that_is_no_policy_exits_with_2(self, app: Path) -> None:
         (app / "plain.py").write_text("value = 3\n")
         result = run("config", "plain:value", cwd=app)
