@@ -232,9 +232,7 @@ class Bulkhead(Configured, GuardForms):
             with self._lock:
                 if self._debt:
                     self._debt -= 1
-                elif self._queue:
-                    self._queue.popleft().grant()
-                else:
+                elif not self._hand_on():
                     self._permits.append(None)
             return
         if self._queue or self._debt:
@@ -242,8 +240,7 @@ class Bulkhead(Configured, GuardForms):
                 if self._debt:  # max_concurrent shrank: this slot goes
                     self._debt -= 1
                     return
-                if self._queue:  # the slot passes straight to the oldest waiter
-                    self._queue.popleft().grant()
+                if self._hand_on():  # the slot passes straight to the oldest waiter
                     return
         self._permits.append(None)
         if self._queue or self._debt:  # someone queued, or the bulkhead shrank, meanwhile
@@ -256,6 +253,15 @@ class Bulkhead(Configured, GuardForms):
                         pass
                 self._serve()
 
+    def _hand_on(self) -> bool:
+        """Under the lock: give a slot to the oldest waiter that can still be woken (a
+        task whose event loop was closed under it cannot: it is dropped, the slot goes
+        to the next). False if none could take it."""
+        while self._queue:
+            if self._queue.popleft().grant():
+                return True
+        return False
+
     def _serve(self) -> None:
         """Under the lock: hand free slots to the oldest waiters."""
         queue, permits = self._queue, self._permits
@@ -264,7 +270,8 @@ class Bulkhead(Configured, GuardForms):
                 permits.pop()
             except IndexError:  # a caller on the lock-free path took it first
                 return
-            queue.popleft().grant()
+            if not self._hand_on():
+                permits.append(None)  # every waiter left was gone: the slot stays free
 
     def _wait(self, state: _Config) -> object:
         seconds = dl.limit(state.max_wait)[0]  # first: once queued, nothing else may raise
@@ -333,15 +340,23 @@ class Bulkhead(Configured, GuardForms):
         with self._lock:
             if waiter.granted:
                 return
-            self._queue.remove(waiter)
+            self._unqueue(waiter)
             self._rejected += 1
         raise BulkheadFullError(self.name)
+
+    def _unqueue(self, waiter: _Waiter) -> None:
+        """Under the lock: take a waiter that was not granted out of the queue (unless a
+        grant that could not wake it dropped it already)."""
+        try:
+            self._queue.remove(waiter)
+        except ValueError:
+            pass
 
     def _leave(self, waiter: _Waiter) -> None:
         """The waiter gives up for another reason (cancellation): no slot may be lost."""
         with self._lock:
             if not waiter.granted:
-                self._queue.remove(waiter)
+                self._unqueue(waiter)
                 return
         self._exit(waiter.token, None, None)  # it had been handed a slot: hand it on
 
@@ -358,7 +373,8 @@ class _Waiter:
         self.granted = False
         self.token: object = None
 
-    def grant(self) -> None:
+    def grant(self) -> bool:
+        """Hand it its slot and wake it; False if it can no longer be woken."""
         raise NotImplementedError
 
 
@@ -370,9 +386,10 @@ class _ThreadWaiter(_Waiter):
         self.lock = _thread.allocate_lock()
         self.lock.acquire()
 
-    def grant(self) -> None:
+    def grant(self) -> bool:
         self.granted = True
         self.lock.release()
+        return True
 
 
 class _TaskWaiter(_Waiter):
@@ -386,12 +403,17 @@ class _TaskWaiter(_Waiter):
         self._thread = threading.get_ident()
         self.event, self._call_soon = _event()
 
-    def grant(self) -> None:
+    def grant(self) -> bool:
         self.granted = True
-        if threading.get_ident() == self._thread:
-            self.event.set()
-        else:
-            self._call_soon(self.event.set)
+        try:
+            if threading.get_ident() == self._thread:
+                self.event.set()
+            else:
+                self._call_soon(self.event.set)
+        except RuntimeError:  # its loop is closed (trio: RunFinishedError): nobody to wake
+            self.granted = False
+            return False
+        return True
 
 
 def _event() -> tuple[Any, Callable[[Callable[[], object]], object]]:

@@ -256,3 +256,40 @@ def test_the_smallest_and_largest_time_windows_work() -> None:
         assert b.metrics.calls == 1
         budget = resilient.RetryBudget(min_per_second=1_000_000, window=seconds, clock=clock)
         assert budget.available >= 1
+
+
+# -- 5. a waiter whose event loop was closed -------------------------------------------------
+
+
+def test_a_slot_freed_for_a_task_whose_loop_was_closed_goes_to_the_next_waiter() -> None:
+    """An asyncio task waits for the one slot; its loop is closed without cancelling it.
+    The thread that frees the slot must not get "Event loop is closed" from its own
+    successful call, and the slot must not be lost: a thread waiting behind gets it."""
+    import asyncio
+    import gc
+
+    b = resilient.Bulkhead(1, max_wait=60)
+    b.__enter__()  # the holder: this thread
+    loop = asyncio.new_event_loop()
+
+    async def wait_for_a_slot() -> None:
+        async with b:
+            raise AssertionError("a task whose loop is closed cannot run")
+
+    task = loop.create_task(wait_for_a_slot())
+    loop.run_until_complete(asyncio.sleep(0))  # the task starts and queues
+    assert b.metrics.waiting == 1
+    loop.close()  # without cancelling the task
+    behind = threading.Thread(target=lambda: b.call(lambda: None), daemon=True)
+    behind.start()
+    for _ in range(2000):
+        if b.metrics.waiting == 2:
+            break
+        threading.Event().wait(0.005)
+    assert b.metrics.waiting == 2
+    b.__exit__(None, None, None)  # no RuntimeError here
+    behind.join(WAIT)
+    assert not behind.is_alive()
+    assert b.metrics == resilient.BulkheadMetrics(1, 0, 0, 0)
+    del task
+    gc.collect()
