@@ -242,7 +242,7 @@ class Timeout(Configured, Decorates):
                 return await fn(*args, **kwargs)
             seconds, by_deadline = timeout._limit(cfg)
             if by_deadline:
-                scope, token = cancel.after(seconds), None
+                scope, token = cancel.after(seconds, under=dl.current()), None
             else:  # the usual case; inner calls see this call's end as their deadline
                 scope = cfg.expiries.open()
                 token = dl.push(scope)

@@ -51,6 +51,7 @@ class Scope(Protocol):
 
     def close(self, exc: BaseException | None) -> bool: ...
     def left(self) -> float: ...
+    def fired(self) -> bool: ...
 
 
 async def redeliver() -> None:
@@ -102,23 +103,37 @@ class Expiries:
         return watch
 
 
-def after(seconds: float) -> Scope:
-    """A scope that cancels the current task's work in ``seconds``, a one-off length."""
+def after(seconds: float, under: Any = None) -> Scope:
+    """A scope that cancels the current task's work in ``seconds``, a one-off length.
+
+    ``under``: the enclosing deadline this length was cut to (a Timeout limited by an
+    outer one's end). If that deadline's own cancellation lands in the same loop
+    iteration as ours (a loop that stalled past both), ours still reports: what sits
+    between the two (a breaker) then sees a TimeoutExpired, and so does the outer one,
+    which passes it on.
+    """
     loop = _get_running_loop()
     if loop is not None and _TASKS_COUNT_CANCELS:
         task = current_task(loop)
         if task is not None:
-            return _TaskTimer(loop, task, seconds)
+            return _TaskTimer(loop, task, seconds, under)
     trio = sys.modules.get("trio")
     if trio is not None and trio.lowlevel.in_trio_task():
-        return _CancelScope(trio.CancelScope(deadline=trio.current_time() + seconds), seconds)
-    return _anyio_scope(seconds)
+        scope = trio.CancelScope(deadline=trio.current_time() + seconds)
+        return _CancelScope(scope, seconds, under)
+    return _anyio_scope(seconds, under)
 
 
-def _anyio_scope(seconds: float) -> Scope:
+def _anyio_scope(seconds: float, under: Any = None) -> Scope:
     import anyio
 
-    return _CancelScope(anyio.CancelScope(deadline=anyio.current_time() + seconds), seconds)
+    scope = anyio.CancelScope(deadline=anyio.current_time() + seconds)
+    return _CancelScope(scope, seconds, under)
+
+
+def _fired(under: Any) -> bool:
+    """Whether ``under`` (an enclosing deadline, or None) has asked for its cancellation."""
+    return under is not None and under.fired()
 
 
 # -- the FIFO watch: shared logic, then one subclass per event loop -------------------------
@@ -138,6 +153,9 @@ class _Expiry:
 
     def left(self) -> float:
         return max(0.0, self.at - self._watch.now())
+
+    def fired(self) -> bool:
+        return self._state == _FIRED
 
     def fire(self) -> None:
         raise NotImplementedError
@@ -305,10 +323,11 @@ class _ScopeExpiry(_Expiry):
 class _TaskTimer:
     """An asyncio call with a length of its own: a timer of its own."""
 
-    __slots__ = ("_baseline", "_fired", "_handle", "_task", "at", "redeliver")
+    __slots__ = ("_baseline", "_fired", "_handle", "_task", "_under", "at", "redeliver")
 
-    def __init__(self, loop: Any, task: Any, seconds: float) -> None:
+    def __init__(self, loop: Any, task: Any, seconds: float, under: Any = None) -> None:
         self._task = task
+        self._under = under
         self.redeliver = False
         self._fired = False
         self._baseline = task.cancelling()
@@ -322,24 +341,30 @@ class _TaskTimer:
     def left(self) -> float:
         return max(0.0, self.at - monotonic())
 
+    def fired(self) -> bool:
+        return self._fired
+
     def close(self, exc: BaseException | None) -> bool:
         self._handle.cancel()
         if not self._fired:
             return False
-        ours = _ours(self._task, self._baseline, exc)
+        ours = _ours(self._task, self._baseline, exc, self._under)
         self.redeliver = ours is None
         return bool(ours)
 
 
-def _ours(task: Any, baseline: int, exc: BaseException | None) -> bool | None:
+def _ours(task: Any, baseline: int, exc: BaseException | None, under: Any = None) -> bool | None:
     """After our own ``task.cancel()``: is ``exc`` that cancellation, and only that one?
 
     Not if anyone else asked the task for a cancellation since we began (the count went
-    up). None if an enclosing anyio cancel scope was cancelled meanwhile: anyio does not
-    call ``cancel()`` on a task whose cancellation is already under way, and it swallows
-    only a CancelledError it raised itself, so it must be let deliver its own.
+    up), unless the one other is the enclosing deadline ``under`` that ours was cut to
+    (it is left pending: the enclosing Timeout takes it back as our error passes). None
+    if an enclosing anyio cancel scope was cancelled meanwhile: anyio does not call
+    ``cancel()`` on a task whose cancellation is already under way, and it swallows only
+    a CancelledError it raised itself, so it must be let deliver its own.
     """
-    if task.uncancel() > baseline or not isinstance(exc, CancelledError):
+    others = task.uncancel() - baseline
+    if not isinstance(exc, CancelledError) or (others and not (others == 1 and _fired(under))):
         return False
     anyio = sys.modules.get("anyio")
     if anyio is None:
@@ -354,19 +379,32 @@ def _ours(task: Any, baseline: int, exc: BaseException | None) -> bool | None:
 class _CancelScope:
     """A trio or anyio CancelScope, entered now and left by ``close``."""
 
-    __slots__ = ("_scope", "at")
+    __slots__ = ("_scope", "_under", "at")
     redeliver = False  # trio and anyio tell their scopes' cancellations apart themselves
 
-    def __init__(self, scope: Any, seconds: float) -> None:
+    def __init__(self, scope: Any, seconds: float, under: Any = None) -> None:
         scope.__enter__()
         self._scope = scope
+        self._under = under
         self.at = monotonic() + seconds
 
     def left(self) -> float:
         return max(0.0, self.at - monotonic())
 
+    def fired(self) -> bool:
+        return bool(self._scope.cancel_called)
+
     def close(self, exc: BaseException | None) -> bool:
-        return _leave(self._scope, exc)
+        if _leave(self._scope, exc):
+            return True
+        # Ours and the enclosing deadline's (the one ours was cut to) both cancelled:
+        # the cancellation goes on to the enclosing scope, but ours reports it.
+        return (
+            exc is not None
+            and not isinstance(exc, Exception)
+            and self._scope.cancel_called
+            and _fired(self._under)
+        )
 
 
 def _leave(scope: Any, exc: BaseException | None) -> bool:

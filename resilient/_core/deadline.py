@@ -21,13 +21,16 @@ from resilient._core import options as opt
 from resilient._core.clock import SYSTEM_CLOCK, MonotonicClock
 from resilient._errors import ConfigError
 
-__all__ = ["Ends", "deadline", "limit", "push", "remaining", "scoped", "unscoped"]
+__all__ = ["Ends", "current", "deadline", "limit", "push", "remaining", "scoped", "unscoped"]
 
 
 class Ends(Protocol):
-    """What the context holds: something that knows how many seconds are left."""
+    """What the context holds: something that knows how many seconds are left, and
+    whether it has cancelled the work (an async Timeout's end; a plain deadline never)."""
 
     def left(self) -> float: ...
+
+    def fired(self) -> bool: ...
 
 
 class _Deadline(NamedTuple):
@@ -37,6 +40,9 @@ class _Deadline(NamedTuple):
     def left(self) -> float:
         return max(0.0, self.at - self.clock.monotonic())
 
+    def fired(self) -> bool:
+        return False  # it interrupts nothing: policies only read it
+
 
 _CURRENT: ContextVar[Ends | None] = ContextVar("resilient_deadline", default=None)
 
@@ -45,6 +51,11 @@ def remaining() -> float | None:
     """Seconds left before the innermost active deadline (0.0 once passed), or None."""
     current = _CURRENT.get()
     return None if current is None else current.left()
+
+
+def current() -> Ends | None:
+    """The innermost active deadline, or None."""
+    return _CURRENT.get()
 
 
 def limit(seconds: float) -> tuple[float, bool]:
