@@ -288,10 +288,15 @@ class _Rules:
     def __init__(self, settings: Settings, owner: str) -> None:
         self.owner = owner
         open_for = settings["open_for"]
+        # The last duration open_for gave: what a breaker opens for if it later fails.
+        self.last_open_for: float = next(o.default for o in OPTIONS if o.name == "open_for")
+        self._open_for_fallback = opt.Fallback("open_for", owner)
         if callable(open_for):
             self.open_for: Callable[[int], float] = open_for
             try:  # a callable that cannot answer fails now, not mid-outage
-                self.open_duration(1)
+                self.last_open_for = opt.computed_seconds(
+                    open_for(1), "open_for", "called with 1", owner=owner
+                )
             except Exception as error:
                 option, value = settings.blame("open_for")
                 if isinstance(error, ConfigError) and option == "open_for":
@@ -361,10 +366,15 @@ class _Rules:
         return self.new_window()
 
     def open_duration(self, times_opened: int) -> float:
-        value = self.open_for(times_opened)
-        return opt.computed_seconds(
-            value, "open_for", f"called with {times_opened}", owner=self.owner
+        """How long to open for; if the open_for callable fails now, the last duration it
+        gave (or the option's default): the breaker must still open and close again."""
+        seconds, _ = self._open_for_fallback.seconds(
+            lambda: self.open_for(times_opened),
+            f"called with {times_opened}",
+            self.last_open_for,
         )
+        self.last_open_for = seconds
+        return seconds
 
     def classify(self, outcome: int, exc: BaseException | None, result: object) -> int | None:
         """SUCCESS/FAILURE (slow or not), or None for a call that counts as neither."""

@@ -136,6 +136,16 @@ OPTIONS = (
         "How long to wait after a failed attempt before the next one.",
     ),
     opt.Option(
+        "max_wait",
+        60.0,
+        opt.longest_wait,
+        "seconds > 0, at most 31,536,000 (a year)",
+        "The longest single wait. A longer wait from the strategy is cut to it; a server's"
+        " retry_after beyond it ends the retry at once, re-raising its error with a note"
+        " (waiting less than it asked would only earn another refusal). 60 s: a caller"
+        " kept waiting longer is better told to come back.",
+    ),
+    opt.Option(
         "on",
         Exception,
         _check_on,
@@ -193,7 +203,11 @@ class _Engine:
     def __init__(self, settings: Settings, owner: str) -> None:
         self.owner = owner
         self._attempts: int = settings["attempts"]
+        self._max_wait: float = settings["max_wait"]
+        self._wait_fallback = opt.Fallback("wait", owner)
         self._wait = settings["wait"]
+        if isinstance(self._wait, float):
+            self._wait = min(self._wait, self._max_wait)
         self._on = settings["on"]
         self._on_tenacity = _is_tenacity(self._on, "retry_base")
         self._on_result: Callable[[Any], bool] | None = settings["on_result"]
@@ -261,6 +275,7 @@ class Retry(Configured, Decorates):
         attempts: int = 3,
         *,
         wait: WaitSpec = 0.0,
+        max_wait: float = 60.0,
         on: OnSpec | Any = Exception,
         on_result: Callable[[Any], bool] | None = None,
         deadline: float | None = None,
@@ -366,6 +381,13 @@ def _attempts(n: int) -> str:
     return "1 attempt" if n == 1 else f"{n} attempts"
 
 
+def _note(exc: BaseException, note: str) -> None:
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    else:  # pragma: no cover - PEP 678 notes arrived in 3.11; keep the attribute
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
+
+
 class _Call:
     """One call's attempts: created when its first attempt fails, gone when it ends."""
 
@@ -379,6 +401,7 @@ class _Call:
         "retry",
         "started",
         "state",
+        "trouble",
     )
 
     def __init__(
@@ -396,6 +419,7 @@ class _Call:
         self.started = started
         self.attempt = 1  # the attempt that has just ended
         self.previous: float | None = None  # the last wait, for decorrelated jitter
+        self.trouble: str | None = None  # what went wrong with the wait strategy, if anything
         self.idle = 0.0
         self.state: Any = None  # tenacity's RetryCallState, built only if a strategy needs it
 
@@ -413,7 +437,7 @@ class _Call:
             return self._give_up(None, "")  # not a failure tenacity's strategy retries
         if self.attempt >= limit:
             return self._give_up(exc, f"after {_attempts(self.attempt)}")
-        wait = own = self._wait_after(exc)
+        wait = own = min(self._wait_after(exc), retry._max_wait)
         hint = getattr(exc, "retry_after", None)
         if (
             isinstance(hint, (int, float))
@@ -421,6 +445,12 @@ class _Call:
             and math.isfinite(hint)  # a nonsense hint is no reason to wait forever
             and hint > wait
         ):
+            if hint > retry._max_wait:  # waiting less than asked earns another refusal
+                return self._give_up(
+                    exc,
+                    f"after {_attempts(self.attempt)}: it asked to wait {float(hint):.6g}s,"
+                    f" more than max_wait ({retry._max_wait:g}s)",
+                )
             wait = float(hint)  # the downstream (or our own breaker) said when
         if mode.enabled:
             wait = 0.0
@@ -448,23 +478,28 @@ class _Call:
         wait = self.retry._wait
         if isinstance(wait, float):
             return wait
-        if isinstance(wait, Backoff):
-            value = wait.delay(self.attempt, self.previous)
-        elif _is_tenacity(wait, "wait_base"):
-            value = wait(self._state(exc, None))
-        else:
-            value = wait(self.attempt, exc)
-        return opt.computed_seconds(
-            value, "wait", f"after attempt {self.attempt}", owner=self.retry._owner()
+
+        def compute() -> object:
+            if isinstance(wait, Backoff):
+                return wait.delay(self.attempt, self.previous)
+            if _is_tenacity(wait, "wait_base"):
+                return wait(self._state(exc, None))
+            return wait(self.attempt, exc)
+
+        # A strategy that fails now must not replace the downstream's error: the last
+        # wait it gave (or none) instead, logged once, and a note on the error.
+        seconds, why = self.retry._wait_fallback.seconds(
+            compute, f"after attempt {self.attempt}", self.previous or 0.0
         )
+        if why is not None:
+            self.trouble = why  # noted on the error this call finally raises
+        return seconds
 
     def _give_up(self, exc: BaseException | None, why: str) -> float | None:
         if exc is not None and why:
-            note = f"{self.retry._owner()}: gave up {why}"
-            if sys.version_info >= (3, 11):
-                exc.add_note(note)
-            else:  # pragma: no cover - PEP 678 notes arrived in 3.11; keep the attribute
-                exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
+            if self.trouble is not None:
+                _note(exc, self.trouble)
+            _note(exc, f"{self.retry._owner()}: gave up {why}")
         return None  # "give up", as next_wait says it
 
     def _state(self, exc: BaseException | None, result: object) -> Any:

@@ -293,3 +293,116 @@ def test_a_slot_freed_for_a_task_whose_loop_was_closed_goes_to_the_next_waiter()
     assert b.metrics == resilient.BulkheadMetrics(1, 0, 0, 0)
     del task
     gc.collect()
+
+
+# -- 6. hostile retry hints and waits --------------------------------------------------------
+
+
+class Throttled(ConnectionError):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"retry after {retry_after}")
+        self.retry_after = retry_after
+
+
+def run_retry(mode: str, retry: resilient.Retry, fn: Callable[[], Any]) -> Any:
+    if mode == "sync":
+        return retry.call(fn)
+
+    async def body() -> Any:
+        return fn()
+
+    async def main() -> Any:
+        return await retry.call_async(body)
+
+    return anyio.run(main, backend=mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("hint", [1e10, 86400.0, 61.0])
+def test_a_server_hint_beyond_max_wait_ends_the_retry_with_its_own_error(
+    mode: str, hint: float
+) -> None:
+    """No caller is parked for a day (or overflows a sleep): the downstream's own error
+    comes out at once, with a note that says why, and nothing was slept."""
+    clock = ManualClock()
+    calls = []
+
+    def throttled() -> None:
+        calls.append(clock.monotonic())
+        raise Throttled(hint)
+
+    with pytest.raises(Throttled) as info:
+        run_retry(mode, resilient.Retry(5, clock=clock), throttled)
+    assert calls == [0.0]
+    assert clock.monotonic() == 0.0
+    (note,) = info.value.__notes__
+    assert f"it asked to wait {hint:.6g}s, more than max_wait (60s)" in note
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_hint_within_max_wait_is_waited_and_max_wait_can_be_raised(mode: str) -> None:
+    clock = ManualClock()
+    calls = []
+
+    def throttled() -> None:
+        calls.append(clock.monotonic())
+        raise Throttled(86400.0)
+
+    with pytest.raises(Throttled):
+        run_retry(mode, resilient.Retry(2, max_wait=86400, clock=clock), throttled)
+    assert calls == [0.0, 86400.0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "wait",
+    [1e10, resilient.backoff.exponential(base=1e6, cap=1e300, jitter=None)],
+    ids=["1e10", "backoff"],
+)
+def test_a_wait_longer_than_max_wait_is_cut_to_it(mode: str, wait: Any) -> None:
+    clock = ManualClock()
+    calls = []
+
+    def failing() -> None:
+        calls.append(clock.monotonic())
+        raise ConnectionError
+
+    with pytest.raises(ConnectionError):
+        run_retry(mode, resilient.Retry(3, wait=wait, clock=clock), failing)
+    assert calls == [0.0, 60.0, 120.0]
+
+
+def test_max_wait_comes_from_the_environment(env: pytest.MonkeyPatch) -> None:
+    name = fresh("capped")
+    env.setenv(config.variable("retry", "max_wait", name), "5s")
+    retry = resilient.Retry(3, wait=30, name=name, clock=ManualClock())
+    assert retry.settings["max_wait"] == 5.0
+
+
+# -- 12. a user's callable failing while calls run ------------------------------------------
+
+
+def test_an_open_for_callable_failing_later_never_wedges_the_breaker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """open_for works for the first opening, then raises: the breaker opens for the last
+    good duration instead (logged once), the failing call keeps its own error, and the
+    breaker goes on probing and closing as ever."""
+
+    def open_for(times_opened: int) -> float:
+        return [10.0][times_opened - 1]  # IndexError from the second opening on
+
+    clock = ManualClock()
+    b = CircuitBreaker(min_calls=1, half_open_calls=1, open_for=open_for, clock=clock)
+    for _ in range(3):  # open, probe and fail (reopen), probe and fail again
+        with pytest.raises(ZeroDivisionError):
+            b.call(lambda: 1 / 0)
+        assert b.state is State.OPEN
+        with pytest.raises(CircuitOpenError) as info:
+            b.call(lambda: "no")
+        assert info.value.retry_after == 10.0
+        clock.advance(10)
+    assert b.call(lambda: "probe") == "probe"
+    assert b.state is State.CLOSED
+    logged = [r for r in caplog.records if "open_for callable failed" in r.getMessage()]
+    assert len(logged) == 1

@@ -509,21 +509,35 @@ class TestWaits:
             expected.append(previous)
         assert always_failing_waits(flavour, clock, strategy) == expected
 
-    def test_a_wait_callable_returning_a_bad_value_fails_loudly(
-        self, flavour: RetryFlavour, clock: RecordingClock
+    @pytest.mark.parametrize("bad", [-1.0, math.nan, "soon", ZeroDivisionError])
+    def test_a_wait_callable_failing_mid_call_never_replaces_the_downstreams_error(
+        self, flavour: RetryFlavour, clock: RecordingClock, bad: Any, caplog: Any
     ) -> None:
+        """A wait strategy that returns nonsense or raises while calls run: the retry goes
+        on with the last good wait (none yet: 0 s), the downstream's own error comes out
+        at the end with a note naming the strategy's failure, and it is logged once."""
+
+        def wait(attempt: int, exc: BaseException | None) -> Any:
+            if bad is ZeroDivisionError:
+                return 1 / 0
+            return bad
+
         script = Script(ConnectionError)
-        with pytest.raises(ConfigError, match="wait") as info:
-            flavour.run(Retry(3, wait=lambda attempt, exc: -1.0, clock=clock), script)
-        assert info.value.value == -1.0
-        assert script.calls == 1
+        with pytest.raises(ConnectionError) as info:
+            flavour.run(Retry(3, wait=wait, clock=clock), script)
+        assert script.calls == 3
+        notes = getattr(info.value, "__notes__", [])
+        assert any("its wait callable failed after attempt" in n for n in notes)
+        assert any("gave up after 3 attempts" in n for n in notes)
+        logged = [r for r in caplog.records if "wait callable failed" in r.getMessage()]
+        assert len(logged) == 1
 
     def test_sync_waits_use_the_clock_not_the_wall(self) -> None:
         clock = ManualClock()
         started = time.monotonic()
         script = Script(ConnectionError, clock=clock)
         with pytest.raises(ConnectionError):
-            Retry(5, wait=3600, clock=clock).call(script)
+            Retry(5, wait=3600, max_wait=7200, clock=clock).call(script)
         assert time.monotonic() - started < 1.0
         assert script.starts == [0.0, 3600.0, 7200.0, 10800.0, 14400.0]
 
@@ -1259,7 +1273,7 @@ class TestTestMode:
     def test_without_attempts_only_waits_change(self, flavour: RetryFlavour) -> None:
         clock = RecordingClock()
         with set_testing():
-            script = Script(Throttled(100), ConnectionError)  # hints are waits too
+            script = Script(Throttled(30), ConnectionError)  # hints are waits too
             with pytest.raises(ConnectionError):
                 flavour.run(Retry(4, wait=tenacity.wait_fixed(5), clock=clock), script)
         assert script.calls == 4

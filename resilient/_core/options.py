@@ -7,6 +7,7 @@ and the docs table, so no second copy of a range or a default ever exists.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -123,6 +124,36 @@ def computed_seconds(value: object, option: str, asked: str, owner: str) -> floa
         raise ConfigError(option, value, expected, owner=owner) from None
 
 
+class Fallback:
+    """Seconds a user's callable computes while calls run (an ``open_for`` or a ``wait``
+    strategy), with a safe value when it fails: its error never replaces the
+    downstream's, nor leaves a state stuck. The first failure is logged (logger
+    ``resilient``), once per policy configuration; ``why`` says what happened, for a note
+    on the downstream's error."""
+
+    __slots__ = ("_logged", "option", "owner")
+
+    def __init__(self, option: str, owner: str) -> None:
+        self.option = option
+        self.owner = owner
+        self._logged = False
+
+    def seconds(
+        self, compute: Callable[[], object], asked: str, fallback: float
+    ) -> tuple[float, str | None]:
+        try:
+            return computed_seconds(compute(), self.option, asked, self.owner), None
+        except Exception as error:
+            why = (
+                f"{self.owner}: its {self.option} callable failed {asked} ({error!r});"
+                f" {fallback:g}s used instead"
+            )
+            if not self._logged:
+                self._logged = True
+                logging.getLogger("resilient").warning(why)
+            return fallback, why
+
+
 def check_name(name: object, owner: str) -> str | None:
     """A policy's name: None, or a non-empty string (it names metrics and variables)."""
     if name is not None and (not isinstance(name, str) or not name):
@@ -211,6 +242,18 @@ def time_span(value: Any) -> float:
 
 
 written(time_span, text.parse_duration, "a duration: 250ms, 2s, 1.5m, 1h or bare seconds")
+
+
+def longest_wait(value: Any) -> float:
+    """Seconds a single wait may last: more than 0, at most :data:`MAX_SPAN` (so that no
+    sleep overflows, whatever a strategy or a server asks for)."""
+    seconds = _real(value)
+    if not 0.0 < seconds <= MAX_SPAN:
+        raise Invalid
+    return seconds
+
+
+written(longest_wait, text.parse_duration, "a duration: 250ms, 2s, 1.5m, 1h or bare seconds")
 
 
 def window_size(value: Any) -> int | float:
