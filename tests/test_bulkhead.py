@@ -1755,10 +1755,15 @@ class Watched(deque):  # type: ignore[type-arg]
         super().__init__(items)
         self.interleaving = interleaving
 
-    def __len__(self) -> int:  # what `if not queue` asks
+    def __len__(self) -> int:
         n = deque.__len__(self)
         self.interleaving.after_op()
         return n
+
+    def __bool__(self) -> bool:  # what `if not queue` asks (3.10's deque has its own)
+        n = deque.__len__(self)
+        self.interleaving.after_op()
+        return n > 0
 
     def pop(self) -> Any:
         try:
