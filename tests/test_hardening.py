@@ -406,3 +406,59 @@ def test_an_open_for_callable_failing_later_never_wedges_the_breaker(
     assert b.state is State.CLOSED
     logged = [r for r in caplog.records if "open_for callable failed" in r.getMessage()]
     assert len(logged) == 1
+
+
+# -- 11. one deadline object, shared --------------------------------------------------------
+
+
+def test_one_deadline_object_shared_by_threads_that_leave_in_any_order() -> None:
+    """Entered by two threads at once and left in the opposite order: each thread sees
+    its own deadline and gets its own back (it raised ValueError: a Token created in a
+    different Context)."""
+    shared = resilient.deadline(5)
+    inside = threading.Barrier(2, timeout=WAIT)
+    first_out = threading.Event()
+    seen: dict[int, Any] = {}
+
+    def worker(i: int) -> None:
+        with shared:
+            inside.wait()
+            seen[i] = resilient.remaining()
+            if i == 1:
+                assert first_out.wait(WAIT)  # thread 0 leaves first
+        if i == 0:
+            first_out.set()
+        seen[i + 10] = resilient.remaining()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert 0 < seen[0] <= 5
+    assert 0 < seen[1] <= 5
+    assert (seen[10], seen[11]) == (None, None)
+
+
+@pytest.mark.parametrize("mode", ["asyncio", "trio"])
+def test_one_deadline_object_shared_by_tasks_that_leave_out_of_order(mode: str) -> None:
+    async def main() -> list[Any]:
+        shared = resilient.deadline(5)
+        gates = [anyio.Event() for _ in range(3)]
+        after: list[Any] = []
+
+        async def task(i: int) -> None:
+            async with shared:
+                await gates[i].wait()
+            after.append((i, resilient.remaining()))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(task, i)
+            await anyio.wait_all_tasks_blocked()
+            for i in (2, 0, 1):
+                gates[i].set()
+                await anyio.wait_all_tasks_blocked()
+        return after
+
+    assert run_async(mode, main) == [(2, None), (0, None), (1, None)]

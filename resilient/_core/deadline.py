@@ -19,6 +19,7 @@ from typing import NamedTuple, Protocol
 
 from resilient._core import options as opt
 from resilient._core.clock import SYSTEM_CLOCK, MonotonicClock
+from resilient._core.decorate import pop_block, push_block
 from resilient._errors import ConfigError
 
 __all__ = ["Ends", "current", "deadline", "limit", "push", "remaining", "scoped", "unscoped"]
@@ -91,7 +92,7 @@ class deadline:
     :func:`remaining` tells code that passes timeouts on how much is left.
     """
 
-    __slots__ = ("_clock", "_seconds", "_tokens")
+    __slots__ = ("_clock", "_seconds")
 
     def __init__(self, seconds: float, *, clock: MonotonicClock | None = None) -> None:
         try:
@@ -104,14 +105,15 @@ class deadline:
                 else ("clock", clock, "None or an object with a monotonic() method")
             )
             raise ConfigError(bad, value, expected, owner="deadline") from None
-        self._tokens: list[Token[Ends | None]] = []
 
     def __enter__(self) -> deadline:
         outer = _CURRENT.get()
         mine: Ends = _Deadline(self._clock, self._clock.monotonic() + self._seconds)
         if outer is not None and outer.left() <= self._seconds:
             mine = outer  # only shrink: the enclosing deadline ends first
-        self._tokens.append(_CURRENT.set(mine))
+        # The token is kept per context, as a policy's with-block keeps its own, so one
+        # deadline object may be entered by many threads and tasks at once, in any order.
+        push_block(self, _CURRENT.set(mine))
         return self
 
     def __exit__(
@@ -120,7 +122,7 @@ class deadline:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _CURRENT.reset(self._tokens.pop())
+        _CURRENT.reset(pop_block(self))
 
     async def __aenter__(self) -> deadline:
         return self.__enter__()
