@@ -451,6 +451,7 @@ class CircuitBreaker(Configured, GuardForms):
         self._rejected = counter()
         self._pinned_by_env = False  # the state is pinned by the environment
         self._code_pin: State | None = None  # ... or by force_open()/disable()
+        self._fresh_on_lift = False  # reset() was called under an environment pin
         self._register(settings)
 
     def _compile(self, settings: Settings) -> _Rules:
@@ -475,11 +476,11 @@ class CircuitBreaker(Configured, GuardForms):
                     new = self._pinned(env_pin, c.new_window() if st is None else st.window, now)
             elif st is None:
                 new = self._closed(c)
-            elif self._pinned_by_env:  # the environment's pin is lifted
+            elif self._pinned_by_env:  # the environment's pin is lifted: code's calls apply
                 if self._code_pin is not None:
                     new = self._pinned(self._code_pin, st.window, now)
                 else:
-                    new = self._closed(c, st.window)
+                    new = self._closed(c, None if self._fresh_on_lift else st.window)
             elif st.kind is CLOSED:  # the fast-path flags and the window follow the rules
                 window = c.reshaped(st.window)
                 if window is not st.window or (st.fast, st.plain) != (
@@ -495,6 +496,8 @@ class CircuitBreaker(Configured, GuardForms):
             # of probes applies to them (reopen_for as computed when the spell began: no
             # user callable runs under the lock). OPEN and its end stay as they are.
             self._pinned_by_env = env_pin is not None
+            if not self._pinned_by_env:
+                self._fresh_on_lift = False  # (a reset made under a pin waits for its lift)
             if new is not None:
                 self._install(new, now)
         self._publish()
@@ -770,7 +773,10 @@ class CircuitBreaker(Configured, GuardForms):
         )
 
     def force_open(self) -> None:
-        """Reject every call until ``reset()`` (retry_after is None: nobody knows when)."""
+        """Reject every call until ``reset()`` (retry_after is None: nobody knows when).
+
+        The environment wins over code: under ``RESILIENT_ENABLED=0`` or a ``STATE``
+        variable this is remembered, and applies once the environment lifts its pin."""
         self._pin(FORCED_OPEN)
 
     def disable(self) -> None:
@@ -778,18 +784,27 @@ class CircuitBreaker(Configured, GuardForms):
         self._pin(DISABLED)
 
     def _pin(self, kind: State) -> None:
-        now = self._rules.now()
-        self._code_pin = kind  # only reset() undoes it; an environment pin may override it
-        self._pinned_by_env = False
-        self._swap(None, self._pinned(kind, self._state.window, now), now)
+        with self._lock:
+            self._code_pin = kind  # only reset() undoes it
+            if not self._pinned_by_env:  # the environment's pin wins until it is lifted
+                now = self._rules.now()
+                self._install(self._pinned(kind, self._state.window, now), now)
+        self._publish()
 
     def reset(self) -> None:
-        """Back to CLOSED with an empty window; forgets open counts and rejections."""
-        c = self._rules
-        self._rejected = counter()
-        self._code_pin = None
-        self._pinned_by_env = False
-        self._swap(None, self._closed(c), c.now())
+        """Back to CLOSED with an empty window; forgets open counts and rejections.
+
+        Under a pin from the environment (``RESILIENT_ENABLED=0``, ``..._BREAKER_STATE``)
+        the pin holds: the reset applies when the environment lifts it."""
+        with self._lock:
+            c = self._rules
+            self._rejected = counter()
+            self._code_pin = None
+            self._fresh_on_lift = True
+            if not self._pinned_by_env:
+                now = c.now()
+                self._install(self._closed(c), now)
+        self._publish()
 
     def add_listener(self, listener: L) -> L:
         """Call ``listener(StateChange)`` after every change of state; usable as a decorator.

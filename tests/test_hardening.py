@@ -462,3 +462,83 @@ def test_one_deadline_object_shared_by_tasks_that_leave_out_of_order(mode: str) 
         return after
 
     assert run_async(mode, main) == [(2, None), (0, None), (1, None)]
+
+
+# -- 4. the operator's switches win over code ------------------------------------------------
+
+
+def test_reset_and_force_open_never_undo_resilient_enabled_0(env: pytest.MonkeyPatch) -> None:
+    """RESILIENT_ENABLED=0 lets every call through whatever code does; what code did
+    meanwhile applies once the environment lifts the switch."""
+    name = fresh("switch")
+    b = CircuitBreaker(name, min_calls=1)
+    env.setenv("RESILIENT_ENABLED", "0")
+    resilient.reload()
+    assert b.state is State.DISABLED
+    b.reset()
+    resilient.registry.reset()
+    b.force_open()
+    assert b.state is State.DISABLED
+    assert b.call(lambda: "through") == "through"
+    env.delenv("RESILIENT_ENABLED")
+    resilient.reload()
+    assert b.state is State.FORCED_OPEN  # the code's pin, made meanwhile
+    b.reset()
+    assert b.state is State.CLOSED
+
+
+def test_an_environment_pin_holds_until_the_environment_changes(
+    env: pytest.MonkeyPatch,
+) -> None:
+    name = fresh("pinned")
+    b = CircuitBreaker(name, min_calls=1)
+    with pytest.raises(ZeroDivisionError):
+        b.call(lambda: 1 / 0)
+    assert b.state is State.OPEN
+    env.setenv(config.variable("breaker", "state", name), "forced_open")
+    resilient.reload()
+    b.reset()
+    resilient.registry.reset(name)
+    b.disable()
+    assert b.state is State.FORCED_OPEN
+    with pytest.raises(CircuitOpenError):
+        b.call(lambda: "no")
+    b.reset()  # the last word of code before the lift: closed, with a fresh window
+    env.delenv(config.variable("breaker", "state", name))
+    resilient.reload()
+    assert b.state is State.CLOSED
+    assert b.metrics.calls == 0
+
+
+def test_code_and_reloads_racing_leave_one_consistent_state(
+    env: pytest.MonkeyPatch, switch_often: None
+) -> None:
+    """4 threads pin and reset in code while 4 reload with the environment's pin set and
+    lifted: nothing raises, and once the environment is clear and code resets last,
+    the breaker is CLOSED with an empty window."""
+    name = fresh("race")
+    b = CircuitBreaker(name)
+    variable = config.variable("breaker", "state", name)
+    import os
+
+    def code(i: int) -> None:
+        for k in range(300):
+            (b.force_open, b.disable, b.reset)[(i + k) % 3]()
+
+    def operator(i: int) -> None:
+        for k in range(30):
+            if (i + k) % 2:
+                os.environ[variable] = "forced_open"
+            else:
+                os.environ.pop(variable, None)
+            resilient.reload()
+
+    from .test_concurrency import run_threads
+
+    env.delenv(variable, raising=False)
+    run_threads(8, lambda i: code(i) if i < 4 else operator(i))
+    os.environ.pop(variable, None)
+    resilient.reload()
+    b.reset()
+    assert b.state is State.CLOSED
+    assert b.metrics.calls == 0

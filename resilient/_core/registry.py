@@ -180,27 +180,33 @@ class Configured:
         """Forget counts and state gathered so far (the configuration stays)."""
 
 
+#: Held by a reload from reading the environment to the last switch (never by a call).
+_RELOADING = threading.Lock()
+
+
 def reload(environ: Mapping[str, str] | None = None) -> None:
     """Read the environment again and apply it to every live policy, keeping their state.
 
     All or nothing: if any variable is bad, ConfigError reports every bad one and no
     policy changes. Each policy switches in one step. A ``RESILIENT_*`` variable that
-    matches no live policy's option gets a ConfigWarning.
+    matches no live policy's option gets a ConfigWarning. Two reloads at once run one
+    after the other: neither applies a half of its reading over the other's.
     """
-    policies = registry._live()
-    planned: list[tuple[Configured, config.Settings, Any]] = []
-    errors: list[ConfigError] = []
-    for policy in policies:
-        assert policy._given is not None
-        try:
-            settings = policy._resolve(policy._given, environ)
-            planned.append((policy, settings, policy._compile(settings)))
-        except ConfigError as error:
-            errors.append(error)
-    if errors:
-        raise ConfigError.combine(errors)
-    for policy, settings, compiled in planned:
-        policy.settings = settings
-        policy._switch(compiled)
+    with _RELOADING:
+        policies = registry._live()
+        planned: list[tuple[Configured, config.Settings, Any]] = []
+        errors: list[ConfigError] = []
+        for policy in policies:
+            assert policy._given is not None
+            try:
+                settings = policy._resolve(policy._given, environ)
+                planned.append((policy, settings, policy._compile(settings)))
+            except ConfigError as error:
+                errors.append(error)
+        if errors:
+            raise ConfigError.combine(errors)
+        for policy, settings, compiled in planned:
+            policy.settings = settings
+            policy._switch(compiled)
     known = config.known_variables((p.KIND, p.name) for p in policies)
     config.warn_unknown(config.unknown_variables(known, environ))
