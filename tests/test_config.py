@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from resilient import CircuitBreaker, ConfigError
+from resilient import CircuitBreaker, ConfigError, State
 from resilient.testing import ManualClock
 
 from .conftest import assert_config_error
@@ -73,7 +73,12 @@ def test_open_for_callable_is_checked_at_construction() -> None:
         CircuitBreaker(open_for=lambda n: "soon")
 
 
-def test_open_for_callable_that_goes_bad_later_fails_loudly() -> None:
+def test_open_for_callable_that_goes_bad_later_falls_back_to_its_last_good_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """It goes bad while calls run: the probe still runs and keeps its own error, the
+    breaker reopens for the last good duration, and the failure is logged (it used to
+    raise ConfigError from every call, leaving the breaker OPEN for good)."""
     clock = ManualClock()
     b = CircuitBreaker(
         open_for=lambda n: 1.0 if n < 2 else math.nan,
@@ -89,8 +94,13 @@ def test_open_for_callable_that_goes_bad_later_fails_loudly() -> None:
     with pytest.raises(ConnectionError):
         b.call(boom)
     clock.advance(1)
-    with pytest.raises(ConfigError, match="open_for"):
+    with pytest.raises(ConnectionError):
         b.call(boom)  # entering HALF_OPEN computes the next open time: nan
+    assert b.state is State.OPEN
+    clock.advance(1)  # the last good answer: 1 s
+    assert b.call(lambda: "probe") == "probe"
+    assert b.state is State.CLOSED
+    assert any("open_for callable failed" in r.getMessage() for r in caplog.records)
 
 
 def test_good_edge_values_are_accepted() -> None:
