@@ -242,15 +242,15 @@ OPTIONS = (
     opt.Option(
         "record",
         Exception,
-        opt.exception_filter,
-        "an exception type, a tuple of them, or a predicate(exc) -> bool",
+        opt.counted_exceptions,
+        "an Exception subclass, a tuple of them, or a predicate(exc) -> bool",
         "Exceptions counted as failures; other exceptions count as successes.",
     ),
     opt.Option(
         "ignore",
         (),
-        opt.exception_filter,
-        "an exception type, a tuple of them, or a predicate(exc) -> bool",
+        opt.counted_exceptions,
+        "an Exception subclass, a tuple of them, or a predicate(exc) -> bool",
         "Exceptions counted as neither failure nor success; wins over record.",
     ),
     opt.Option(

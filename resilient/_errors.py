@@ -208,7 +208,21 @@ class ConfigError(ResilienceError, ValueError):
 
     def _line(self) -> str:
         where = f"{self.owner}: " if self.owner else ""
-        return f"{where}{self.option}={self.value!r} is invalid: expected {self.expected}"
+        return f"{where}{self.option}={shown(self.value)} is invalid: expected {self.expected}"
+
+
+#: How much of a bad value an error message quotes.
+SHOWN = 80
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for a message: at most :data:`SHOWN` characters, and never an
+    error of its own (a value whose ``__repr__`` raises is still reported)."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__qualname__} object (its repr failed)>"
+    return text if len(text) <= SHOWN else f"{text[: SHOWN - 3]}..."
 
 
 def _rebuild_config_error(

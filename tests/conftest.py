@@ -18,6 +18,7 @@ import anyio
 import pytest
 
 from resilient import CircuitBreaker, ConfigError, ResilienceError
+from resilient._errors import shown
 
 MODES = ("sync", "asyncio", "trio")
 FORMS = ("decorator", "with", "call")
@@ -106,7 +107,7 @@ def assert_config_error(err: ConfigError, option: str, value: Any, expected: str
     assert err.option == option
     assert err.value is value
     message = str(err)
-    assert f"{option}={value!r}" in message
+    assert f"{option}={shown(value)}" in message
     assert expected in message
 
 

@@ -344,7 +344,9 @@ def test_a_bad_option_raises_config_error_naming_option_value_and_expectation(
 def test_a_bad_name_raises_config_error(name: Any) -> None:
     with pytest.raises(ConfigError) as info:
         Bulkhead(2, name=name)
-    assert_config_error(info.value, "name", name, "None or a non-empty string")
+    assert_config_error(
+        info.value, "name", name, "None or a string with at least one ASCII letter or digit"
+    )
 
 
 def test_defaults_edge_values_and_repr() -> None:

@@ -789,7 +789,11 @@ def test_name_normalisation(env: pytest.MonkeyPatch, name: str, spelt: str) -> N
 
 
 @settings(max_examples=60, deadline=None)
-@given(name=st.text(min_size=1, max_size=16))
+@given(
+    name=st.text(min_size=1, max_size=16).filter(
+        lambda n: any(c.isascii() and c.isalnum() for c in n)  # else refused: hardening
+    )
+)
 def test_any_name_reads_the_variable_the_rule_spells(name: str) -> None:
     expected = f"RESILIENT_{spell(name)}_RETRY_ATTEMPTS"
     assert config.variable("retry", "attempts", name) == expected

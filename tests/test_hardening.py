@@ -542,3 +542,95 @@ def test_code_and_reloads_racing_leave_one_consistent_state(
     b.reset()
     assert b.state is State.CLOSED
     assert b.metrics.calls == 0
+
+
+# -- 15. the rough edges -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exit_", [SystemExit(3), KeyboardInterrupt()])
+def test_a_listener_raising_systemexit_never_replaces_the_calls_error(
+    exit_: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = CircuitBreaker(min_calls=1)
+
+    @b.add_listener
+    def leave(change: Any) -> None:
+        raise exit_
+
+    with pytest.raises(ZeroDivisionError):
+        b.call(lambda: 1 / 0)  # opens: the listener runs and raises
+    assert b.state is State.OPEN
+    assert any("listener" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("record", [KeyboardInterrupt, (ConnectionError, SystemExit)])
+def test_a_breaker_refuses_record_types_it_could_never_count(record: Any) -> None:
+    with pytest.raises(resilient.ConfigError) as info:
+        CircuitBreaker(record=record)
+    assert info.value.option == "record"
+
+
+class Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+@pytest.mark.parametrize(
+    ("value", "quoted"),
+    [
+        (Unprintable(), "<Unprintable object (its repr failed)>"),
+        ("x" * 500, "'" + "x" * 76 + "..."),
+    ],
+)
+def test_a_config_error_quotes_any_bad_value_briefly_and_safely(value: Any, quoted: str) -> None:
+    with pytest.raises(resilient.ConfigError) as info:
+        CircuitBreaker(failure_rate=value)
+    message = str(info.value)
+    assert f"failure_rate={quoted}" in message
+    assert len(message) < 400
+
+
+@pytest.mark.parametrize("name", ["платежи", "支付", "---", " "])
+def test_a_name_with_no_ascii_letter_or_digit_is_refused(name: str) -> None:
+    """Variables spell names in A-Z, 0-9 and _: every such name would read the same
+    RESILIENT___BREAKER_* variables."""
+    with pytest.raises(resilient.ConfigError, match="ASCII letter or digit"):
+        CircuitBreaker(name)
+
+
+def test_a_variable_never_imports_a_module(env: pytest.MonkeyPatch) -> None:
+    """`RESILIENT_..._RECORD=this.s` printed the Zen of Python: a variable now names
+    things in modules already imported, and only exception types or callables."""
+    import sys
+
+    name = fresh("noimport")
+    sys.modules.pop("this", None)
+    env.setenv(config.variable("breaker", "record", name), "this.s")
+    with pytest.raises(resilient.ConfigError):
+        CircuitBreaker(name)
+    assert "this" not in sys.modules
+    env.setenv(config.variable("breaker", "record", name), "os.sep")  # imported, a str
+    with pytest.raises(resilient.ConfigError):
+        CircuitBreaker(name)
+    env.setenv(config.variable("breaker", "record", name), "ConnectionError,TimeoutError")
+    assert CircuitBreaker(name).settings["record"](TimeoutError())
+
+
+def test_resilient_config_shows_exception_types_as_written(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "app.py").write_text(
+        "from resilient import CircuitBreaker\n"
+        "b = CircuitBreaker('pay', record=(ConnectionError, TimeoutError))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "resilient", "config", "app"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "(ConnectionError, TimeoutError)" in out
+    assert "<lambda>" not in out

@@ -1326,8 +1326,8 @@ BAD = [
     ("stop", 5, "stop strategy"),
     ("clock", object(), "sleep_async()"),
     ("budget", 5, "RetryBudget"),
-    ("name", "", "non-empty string"),
-    ("name", 42, "non-empty string"),
+    ("name", "", "at least one ASCII letter or digit"),
+    ("name", 42, "at least one ASCII letter or digit"),
 ]
 
 

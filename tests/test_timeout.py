@@ -258,9 +258,9 @@ BAD = [
     ("thread_locals", [object()], LOCALS),
     ("thread_locals", (threading.local(), 1), LOCALS),
     ("thread_locals", None, LOCALS),
-    ("name", "", "None or a non-empty string"),
-    ("name", 3, "None or a non-empty string"),
-    ("name", b"db", "None or a non-empty string"),
+    ("name", "", "None or a string with at least one ASCII letter or digit"),
+    ("name", 3, "None or a string with at least one ASCII letter or digit"),
+    ("name", b"db", "None or a string with at least one ASCII letter or digit"),
 ]
 
 

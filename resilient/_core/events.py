@@ -51,5 +51,5 @@ class Listeners(Generic[E]):
         for fn in self._fns:
             try:
                 fn(event)
-            except Exception:
+            except BaseException:  # SystemExit, KeyboardInterrupt too: never the call's
                 logger.exception("listener %r failed on %r; the call goes on", fn, event)

@@ -155,9 +155,17 @@ class Fallback:
 
 
 def check_name(name: object, owner: str) -> str | None:
-    """A policy's name: None, or a non-empty string (it names metrics and variables)."""
-    if name is not None and (not isinstance(name, str) or not name):
-        raise ConfigError("name", name, "None or a non-empty string", owner=owner)
+    """A policy's name: None, or a string with at least one ASCII letter or digit. It
+    names metrics and environment variables, which spell it in A-Z, 0-9 and _: a name
+    of other characters only ("платежи") would read every variable of every such name."""
+    if name is not None and (
+        not isinstance(name, str) or not any(c.isascii() and c.isalnum() for c in name)
+    ):
+        expected = (
+            "None or a string with at least one ASCII letter or digit (environment"
+            " variables spell the name in A-Z, 0-9 and _)"
+        )
+        raise ConfigError("name", name, expected, owner=owner)
     return name
 
 
@@ -366,16 +374,25 @@ class TypeFilter:
     def __call__(self, exc: BaseException) -> bool:
         return isinstance(exc, self.types)
 
-    def __repr__(self) -> str:
-        return f"TypeFilter({', '.join(t.__qualname__ for t in self.types) or 'nothing'})"
+    def __repr__(self) -> str:  # as a user writes it: ConnectionError, (A, B), ()
+        names = [t.__qualname__ for t in self.types]
+        return names[0] if len(names) == 1 else f"({', '.join(names)})"
 
 
-written(
-    exception_filter,
-    text.parse_exceptions,
+_EXCEPTIONS_SYNTAX = (
     "exception types by import path, separated by commas (ConnectionError,"
-    " httpx.TimeoutException), a predicate's import path, or none",
+    " httpx.TimeoutException), a predicate's import path, or none"
 )
+written(exception_filter, text.parse_exceptions, _EXCEPTIONS_SYNTAX)
+
+
+def counted_exceptions(value: Any) -> ExceptionFilter:
+    """An exception filter for a policy that counts only ``Exception``s (a breaker): a
+    type no Exception can be (KeyboardInterrupt, CancelledError) could never match."""
+    return exception_filter(value, catchable=True)
+
+
+written(counted_exceptions, text.parse_exceptions, _EXCEPTIONS_SYNTAX)
 
 
 def duration_or_callable(value: Any) -> Any:

@@ -8,9 +8,9 @@ listed is an error, never a default.
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
+import sys
 from typing import Any
 
 __all__ = [
@@ -89,7 +89,9 @@ def parse_bool(text: str) -> bool:
 
 
 def parse_import(text: str) -> Any:
-    """The object at ``package.module:attr`` or ``package.module.attr`` (or a builtin)."""
+    """The object at ``package.module:attr`` or ``package.module.attr`` (or a builtin), in
+    a module already imported: a variable never imports code (the application has
+    imported its own dependencies by the time its policies read the environment)."""
     path = text.strip()
     if not path or any(c.isspace() for c in path):
         raise Invalid
@@ -99,11 +101,13 @@ def parse_import(text: str) -> Any:
         module_name, _, attr = path.rpartition(".")
     else:
         module_name, attr = "builtins", path
+    obj: Any = sys.modules.get(module_name or "builtins")
+    if obj is None:  # not imported (or a relative path): nothing to look in
+        raise Invalid
     try:
-        obj: Any = importlib.import_module(module_name or "builtins")
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except Exception:  # not importable (a relative path, a module that fails to import)
+    except Exception:  # no such attribute (or one whose lookup fails)
         raise Invalid from None
     return obj
 
@@ -118,6 +122,8 @@ def parse_exceptions(text: str) -> Any:
         raise Invalid
     objects = tuple(parse_import(part) for part in parts)
     if len(objects) == 1 and not isinstance(objects[0], type):
+        if not callable(objects[0]):
+            raise Invalid  # neither an exception type nor a predicate
         return objects[0]  # a predicate
     if not all(isinstance(o, type) and issubclass(o, BaseException) for o in objects):
         raise Invalid
