@@ -791,6 +791,16 @@ class CircuitBreaker(Configured, GuardForms):
                 self._install(self._pinned(kind, self._state.window, now), now)
         self._publish()
 
+    def _after_fork(self) -> None:
+        """In a forked child: fresh locks, and HALF_OPEN probes in flight on the parent's
+        other threads, which will never report, give their permits back."""
+        self._lock = threading.Lock()
+        self._publishing = threading.Lock()
+        st = self._state
+        st.window.after_fork()
+        if st.kind is HALF_OPEN:
+            st.admitted = st.reported
+
     def reset(self) -> None:
         """Back to CLOSED with an empty window; forgets open counts and rejections.
 

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
-from resilient._core import cancel
+from resilient._core import cancel, forking
 from resilient._core import deadline as dl
 from resilient._core import options as opt
 from resilient._core.config import Settings
@@ -184,6 +184,16 @@ class Bulkhead(Configured, GuardForms):
                 self._rejected,
             )
 
+    def _after_fork(self) -> None:
+        """In a forked child: every slot is free and nobody waits (the calls inside and
+        waiting were the parent's other threads and tasks). A call of the forking thread
+        that was inside goes on; its slot, of the parent's accounting, is not given back
+        twice (its token says which generation it was taken in)."""
+        self._lock = threading.Lock()
+        self._queue = deque()
+        self._permits = deque([None] * self._slots)
+        self._debt = 0
+
     def reset(self) -> None:
         """Count rejections from zero again (calls inside keep their slots)."""
         with self._lock:
@@ -193,7 +203,7 @@ class Bulkhead(Configured, GuardForms):
 
     def _admit(self, state: _Config) -> object:
         if self._take_free_slot():
-            return None
+            return forking.generation  # a slot of this process's accounting
         if state.max_wait:
             return MUST_WAIT
         with self._lock:
@@ -222,12 +232,12 @@ class Bulkhead(Configured, GuardForms):
             return False
         if not self._queue:
             return True
-        self._exit(None, None, None)  # someone was queued first: the slot is theirs
+        self._exit(forking.generation, None, None)  # someone queued first: the slot is theirs
         return False
 
     def _exit(self, token: object, exc: BaseException | None, result: object) -> None:
-        if token is not None:
-            return  # admitted while switched off: it holds no slot
+        if token != forking.generation:
+            return  # admitted while switched off (no slot), or a slot of before a fork
         if not LOCK_FREE:
             with self._lock:
                 if self._debt:
@@ -371,7 +381,7 @@ class _Waiter:
 
     def __init__(self) -> None:
         self.granted = False
-        self.token: object = None
+        self.token: object = forking.generation
 
     def grant(self) -> bool:
         """Hand it its slot and wake it; False if it can no longer be woken."""

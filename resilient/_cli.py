@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from resilient._core import config
+from resilient._core import config, workers
 from resilient._core.options import REQUIRED, Option
 from resilient._core.primitives import SWITCH
 from resilient._core.registry import Configured, registry
@@ -117,6 +117,15 @@ def _env_rows() -> list[dict[str, Any]]:
             "accepts": "'auto' or 'locked'",
             "doc": "locked: the state core's locked variants (what a free-threaded build"
             " runs) on any build; read once, at import.",
+        },
+        {
+            "variable": workers.MAX_WORKERS_VARIABLE,
+            "kind": None,
+            "option": None,
+            "syntax": "a whole number, e.g. 64",
+            "default": str(workers.MAX_WORKERS),
+            "accepts": "a whole number from 1 to 1,000,000",
+            "doc": "The most worker threads sync Timeouts run at once, all together.",
         },
     ]
     for kind, options in config.KINDS.items():

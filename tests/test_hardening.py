@@ -634,3 +634,188 @@ def test_resilient_config_shows_exception_types_as_written(tmp_path: Any) -> Non
     ).stdout
     assert "(ConnectionError, TimeoutError)" in out
     assert "<lambda>" not in out
+
+
+# -- 2. fork -------------------------------------------------------------------------------
+
+needs_fork = pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no os.fork")
+
+
+def in_child(fn: Callable[[], str]) -> str:
+    """Run ``fn`` in a child forked from this (multi-threaded) process; its answer."""
+    import os
+    import warnings
+
+    read, write = os.pipe()
+    with warnings.catch_warnings():  # 3.12+: "this process is multi-threaded" - we know
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: answer through the pipe, whatever happens
+        try:
+            answer = fn()
+        except BaseException as exc:
+            answer = f"raised {exc!r}"
+        os.write(write, answer.encode())
+        os._exit(0)
+    os.close(write)
+    chunks = []
+    while chunk := os.read(read, 4096):
+        chunks.append(chunk)
+    os.close(read)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode()
+
+
+class Held:
+    """A call parked inside a policy on a thread of its own until ``release()``."""
+
+    def __init__(self, enter: Callable[[Callable[[], Any]], Any]) -> None:
+        self.inside = threading.Event()
+        self._go = threading.Event()
+
+        def body() -> str:
+            self.inside.set()
+            self._go.wait(WAIT)
+            return "done"
+
+        self.thread = threading.Thread(target=lambda: enter(body), daemon=True)
+        self.thread.start()
+        assert self.inside.wait(WAIT)
+
+    def release(self) -> None:
+        self._go.set()
+        self.thread.join(WAIT)
+
+
+@needs_fork
+def test_a_forked_child_starts_with_fresh_timeout_workers_and_counts() -> None:
+    """The parent's worker threads, idle and abandoned, do not exist in the child: its
+    first calls run on workers of its own (they waited the whole timeout, were counted
+    abandoned, and at max_abandoned were refused for good)."""
+    timeout = resilient.Timeout(0.05, max_abandoned=1)
+    assert timeout.call(lambda: "warm") == "warm"  # leaves an idle worker
+    hang = threading.Event()
+    with pytest.raises(resilient.TimeoutExpired):
+        timeout.call(hang.wait, WAIT)  # abandoned: the cap is reached
+    try:
+        answer = in_child(lambda: ",".join(timeout.call(str, k) for k in range(5)))
+    finally:
+        hang.set()
+    assert answer == "0,1,2,3,4"
+
+
+def _slots_in_a_forked_pool_worker() -> str:
+    b = _POOLED
+    with b, b:
+        return f"{b.metrics.in_use} of {b.metrics.max_concurrent}"
+
+
+_POOLED = resilient.Bulkhead(2)
+
+
+@needs_fork
+def test_bulkhead_slots_held_by_parent_threads_are_free_in_a_fork_pool() -> None:
+    import multiprocessing
+    import warnings
+
+    holders = [Held(lambda body: _POOLED.call(body)) for _ in range(2)]
+    assert _POOLED.metrics.in_use == 2
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            with multiprocessing.get_context("fork").Pool(2) as pool:
+                answers = [pool.apply(_slots_in_a_forked_pool_worker) for _ in range(2)]
+    finally:
+        for holder in holders:
+            holder.release()
+    assert answers == ["2 of 2", "2 of 2"]
+    assert _POOLED.metrics.in_use == 0
+
+
+@needs_fork
+def test_a_slot_held_by_the_forking_thread_is_not_given_back_twice_in_the_child() -> None:
+    b = resilient.Bulkhead(2)
+    other = Held(lambda body: b.call(body))
+    b.__enter__()  # this thread, which forks, holds the other slot
+
+    def child() -> str:
+        free_at_fork = 2 - b.metrics.in_use
+        b.__exit__(None, None, None)  # the parent's slot: not counted again
+        with b, b:
+            inside = b.metrics.in_use
+        return f"{free_at_fork} {inside} {b.metrics.in_use}"
+
+    try:
+        assert in_child(child) == "2 2 0"
+    finally:
+        b.__exit__(None, None, None)
+        other.release()
+    assert b.metrics.in_use == 0
+
+
+@needs_fork
+def test_half_open_permits_held_by_parent_threads_are_free_in_the_child() -> None:
+    clock = ManualClock()
+    b = CircuitBreaker(min_calls=1, half_open_calls=1, open_for=1, clock=clock)
+    with pytest.raises(ZeroDivisionError):
+        b.call(lambda: 1 / 0)
+    clock.advance(1)
+    probe = Held(lambda body: b.call(body))  # the one probe, on another thread
+    with pytest.raises(CircuitOpenError):
+        b.call(lambda: "second probe")
+
+    def child() -> str:
+        answer = b.call(lambda: "probe")
+        return f"{answer} {b.state.value}"
+
+    try:
+        assert in_child(child) == "probe closed"
+    finally:
+        probe.release()
+    assert b.state is State.CLOSED
+
+
+# -- 8. one cap on worker threads for the process -------------------------------------------
+
+_CAP_SCRIPT = """
+import threading, resilient
+hang = threading.Event()
+timeouts = [resilient.Timeout(0.02, max_abandoned=10) for _ in range(5)]
+outcomes = []
+for t in timeouts:
+    try:
+        t.call(hang.wait, 30)
+    except resilient.TimeoutExpired:
+        outcomes.append("expired")
+    except resilient.RejectedError as exc:
+        outcomes.append(type(exc).__name__)
+hang.set()
+print(",".join(outcomes))
+"""
+
+
+def test_a_process_wide_cap_on_worker_threads_refuses_calls_beyond_it() -> None:
+    """Five Timeouts against a hung downstream, RESILIENT_MAX_WORKERS=3: three calls
+    are abandoned on workers, the next are refused at once (each Timeout's own
+    max_abandoned was far off); a bad value is a ConfigError naming the variable."""
+    import os
+    import subprocess
+    import sys
+
+    def run(value: str) -> subprocess.CompletedProcess[str]:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("RESILIENT_")}
+        return subprocess.run(
+            [sys.executable, "-c", _CAP_SCRIPT],
+            env={**clean, "RESILIENT_MAX_WORKERS": value},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    capped = run("3")
+    assert capped.stdout.split() == [
+        "expired,expired,expired,WorkersExhaustedError,WorkersExhaustedError"
+    ], capped.stderr
+    bad = run("lots")
+    assert "RESILIENT_MAX_WORKERS='lots' is invalid" in bad.stdout + bad.stderr

@@ -28,6 +28,7 @@ from typing import Any
 from resilient._core import options as opt
 from resilient._core.parse import parse_bool
 from resilient._core.primitives import SWITCH
+from resilient._core.workers import MAX_WORKERS, MAX_WORKERS_VARIABLE
 from resilient._errors import ConfigError, ConfigWarning
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "Settings",
     "default_variable",
     "env_name",
+    "environment",
     "invalid_variables",
     "known_variables",
     "markdown_table",
@@ -149,9 +151,20 @@ def _same(value: Any, option: opt.Option) -> bool:
         return False
 
 
+def environment() -> dict[str, str]:
+    """A copy of ``os.environ`` that one reload reads throughout: every policy sees the
+    same variables, even while another thread sets or deletes some (copying can then
+    meet a key deleted under it: copy again)."""
+    while True:
+        try:
+            return dict(os.environ)
+        except (KeyError, RuntimeError):  # changed while being copied
+            continue
+
+
 def known_variables(policies: Iterable[tuple[str, str | None]]) -> set[str]:
     """Every variable that means something, given the live (kind, name) pairs."""
-    known = {ENABLED, SWITCH}
+    known = {ENABLED, SWITCH, MAX_WORKERS_VARIABLE}
     for kind, options in KINDS.items():
         known.update(default_variable(kind, option.name) for option in options)
     for kind, name in policies:
@@ -189,6 +202,12 @@ def invalid_variables(environ: Mapping[str, str] | None = None) -> list[ConfigEr
         if var == SWITCH:
             if raw.strip().lower() not in ("auto", "locked"):
                 errors.append(ConfigError(var, raw, "'auto' or 'locked'"))
+            continue
+        if var == MAX_WORKERS_VARIABLE:
+            try:
+                opt.positive_int(opt.positive_int.parse(raw))  # type: ignore[attr-defined]
+            except opt.Invalid:
+                errors.append(ConfigError(var, raw, "a whole number from 1 to 1,000,000"))
             continue
         found = option_of(var) if var.startswith(PREFIX) else None
         if found is None:
@@ -239,6 +258,9 @@ def markdown_table() -> str:
         f"| `{SWITCH}` | auto, locked | `auto` |"
         " `locked`: the state core's locked variants, which a free-threaded build uses,"
         " on any build (read once, at import; for testing them). |",
+        f"| `{MAX_WORKERS_VARIABLE}` | a whole number, e.g. 64 | `{MAX_WORKERS}` |"
+        " The most worker threads sync Timeouts run at once, all together; beyond it a"
+        " call is refused with WorkersExhaustedError (read whenever a thread would start). |",
     ]
     for kind, options in KINDS.items():
         if not options:

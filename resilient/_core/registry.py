@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
-from resilient._core import config
+from resilient._core import config, forking
 from resilient._core import options as opt
 from resilient._errors import ConfigError
 
@@ -179,9 +179,24 @@ class Configured:
     def reset(self) -> None:
         """Forget counts and state gathered so far (the configuration stays)."""
 
+    def _after_fork(self) -> None:
+        """In a forked child, right after the fork: forget what belonged to the parent's
+        other threads (locks they held, slots and permits they took). Most have none."""
+
 
 #: Held by a reload from reading the environment to the last switch (never by a call).
 _RELOADING = threading.Lock()
+
+
+@forking.after_fork_in_child
+def _after_fork() -> None:
+    """A forked child starts with fresh locks, and every live policy forgets what the
+    parent's other threads held."""
+    global _RELOADING
+    _RELOADING = threading.Lock()
+    registry._lock = threading.Lock()
+    for policy in list(registry._all):
+        policy._after_fork()
 
 
 def reload(environ: Mapping[str, str] | None = None) -> None:
@@ -193,6 +208,8 @@ def reload(environ: Mapping[str, str] | None = None) -> None:
     after the other: neither applies a half of its reading over the other's.
     """
     with _RELOADING:
+        if environ is None:
+            environ = config.environment()
         policies = registry._live()
         planned: list[tuple[Configured, config.Settings, Any]] = []
         errors: list[ConfigError] = []

@@ -111,6 +111,10 @@ class Window(Protocol):
         """The outcomes held, oldest first (to carry into a count window of another size)."""
         ...
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock the parent's other threads may have held is new."""
+        ...
+
 
 #: Tally((calls, failures, slow, stamp)) without the Python-level __new__ of a NamedTuple:
 #: a tally is made on every failure.
@@ -149,7 +153,22 @@ class _Marks:
         self.hint = 0  # kind-numbers below it have fallen out (only ever a lower bound)
 
 
-class CountWindow:
+class _NoLock:
+    __slots__ = ()
+
+    def after_fork(self) -> None:
+        """A lock-free window has no lock to renew."""
+
+
+class _Relock:
+    __slots__ = ()
+
+    def after_fork(self) -> None:
+        """A lock the parent's other threads may have held is replaced."""
+        object.__setattr__(self, "_lock", threading.Lock())
+
+
+class CountWindow(_NoLock):
     """The last ``size`` outcomes, lock-free (see the module docstring).
 
     ``slow``: whether it keeps rings for slow outcomes too (a breaker that times calls);
@@ -274,7 +293,7 @@ class _Refused:
 _REFUSE: Any = _Refused()
 
 
-class LockedCountWindow:
+class LockedCountWindow(_Relock):
     """The last ``size`` outcomes in a ring of one-byte slots with running counts; each
     record exchanges one slot under a lock (builds without a GIL)."""
 
@@ -344,7 +363,7 @@ def _no_outcome() -> None:
 _CODES = (SUCCESS, FAILURE, SLOW_SUCCESS, SLOW_FAILURE)
 
 
-class TimeWindow:
+class TimeWindow(_NoLock):
     """The outcomes of the last ``seconds`` seconds, lock-free (see the module docstring)."""
 
     __slots__ = ("_buckets", "_everything", "_width", "length", "seconds")
@@ -407,7 +426,7 @@ class TimeWindow:
         raise NotImplementedError("a time window cannot be carried into another")
 
 
-class LockedTimeWindow:
+class LockedTimeWindow(_Relock):
     """The time window's buckets as plain ints under a lock (builds without a GIL)."""
 
     __slots__ = ("_buckets", "_everything", "_lock", "_width", "length", "seconds")

@@ -21,30 +21,77 @@ from __future__ import annotations
 
 import _thread
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
 from contextvars import Context
 from typing import Any
 
-__all__ = ["IDLE_SECONDS", "Abandoned", "Tally", "reset", "run"]
+from resilient._core import forking
+
+__all__ = [
+    "IDLE_SECONDS",
+    "MAX_WORKERS",
+    "MAX_WORKERS_VARIABLE",
+    "Abandoned",
+    "Tally",
+    "max_workers",
+    "reset",
+    "run",
+]
 
 #: How long an idle worker waits for another call before its thread exits.
 IDLE_SECONDS = 30.0
 
+#: The most worker threads the process runs at once, for every Timeout together: a hung
+#: downstream behind many Timeouts (or a Timeout made per request) must not take every
+#: thread the process can have. Beyond it a call is refused, never queued.
+MAX_WORKERS = 64
+MAX_WORKERS_VARIABLE = "RESILIENT_MAX_WORKERS"
+
 logger = logging.getLogger("resilient")
 
-_lock = threading.Lock()  # guards the idle list, job states and every tally
+_lock = threading.Lock()  # guards the idle list, the thread count, job states, tallies
 _idle: list[_Worker] = []
+_threads = 0  # worker threads alive, idle or busy
+
+
+def max_workers() -> int:
+    """The cap in force: ``RESILIENT_MAX_WORKERS`` if set (read whenever a thread would
+    be started, so it can change without a restart), else :data:`MAX_WORKERS`."""
+    raw = os.environ.get(MAX_WORKERS_VARIABLE)
+    if raw is None:
+        return MAX_WORKERS
+    from resilient._core import options as opt
+
+    try:
+        return opt.positive_int(opt.positive_int.parse(raw))  # type: ignore[attr-defined]
+    except opt.Invalid:
+        from resilient._errors import ConfigError
+
+        raise ConfigError(
+            MAX_WORKERS_VARIABLE, raw, "a whole number from 1 to 1,000,000"
+        ) from None
+
+
+@forking.after_fork_in_child
+def _forget_the_parents_threads() -> None:
+    """In a forked child none of the parent's workers exist: start with none."""
+    global _lock, _idle, _threads
+    _lock = threading.Lock()
+    _idle = []
+    _threads = 0
 
 
 class Tally:
     """One owner's abandoned workers: how many are still running, how many refused."""
 
-    __slots__ = ("abandoned", "rejected")
+    __slots__ = ("abandoned", "generation", "rejected")
 
     def __init__(self) -> None:
         self.abandoned = 0  # still running, their callers gone
         self.rejected = 0  # calls refused because ``abandoned`` was at the cap
+        self.generation = forking.generation  # a forked child counts its own only
 
 
 def reset(tally: Tally) -> None:
@@ -136,8 +183,15 @@ class _Worker:
                 with _lock:
                     if self.job is None:  # still idle: nobody can hand us a job now
                         _idle.remove(self)
+                        _gone()
                         return
                 self.wake.acquire()  # a job was handed over as we timed out
+
+
+def _gone() -> None:
+    """Under the lock: one worker thread fewer."""
+    global _threads
+    _threads -= 1
 
 
 def run(
@@ -156,14 +210,23 @@ def run(
     Its exception is re-raised here. (False, None) means the time ran out and the worker
     is now abandoned; :class:`Abandoned` means the call was refused before it started.
     """
+    global _threads
     job = _Job(fn, args, kwargs, context, thread_locals, tally)
+    most = None if _idle else max_workers()  # (read outside the lock: it may raise)
     with _lock:
+        if tally.generation != forking.generation:  # forked: the parent's workers are gone
+            tally.generation, tally.abandoned = forking.generation, 0
         if tally.abandoned >= cap:
             tally.rejected += 1
             raise Abandoned
         worker = _idle.pop() if _idle else None
         if worker is not None:
             worker.job = job
+        elif _threads >= (most or max_workers()):
+            tally.rejected += 1
+            raise Abandoned  # the process's cap on worker threads
+        else:
+            _threads += 1
     if worker is None:
         thread = threading.Thread(
             target=_Worker(job).loop, name="resilient-timeout-worker", daemon=True
@@ -173,6 +236,9 @@ def run(
         except BaseException:  # no thread (or interrupted while starting one)
             if thread.ident is not None:  # it started after all: the call runs on, alone
                 _abandon(job)
+            else:
+                with _lock:
+                    _gone()
             raise
     else:
         worker.wake.release()
