@@ -821,3 +821,36 @@ def test_a_process_wide_cap_on_worker_threads_refuses_calls_beyond_it() -> None:
     ], capped.stderr
     bad = run("lots")
     assert "RESILIENT_MAX_WORKERS='lots' is invalid" in bad.stdout + bad.stderr
+
+
+# -- 7. trio: idle watchers end --------------------------------------------------------------
+
+
+def test_trio_timeouts_made_per_request_leave_no_task_behind() -> None:
+    """5000 per-request Timeouts left 5000 system tasks until the run ended: a watch
+    that has had no call for a second ends (on trio's clock: a MockClock jumps there),
+    and a Timeout called again starts a new one and still expires."""
+    import trio
+    import trio.testing
+
+    async def main() -> tuple[int, int, int]:
+        baseline = trio.lowlevel.current_statistics().tasks_living
+
+        async def quick() -> str:
+            return "ok"
+
+        for _ in range(300):
+            assert await resilient.Timeout(5).call_async(quick) == "ok"
+        busy = trio.lowlevel.current_statistics().tasks_living - baseline
+        await trio.sleep(2)  # idle: every watch ends
+        idle = trio.lowlevel.current_statistics().tasks_living - baseline
+        again = resilient.Timeout(0.5)
+        with pytest.raises(resilient.TimeoutExpired):
+            await again.call_async(trio.sleep, 10)
+        await trio.sleep(2)
+        after = trio.lowlevel.current_statistics().tasks_living - baseline
+        return busy, idle, after
+
+    busy, idle, after = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert busy == 300
+    assert (idle, after) == (0, 0)

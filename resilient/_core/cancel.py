@@ -93,14 +93,21 @@ class Expiries:
                 return _ScopeExpiry(watch, trio.CancelScope())
         return _anyio_scope(self._seconds)
 
-    def _watch(self, loop: Any, kind: Callable[[Any, float], _Watch]) -> _Watch:
+    def _watch(self, loop: Any, kind: Callable[[Any, float, Any], _Watch]) -> _Watch:
         watch = self._watches.get(loop)
         if watch is None:
-            watch = self._watches[loop] = kind(loop, self._seconds)
+            watch = self._watches[loop] = kind(loop, self._seconds, self._ended)
         # The last loop is held strongly, so that the check above is one identity test:
         # one loop at most outlives its run because of it (watches hold theirs weakly).
         self._last = (loop, watch)
         return watch
+
+    def _ended(self, loop: Any, watch: _Watch) -> None:
+        """``watch`` ends (its loop's calls have been idle a while): forget it."""
+        if self._watches.get(loop) is watch:
+            del self._watches[loop]
+        if self._last[1] is watch:
+            self._last = (None, None)
 
 
 def after(seconds: float, under: Any = None) -> Scope:
@@ -214,8 +221,9 @@ class _Watch:
 class _LoopWatch(_Watch):
     __slots__ = ("_armed", "_loop")
 
-    def __init__(self, loop: Any, seconds: float) -> None:
+    def __init__(self, loop: Any, seconds: float, ended: Any = None) -> None:
         super().__init__(seconds)
+        # (asyncio timers cost nothing while idle: this watch never ends before its loop.)
         # Nothing here holds the loop (its timer handle neither): the watch is the value
         # of a weak key, so a loop that has ended takes its watch with it.
         self._loop = weakref.ref(loop)
@@ -260,17 +268,25 @@ class _TaskExpiry(_Expiry):
         return bool(ours)
 
 
+#: How long a trio watch with no call to watch lives on before its task ends (a Timeout
+#: made per request must not leave a task per request until the run ends).
+TRIO_IDLE = 1.0
+
+
 class _TrioWatch(_Watch):
-    """Trio has no loop timers: a system task sleeps until the oldest call's end."""
+    """Trio has no loop timers: a system task sleeps until the oldest call's end, and
+    ends once no call has come for :data:`TRIO_IDLE` seconds (a new call starts another)."""
 
-    __slots__ = ("_parked",)
+    __slots__ = ("_ended", "_parked", "_run")
 
-    def __init__(self, run: Any, seconds: float) -> None:
+    def __init__(self, run: Any, seconds: float, ended: Callable[[Any, _Watch], None]) -> None:
         import trio
 
         super().__init__(seconds)
         self.now = trio.lowlevel.current_clock().current_time  # trio's clock, MockClock too
         self._parked: Any = None
+        self._run = run
+        self._ended = ended
         trio.lowlevel.spawn_system_task(self._watch, name=f"resilient timeout {seconds}s")
 
     def wake(self) -> None:
@@ -287,13 +303,17 @@ class _TrioWatch(_Watch):
             self._parked = None
             return trio.lowlevel.Abort.SUCCEEDED
 
-        while True:  # until the run ends and cancels its system tasks
+        while True:  # until the run ends and cancels its system tasks, or idleness
             at = self.expire()
             if at is not None:
                 await trio.sleep_until(at)
-            else:
+                continue
+            with trio.move_on_after(TRIO_IDLE):
                 self._parked = trio.lowlevel.current_task()
                 await trio.lowlevel.wait_task_rescheduled(abort)
+            if not self._queue:  # idle all that time: end (nothing awaits between)
+                self._ended(self._run, self)
+                return
 
 
 class _ScopeExpiry(_Expiry):
