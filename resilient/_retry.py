@@ -321,8 +321,11 @@ class Retry(Configured, Decorates):
                 if not (retry._checks_results and retry._result_is_failure(None, result)):
                     return result  # type: ignore[no-any-return]
                 first = None
-            # Out of the except block: later attempts must not chain to the first.
-            return _Call(retry, fn, args, kwargs, started).run(first, result)  # type: ignore[no-any-return]
+            # Out of the except block: later attempts must not chain to the first. And
+            # this frame lets go of the first failure (its traceback holds this frame).
+            call = _Call(retry, fn, args, kwargs, started, first)
+            del first
+            return call.run(result)  # type: ignore[no-any-return]
 
         return retried
 
@@ -343,8 +346,11 @@ class Retry(Configured, Decorates):
                 if not (retry._checks_results and retry._result_is_failure(None, result)):
                     return result  # type: ignore[no-any-return]
                 first = None
-            # Out of the except block: later attempts must not chain to the first.
-            return await _Call(retry, fn, args, kwargs, started).run_async(first, result)  # type: ignore[no-any-return]
+            # Out of the except block: later attempts must not chain to the first. And
+            # this frame lets go of the first failure (its traceback holds this frame).
+            call = _Call(retry, fn, args, kwargs, started, first)
+            del first
+            return await call.run_async(result)  # type: ignore[no-any-return]
 
         return retried
 
@@ -381,11 +387,16 @@ def _attempts(n: int) -> str:
     return "1 attempt" if n == 1 else f"{n} attempts"
 
 
-def _note(exc: BaseException, note: str) -> None:
-    if sys.version_info >= (3, 11):
-        exc.add_note(note)
-    else:  # pragma: no cover - PEP 678 notes arrived in 3.11; keep the attribute
-        exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
+def _note(exc: BaseException, note: str, replaces: str = "") -> None:
+    """Add ``note`` to ``exc`` once; with ``replaces``, first drop the notes that start
+    with it (an exception instance raised again and again, a module-level constant,
+    gets one "gave up" note per policy, not one per call)."""
+    notes: list[str] = getattr(exc, "__notes__", None) or []
+    if replaces:
+        notes = [n for n in notes if not n.startswith(replaces)]
+    if note not in notes:
+        notes.append(note)
+    exc.__notes__ = notes  # type: ignore[attr-defined]  # what add_note() keeps
 
 
 class _Call:
@@ -394,6 +405,7 @@ class _Call:
     __slots__ = (
         "args",
         "attempt",
+        "failure",
         "fn",
         "idle",
         "kwargs",
@@ -411,9 +423,11 @@ class _Call:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         started: float,
+        failure: BaseException | None = None,
     ) -> None:
         self.retry = retry
         self.fn = fn
+        self.failure = failure  # the first attempt's, until run() takes it
         self.args = args
         self.kwargs = kwargs
         self.started = started
@@ -499,7 +513,8 @@ class _Call:
         if exc is not None and why:
             if self.trouble is not None:
                 _note(exc, self.trouble)
-            _note(exc, f"{self.retry._owner()}: gave up {why}")
+            gave_up = f"{self.retry._owner()}: gave up "
+            _note(exc, gave_up + why, replaces=gave_up)
         return None  # "give up", as next_wait says it
 
     def _state(self, exc: BaseException | None, result: object) -> Any:
@@ -536,8 +551,9 @@ class _Call:
 
     # -- the two loops: the only code that knows sync from async ------------------------
 
-    def run(self, exc: BaseException | None, result: Any) -> Any:
+    def run(self, result: Any) -> Any:
         retry, fn = self.retry, self.fn
+        exc, self.failure = self.failure, None
         assert fn is not None
         while True:
             wait = self.next_wait(exc, result)
@@ -564,8 +580,9 @@ class _Call:
             if not (retry._checks_results and retry._result_is_failure(self, result)):
                 return result
 
-    async def run_async(self, exc: BaseException | None, result: Any) -> Any:
+    async def run_async(self, result: Any) -> Any:
         retry, fn = self.retry, self.fn
+        exc, self.failure = self.failure, None
         assert fn is not None
         while True:
             wait = self.next_wait(exc, result)

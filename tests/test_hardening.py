@@ -854,3 +854,85 @@ def test_trio_timeouts_made_per_request_leave_no_task_behind() -> None:
     busy, idle, after = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert busy == 300
     assert (idle, after) == (0, 0)
+
+
+# -- 9. no reference cycles left by a failing call ------------------------------------------
+
+
+def _cyclic_garbage_of(fn: Callable[[], None]) -> list[str]:
+    """What the cyclic collector finds after one call of ``fn`` (warmed up first)."""
+    import gc
+
+    fn()
+    fn()
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        fn()
+        gc.collect()
+        return sorted({type(o).__name__ for o in gc.garbage})
+    finally:
+        gc.garbage.clear()
+        gc.set_debug(0)
+        gc.enable()
+
+
+CYCLE_POLICIES: dict[str, Callable[[], Any]] = {
+    "breaker": lambda: CircuitBreaker(min_calls=1000),
+    "retry": lambda: resilient.Retry(3, wait=0),
+    "timeout": lambda: resilient.Timeout(5),
+    "bulkhead": lambda: resilient.Bulkhead(2),
+    "fallback": lambda: resilient.Fallback(lambda exc: "never", on=KeyError),
+    "pipeline": lambda: resilient.Pipeline(
+        resilient.Retry(2, wait=0), CircuitBreaker(min_calls=1000), resilient.Timeout(5)
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(CYCLE_POLICIES))
+def test_a_failing_call_leaves_nothing_for_the_cyclic_collector(kind: str) -> None:
+    """Retry, sync Timeout and Pipeline left cycles holding the caller's frames (12, 40
+    and 24 objects a call) until the collector ran: a failing call now leaves none, sync
+    or on one asyncio loop."""
+    import asyncio
+
+    policy = CYCLE_POLICIES[kind]()
+
+    def boom() -> None:
+        raise ConnectionError("down")
+
+    async def aboom() -> None:
+        raise ConnectionError("down")
+
+    def sync_call() -> None:
+        with contextlib.suppress(ConnectionError):
+            policy.call(boom)
+
+    loop = asyncio.new_event_loop()
+
+    def async_call() -> None:
+        async def main() -> None:
+            with contextlib.suppress(ConnectionError):
+                await policy.call_async(aboom)
+
+        loop.run_until_complete(main())
+
+    try:
+        assert _cyclic_garbage_of(sync_call) == []
+        assert _cyclic_garbage_of(async_call) == []
+    finally:
+        loop.close()
+
+
+def test_an_exception_raised_again_and_again_gets_one_gave_up_note() -> None:
+    same = ConnectionError("the same instance, every time")
+
+    def boom() -> None:
+        raise same
+
+    retry = resilient.Retry(2, wait=0)
+    for _ in range(5):
+        with pytest.raises(ConnectionError):
+            retry.call(boom)
+    assert [n for n in same.__notes__ if "gave up" in n] == ["Retry: gave up after 2 attempts"]

@@ -250,10 +250,13 @@ def run(
     if not finished and _abandon(job):
         return False, None
     if job.error is not None:
+        # The error's traceback holds the worker's frame, which holds the job: the job
+        # lets go of it, and so does this frame, so no cycle waits for the collector.
+        error, job.error = job.error, None
         try:
-            raise job.error
+            raise error
         finally:
-            job = None  # type: ignore[assignment]  # no cycle through the traceback
+            error = job = None  # type: ignore[assignment]
     return True, job.result
 
 
