@@ -936,3 +936,108 @@ def test_an_exception_raised_again_and_again_gets_one_gave_up_note() -> None:
         with pytest.raises(ConnectionError):
             retry.call(boom)
     assert [n for n in same.__notes__ if "gave up" in n] == ["Retry: gave up after 2 attempts"]
+
+
+# -- 3. with-blocks whose exit runs in another context ---------------------------------------
+
+
+def _stream(policy: Any, chunks: int) -> Any:
+    with policy:
+        for k in range(chunks):
+            yield k
+
+
+def _resumed_on_threads(gen: Any) -> list[Any]:
+    """What Starlette's StreamingResponse does to a sync generator: each next() through
+    anyio.to_thread, so in a fresh copy of the context, on a worker thread."""
+
+    async def main() -> list[Any]:
+        out: list[Any] = []
+        sentinel = object()
+        while (item := await anyio.to_thread.run_sync(next, gen, sentinel)) is not sentinel:
+            out.append(item)
+        return out
+
+    return anyio.run(main)
+
+
+@pytest.mark.parametrize("kind", ["bulkhead", "breaker", "timeout", "pipeline"])
+def test_a_with_block_around_yields_resumed_in_other_contexts_gives_back_what_it_took(
+    kind: str,
+) -> None:
+    """Every stream ended with RuntimeError('__exit__ without a matching __enter__'), and
+    each kept a bulkhead slot for good; now the exit finds its entry."""
+    bulkhead = resilient.Bulkhead(1)
+    breaker = CircuitBreaker(min_calls=1000)
+    policy = {
+        "bulkhead": bulkhead,
+        "breaker": breaker,
+        "timeout": resilient.Timeout(30),
+        "pipeline": resilient.Pipeline(resilient.Timeout(30), breaker, bulkhead),
+    }[kind]
+    for _ in range(3):  # one slot: a lost one would refuse the second stream
+        assert _resumed_on_threads(_stream(policy, 4)) == [0, 1, 2, 3]
+    assert bulkhead.metrics.in_use == 0
+    assert breaker.metrics.calls == (3 if kind in ("breaker", "pipeline") else 0)
+
+
+def test_a_half_open_probe_in_a_stream_resumed_elsewhere_returns_its_permit() -> None:
+    clock = ManualClock()
+    b = CircuitBreaker(min_calls=1, half_open_calls=1, open_for=1, clock=clock)
+    with pytest.raises(ZeroDivisionError):
+        b.call(lambda: 1 / 0)
+    clock.advance(1)
+    assert _resumed_on_threads(_stream(b, 2)) == [0, 1]
+    assert b.state is State.CLOSED
+
+
+def test_an_async_generator_abandoned_and_closed_in_another_task_loses_no_slot() -> None:
+    import asyncio
+    import gc
+
+    bulkhead = resilient.Bulkhead(1)
+
+    async def agen() -> Any:
+        async with bulkhead:
+            for k in range(10):
+                yield k
+                await asyncio.sleep(0)
+
+    async def main() -> int:
+        for _ in range(3):
+            async for item in agen():  # the consumer stops early and drops it
+                if item == 1:
+                    break
+            gc.collect()  # the loop's hook closes it in a task of its own
+            for _ in range(5):
+                await asyncio.sleep(0)
+        return bulkhead.metrics.in_use
+
+    assert asyncio.run(main()) == 0
+
+
+def test_abandoned_generators_leave_no_stale_entries_in_the_consumers_context() -> None:
+    import asyncio
+    import gc
+
+    from resilient._core import decorate
+
+    bulkhead = resilient.Bulkhead(1)
+
+    async def agen() -> Any:
+        async with bulkhead:
+            yield 1
+            yield 2
+
+    async def main() -> int:
+        for _ in range(50):
+            async for _item in agen():
+                break
+            gc.collect()
+            for _ in range(3):
+                await asyncio.sleep(0)
+        async with bulkhead:  # the next block here sweeps what was taken elsewhere
+            return len(decorate._OPEN_BLOCKS.get())
+
+    assert asyncio.run(main()) == 1
+    assert bulkhead.metrics.in_use == 0

@@ -81,7 +81,13 @@ push = _CURRENT.set
 
 
 def unscoped(token: Token[Ends | None]) -> None:
-    _CURRENT.reset(token)
+    """Undo :func:`scoped`, or an entered deadline; nothing to undo when the block ends
+    in another context than it began in (a generator resumed elsewhere): the deadline
+    was set there, and this context never saw it."""
+    try:
+        _CURRENT.reset(token)
+    except ValueError:  # "created in a different Context"
+        pass
 
 
 class deadline:
@@ -92,7 +98,7 @@ class deadline:
     :func:`remaining` tells code that passes timeouts on how much is left.
     """
 
-    __slots__ = ("_clock", "_seconds")
+    __slots__ = ("__weakref__", "_clock", "_seconds")
 
     def __init__(self, seconds: float, *, clock: MonotonicClock | None = None) -> None:
         try:
@@ -122,7 +128,7 @@ class deadline:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _CURRENT.reset(pop_block(self))
+        unscoped(pop_block(self))
 
     async def __aenter__(self) -> deadline:
         return self.__enter__()

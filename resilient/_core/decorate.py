@@ -34,6 +34,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
+import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from types import CodeType, CoroutineType, TracebackType
@@ -100,26 +103,62 @@ class _MustWait:
 #: What ``_admit`` returns when the caller must queue (``_wait``/``_wait_async``).
 MUST_WAIT: Any = _MustWait()
 
-# The tokens of open ``with`` blocks, innermost last, as (guard, token) pairs. One
-# variable for every guard: a Context holds its variables for good, so one per guard
-# would grow without bound in a process that makes guards on the fly.
-_OPEN_BLOCKS: ContextVar[tuple[tuple[object, object], ...]] = ContextVar(
+# The open ``with`` blocks of this context, innermost last, as (owner, entry) pairs. One
+# variable for every owner: a Context holds its variables for good, so one per owner
+# would grow without bound in a process that makes policies on the fly.
+_OPEN_BLOCKS: ContextVar[tuple[tuple[object, list[Any]], ...]] = ContextVar(
     "resilient_open_blocks", default=()
 )
 
+# Every owner's open entries, oldest first, whatever context entered them: a block whose
+# exit runs in another context (a generator resumed on a worker thread by
+# anyio.to_thread, or closed by the garbage collector in another task) still gives back
+# exactly one entry's token. An entry is a one-item list: [token], or [_RELEASED].
+_OWNED: weakref.WeakKeyDictionary[object, deque[list[Any]]] = weakref.WeakKeyDictionary()
+_OWNED_LOCK = threading.Lock()
+_RELEASED: Any = object()
+
 
 def push_block(owner: object, token: object) -> None:
-    """Remember ``owner``'s token for an open ``with`` block in this context."""
-    _OPEN_BLOCKS.set((*_OPEN_BLOCKS.get(), (owner, token)))
+    """Remember ``owner``'s token for an open ``with`` block."""
+    entry = [token]
+    with _OWNED_LOCK:
+        entries = _OWNED.get(owner)
+        if entries is None:
+            entries = _OWNED[owner] = deque()
+        entries.append(entry)
+    blocks = _OPEN_BLOCKS.get()
+    if blocks:  # entries an exit elsewhere took already: gone from here too, not kept
+        blocks = tuple(block for block in blocks if block[1][0] is not _RELEASED)
+    _OPEN_BLOCKS.set((*blocks, (owner, entry)))
 
 
 def pop_block(owner: object) -> Any:
-    """The token of ``owner``'s innermost open ``with`` block in this context, forgotten."""
+    """The token of ``owner``'s innermost open ``with`` block in this context, forgotten.
+
+    A block entered in another context (its exit runs elsewhere) takes the oldest entry
+    of ``owner`` that no exit has taken yet: every entry is given back exactly once.
+    Entries of this context that an exit elsewhere took already are dropped on the way.
+    """
     blocks = _OPEN_BLOCKS.get()
     for i in range(len(blocks) - 1, -1, -1):
         if blocks[i][0] is owner:
-            _OPEN_BLOCKS.set(blocks[:i] + blocks[i + 1 :])
-            return blocks[i][1]
+            entry = blocks[i][1]
+            blocks = blocks[:i] + blocks[i + 1 :]
+            _OPEN_BLOCKS.set(blocks)
+            with _OWNED_LOCK:
+                if entry[0] is not _RELEASED:  # the usual case: ours, still open
+                    token, entry[0] = entry[0], _RELEASED
+                    _OWNED[owner].remove(entry)
+                    return token
+            # An exit elsewhere took this one: look further, then among the strays.
+    with _OWNED_LOCK:
+        entries = _OWNED.get(owner)
+        while entries:
+            entry = entries.popleft()
+            if entry[0] is not _RELEASED:
+                token, entry[0] = entry[0], _RELEASED
+                return token
     raise RuntimeError(f"{owner!r}: __exit__ without a matching __enter__")
 
 
