@@ -943,8 +943,7 @@ def test_an_exception_raised_again_and_again_gets_one_gave_up_note() -> None:
 
 def _stream(policy: Any, chunks: int) -> Any:
     with policy:
-        for k in range(chunks):
-            yield k
+        yield from range(chunks)
 
 
 def _resumed_on_threads(gen: Any) -> list[Any]:
