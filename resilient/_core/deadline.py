@@ -13,9 +13,10 @@ everyone else only ever asks "how many seconds are left", which needs no shared 
 
 from __future__ import annotations
 
+from collections import deque
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from resilient._core import options as opt
 from resilient._core.clock import SYSTEM_CLOCK, MonotonicClock
@@ -98,7 +99,7 @@ class deadline:
     :func:`remaining` tells code that passes timeouts on how much is left.
     """
 
-    __slots__ = ("__weakref__", "_clock", "_seconds")
+    __slots__ = ("_clock", "_open_entries", "_seconds")
 
     def __init__(self, seconds: float, *, clock: MonotonicClock | None = None) -> None:
         try:
@@ -111,6 +112,7 @@ class deadline:
                 else ("clock", clock, "None or an object with a monotonic() method")
             )
             raise ConfigError(bad, value, expected, owner="deadline") from None
+        self._open_entries: deque[list[Any]] = deque()  # (decorate.push_block's)
 
     def __enter__(self) -> deadline:
         outer = _CURRENT.get()

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import threading
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
@@ -110,26 +108,28 @@ _OPEN_BLOCKS: ContextVar[tuple[tuple[object, list[Any]], ...]] = ContextVar(
     "resilient_open_blocks", default=()
 )
 
-# Every owner's open entries, oldest first, whatever context entered them: a block whose
-# exit runs in another context (a generator resumed on a worker thread by
-# anyio.to_thread, or closed by the garbage collector in another task) still gives back
-# exactly one entry's token. An entry is a one-item list: [token], or [_RELEASED].
-_OWNED: weakref.WeakKeyDictionary[object, deque[list[Any]]] = weakref.WeakKeyDictionary()
-_OWNED_LOCK = threading.Lock()
-_RELEASED: Any = object()
+# Every owner's open entries, oldest first, whatever context entered them (the deque is
+# the owner's ``_open_entries``): a block whose exit runs in another context (a generator
+# resumed on a worker thread by anyio.to_thread, or closed by the garbage collector in
+# another task) still gives back exactly one entry's token. An entry is a one-item list
+# ``[token]``; whoever pops the item (one C call, atomic) gives that token back, so two
+# exits never take the same entry, and no lock is needed.
+
+
+def _entries(owner: Any) -> deque[list[Any]]:
+    try:
+        return owner._open_entries  # type: ignore[no-any-return]
+    except AttributeError:  # the first block: setdefault makes racing threads agree
+        return owner.__dict__.setdefault("_open_entries", deque())  # type: ignore[no-any-return]
 
 
 def push_block(owner: object, token: object) -> None:
     """Remember ``owner``'s token for an open ``with`` block."""
     entry = [token]
-    with _OWNED_LOCK:
-        entries = _OWNED.get(owner)
-        if entries is None:
-            entries = _OWNED[owner] = deque()
-        entries.append(entry)
+    _entries(owner).append(entry)
     blocks = _OPEN_BLOCKS.get()
     if blocks:  # entries an exit elsewhere took already: gone from here too, not kept
-        blocks = tuple(block for block in blocks if block[1][0] is not _RELEASED)
+        blocks = tuple(block for block in blocks if block[1])
     _OPEN_BLOCKS.set((*blocks, (owner, entry)))
 
 
@@ -141,24 +141,26 @@ def pop_block(owner: object) -> Any:
     Entries of this context that an exit elsewhere took already are dropped on the way.
     """
     blocks = _OPEN_BLOCKS.get()
+    entries = _entries(owner)
     for i in range(len(blocks) - 1, -1, -1):
         if blocks[i][0] is owner:
             entry = blocks[i][1]
             blocks = blocks[:i] + blocks[i + 1 :]
             _OPEN_BLOCKS.set(blocks)
-            with _OWNED_LOCK:
-                if entry[0] is not _RELEASED:  # the usual case: ours, still open
-                    token, entry[0] = entry[0], _RELEASED
-                    _OWNED[owner].remove(entry)
-                    return token
-            # An exit elsewhere took this one: look further, then among the strays.
-    with _OWNED_LOCK:
-        entries = _OWNED.get(owner)
-        while entries:
-            entry = entries.popleft()
-            if entry[0] is not _RELEASED:
-                token, entry[0] = entry[0], _RELEASED
-                return token
+            try:
+                token = entry.pop()  # the usual case: ours, still open
+            except IndexError:  # an exit elsewhere took it: look further, then astray
+                continue
+            try:
+                entries.remove(entry)  # (one taken entry, [], like any other)
+            except ValueError:  # a stray exit took it out of the deque first
+                pass
+            return token
+    while entries:
+        try:
+            return entries.popleft().pop()
+        except IndexError:  # taken already (or another exit emptied the deque first)
+            continue
     raise RuntimeError(f"{owner!r}: __exit__ without a matching __enter__")
 
 
