@@ -1244,6 +1244,9 @@ def test_random_cancellations_while_waiting_and_inside_lose_no_slot(mode: str) -
                         for i, call in enumerate(calls)
                         if call.outcome is None and state.get(i) in ("queued", "inside")
                     ]
+                    inside = [i for i in live if state[i] == "inside"]
+                    if inside and not cancelled_while["inside"]:
+                        live = inside  # both kinds, however the scheduler ran the calls
                     if live:
                         i = rng.choice(live)
                         cancelled_while[state[i]] += 1
