@@ -1247,11 +1247,17 @@ class TestSync:
 
         def interrupt() -> None:
             ident = threading.main_thread().ident or 0
-            if started.wait(JOIN):
-                deadline = time.monotonic() + JOIN
-                while not waiting(ident) and time.monotonic() < deadline:
-                    time.sleep(0.001)  # until the caller waits for the call, however late
-                signal.pthread_kill(ident, signal.SIGINT)
+            if not started.wait(JOIN):
+                return
+            deadline = time.monotonic() + JOIN
+            while not waiting(ident) and time.monotonic() < deadline:
+                time.sleep(0.001)  # until the caller waits for the call, however late
+            for _ in range(20):  # again while it still waits (a loaded machine may be
+                signal.pthread_kill(ident, signal.SIGINT)  # slow to run the handler)
+                for _ in range(200):
+                    if not waiting(ident):
+                        return
+                    time.sleep(0.005)
 
         sender = threading.Thread(target=interrupt)
         sender.start()
