@@ -16,7 +16,6 @@ import gc
 import inspect
 import math
 import pickle
-import signal
 import subprocess
 import sys
 import textwrap
@@ -1230,41 +1229,44 @@ class TestSync:
         assert timeout.metrics == TimeoutMetrics(0, 0, 0)
 
     def test_a_caller_interrupted_while_waiting_abandons_the_call(
-        self, gate: threading.Event
+        self, gate: threading.Event, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        assert threading.current_thread() is threading.main_thread()
+        """A KeyboardInterrupt in the caller while it waits for the worker: the call is
+        abandoned (counted), the interrupt goes on up. The interrupt is raised by the
+        caller's wait itself, once the call has started: a real SIGINT sent from another
+        thread was, under load, sometimes acted on only after the wait had ended."""
         timeout = Timeout(HANG)
         started = threading.Event()
+
+        class Interrupted:
+            """A job's done-lock whose timed wait is interrupted once the call runs."""
+
+            def __init__(self, lock: Any) -> None:
+                self._lock = lock
+
+            def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+                if timeout == -1:
+                    return bool(self._lock.acquire(blocking))
+                assert started.wait(JOIN)
+                raise KeyboardInterrupt
+
+            def release(self) -> None:
+                self._lock.release()
+
+        made = workers._Job.__init__
+
+        def job_with_an_interrupted_wait(job: Any, *args: Any, **kwargs: Any) -> None:
+            made(job, *args, **kwargs)
+            job.done = Interrupted(job.done)
+
+        monkeypatch.setattr(workers._Job, "__init__", job_with_an_interrupted_wait)
 
         def body() -> None:
             started.set()
             gate.wait(HANG)
 
-        def waiting(ident: int) -> bool:
-            """The caller's innermost frame is the workers' wait (a lock acquire, in C)."""
-            frame = sys._current_frames().get(ident)
-            return frame is not None and frame.f_code is workers.run.__code__
-
-        def interrupt() -> None:
-            ident = threading.main_thread().ident or 0
-            if not started.wait(JOIN):
-                return
-            deadline = time.monotonic() + JOIN
-            while not waiting(ident) and time.monotonic() < deadline:
-                time.sleep(0.001)  # until the caller waits for the call, however late
-            for _ in range(20):  # again while it still waits (a loaded machine may be
-                signal.pthread_kill(ident, signal.SIGINT)  # slow to run the handler)
-                for _ in range(200):
-                    if not waiting(ident):
-                        return
-                    time.sleep(0.005)
-
-        sender = threading.Thread(target=interrupt)
-        sender.start()
-        try:
-            error, took = timed(lambda: timeout.call(body))
-        finally:
-            sender.join(JOIN)
+        error, took = timed(lambda: timeout.call(body))
+        monkeypatch.undo()
         assert isinstance(error, KeyboardInterrupt)  # (not TimeoutExpired: no HANG wait)
         assert took < HANG
         assert timeout.metrics == TimeoutMetrics(0, 1, 0)
