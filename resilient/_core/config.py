@@ -28,7 +28,7 @@ from typing import Any
 from resilient._core import options as opt
 from resilient._core.parse import parse_bool
 from resilient._core.primitives import SWITCH
-from resilient._core.workers import MAX_WORKERS, MAX_WORKERS_VARIABLE
+from resilient._core.workers import MAX_WORKERS, MAX_WORKERS_VARIABLE, parse_max_workers
 from resilient._errors import ConfigError, ConfigWarning
 
 __all__ = [
@@ -205,9 +205,9 @@ def invalid_variables(environ: Mapping[str, str] | None = None) -> list[ConfigEr
             continue
         if var == MAX_WORKERS_VARIABLE:
             try:
-                opt.positive_int(opt.positive_int.parse(raw))  # type: ignore[attr-defined]
-            except opt.Invalid:
-                errors.append(ConfigError(var, raw, "a whole number from 1 to 1,000,000"))
+                parse_max_workers(raw)
+            except ConfigError as error:
+                errors.append(error)
             continue
         found = option_of(var) if var.startswith(PREFIX) else None
         if found is None:

@@ -101,7 +101,7 @@ class Counter:
     def __init__(self) -> None:
         numbers = ticks()
         self.incr = numbers.__next__
-        self._left: Callable[[], int] = numbers.__length_hint__  # type: ignore[attr-defined]
+        self._left = left_of(numbers)
 
     @property
     def value(self) -> int:

@@ -59,9 +59,6 @@ _MARKED = (FAILURE, SLOW_SUCCESS, SLOW_FAILURE)  # the kinds a count window keep
 #: How many buckets a time window is split into: it slides in steps of 1/20 of its length.
 TIME_BUCKETS = 20
 
-#: More outcomes than this in a count window is a typo, not a window (the option's bound).
-MAX_COUNT = 1_000_000
-
 
 class Tally(NamedTuple):
     """What a window held at one instant.

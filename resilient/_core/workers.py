@@ -36,6 +36,7 @@ __all__ = [
     "Abandoned",
     "Tally",
     "max_workers",
+    "parse_max_workers",
     "reset",
     "run",
 ]
@@ -60,8 +61,11 @@ def max_workers() -> int:
     """The cap in force: ``RESILIENT_MAX_WORKERS`` if set (read whenever a thread would
     be started, so it can change without a restart), else :data:`MAX_WORKERS`."""
     raw = os.environ.get(MAX_WORKERS_VARIABLE)
-    if raw is None:
-        return MAX_WORKERS
+    return MAX_WORKERS if raw is None else parse_max_workers(raw)
+
+
+def parse_max_workers(raw: str) -> int:
+    """``RESILIENT_MAX_WORKERS``'s text as a number, or a ConfigError naming it."""
     from resilient._core import options as opt
 
     try:
