@@ -100,7 +100,7 @@ def locked_breaker(**options: Any) -> Any:
     from unittest import mock
 
     from resilient import CircuitBreaker
-    from resilient._core import window
+    from resilient._core.state import window
 
     with mock.patch.object(window, "LOCK_FREE", False):
         breaker = CircuitBreaker(**options)

@@ -14,9 +14,9 @@ from importlib import metadata as _metadata
 from resilient._breaker import BreakerMetrics, CircuitBreaker, State, StateChange
 from resilient._budget import RetryBudget
 from resilient._bulkhead import Bulkhead, BulkheadMetrics
-from resilient._core.clock import Clock, MonotonicClock, SystemClock
-from resilient._core.deadline import deadline, remaining
-from resilient._core.registry import registry, reload
+from resilient._core.configuration.registry import registry, reload
+from resilient._core.execution.deadline import deadline, remaining
+from resilient._core.state.clock import Clock, MonotonicClock, SystemClock
 from resilient._errors import (
     BulkheadFullError,
     CircuitOpenError,

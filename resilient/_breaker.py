@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal, TypeVar
 
-from resilient._core import options as opt
-from resilient._core.clock import SYSTEM_CLOCK, MonotonicClock
-from resilient._core.config import Settings
-from resilient._core.decorate import NO_RESULT, GuardForms, Refusal
-from resilient._core.events import Listeners
-from resilient._core.primitives import counter
-from resilient._core.registry import Configured
-from resilient._core.window import (
+from resilient._core.configuration import options as opt
+from resilient._core.configuration.config import Settings
+from resilient._core.configuration.events import Listeners
+from resilient._core.configuration.registry import Configured
+from resilient._core.execution.drivers import NO_RESULT, GuardForms, Refusal
+from resilient._core.state.clock import SYSTEM_CLOCK, MonotonicClock
+from resilient._core.state.primitives import counter
+from resilient._core.state.window import (
     FAILURE,
     SLOW_FAILURE,
     SLOW_SUCCESS,

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import threading
 
-from resilient._core import options as opt
-from resilient._core.clock import SYSTEM_CLOCK, MonotonicClock
-from resilient._core.window import FAILURE, SUCCESS, time_window
+from resilient._core.configuration import options as opt
+from resilient._core.state.clock import SYSTEM_CLOCK, MonotonicClock
+from resilient._core.state.window import FAILURE, SUCCESS, time_window
 
 __all__ = ["RetryBudget"]
 

@@ -5,7 +5,7 @@ A call takes a slot or, when all are taken, waits in a FIFO queue up to ``max_wa
 seconds (never past an enclosing :func:`resilient.deadline`), then gets BulkheadFullError.
 A freed slot goes straight to the oldest waiter, so a newcomer never overtakes the queue.
 A call that finds nobody waiting takes and returns its slot without a lock (where the
-GIL makes that exact: :mod:`resilient._core.primitives`); a small lock guards the queue,
+GIL makes that exact: :mod:`resilient._core.state.primitives`); a small lock guards the queue,
 and is never held while a call runs or waits. Threads wait on a lock
 of their own; tasks on an event of their own loop, woken from other threads through
 that loop's thread-safe entry, so one bulkhead can guard threads and several event loops
@@ -20,13 +20,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
-from resilient._core import cancel, forking
-from resilient._core import deadline as dl
-from resilient._core import options as opt
-from resilient._core.config import Settings
-from resilient._core.decorate import MUST_WAIT, GuardForms, Refusal
-from resilient._core.primitives import LOCK_FREE
-from resilient._core.registry import Configured
+from resilient._core.configuration import options as opt
+from resilient._core.configuration.config import Settings
+from resilient._core.configuration.registry import Configured
+from resilient._core.execution import cancel
+from resilient._core.execution import deadline as dl
+from resilient._core.execution.drivers import MUST_WAIT, GuardForms, Refusal
+from resilient._core.state import forking
+from resilient._core.state.primitives import LOCK_FREE
 from resilient._errors import BulkheadFullError
 
 __all__ = ["OPTIONS", "Bulkhead", "BulkheadMetrics"]

@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from resilient._core import config, workers
-from resilient._core.options import REQUIRED, Option
-from resilient._core.primitives import SWITCH
-from resilient._core.registry import Configured, registry
+from resilient._core.configuration import config
+from resilient._core.configuration.options import REQUIRED, Option
+from resilient._core.configuration.registry import Configured, registry
+from resilient._core.state.primitives import SWITCH
 from resilient._errors import ConfigError
 
 __all__ = ["main"]
@@ -119,11 +119,11 @@ def _env_rows() -> list[dict[str, Any]]:
             " runs) on any build; read once, at import.",
         },
         {
-            "variable": workers.MAX_WORKERS_VARIABLE,
+            "variable": config.MAX_WORKERS_VARIABLE,
             "kind": None,
             "option": None,
             "syntax": "a whole number, e.g. 64",
-            "default": str(workers.MAX_WORKERS),
+            "default": str(config.MAX_WORKERS),
             "accepts": "a whole number from 1 to 1,000,000",
             "doc": "The most worker threads sync Timeouts run at once, all together.",
         },

@@ -71,7 +71,7 @@ from resilient import (
     Timeout,
     backoff,
 )
-from resilient._core import config
+from resilient._core.configuration import config
 
 __all__ = ["add_arguments", "run"]
 

@@ -12,15 +12,15 @@ from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from resilient._core import options as opt
-from resilient._core.config import Settings
-from resilient._core.decorate import (
+from resilient._core.configuration import options as opt
+from resilient._core.configuration.config import Settings
+from resilient._core.configuration.registry import Configured
+from resilient._core.execution.drivers import (
     CoroutineType,
     Decorates,
     is_async_callable,
     returned_coroutine,
 )
-from resilient._core.registry import Configured
 from resilient._errors import ConfigError, UsageError
 
 __all__ = ["Fallback"]

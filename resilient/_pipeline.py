@@ -14,7 +14,7 @@ from contextlib import AsyncExitStack, ExitStack
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from resilient._core.decorate import Decorates, pop_block, push_block
+from resilient._core.execution.drivers import Decorates, pop_block, push_block
 from resilient._errors import ConfigError
 
 __all__ = ["Pipeline"]

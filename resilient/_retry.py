@@ -17,13 +17,13 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from resilient._budget import RetryBudget
-from resilient._core import options as opt
-from resilient._core import testmode
-from resilient._core.clock import SYSTEM_CLOCK, Clock
-from resilient._core.config import Settings
-from resilient._core.deadline import remaining
-from resilient._core.decorate import CoroutineType, Decorates, returned_coroutine
-from resilient._core.registry import Configured
+from resilient._core.configuration import options as opt
+from resilient._core.configuration import testmode
+from resilient._core.configuration.config import Settings
+from resilient._core.configuration.registry import Configured
+from resilient._core.execution.deadline import remaining
+from resilient._core.execution.drivers import CoroutineType, Decorates, returned_coroutine
+from resilient._core.state.clock import SYSTEM_CLOCK, Clock
 from resilient._errors import UsageError
 from resilient.backoff import Backoff
 

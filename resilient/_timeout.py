@@ -1,9 +1,9 @@
 """Timeout: a call that runs too long ends with TimeoutExpired, the caller's wait with it.
 
-Async calls are cancelled for real (``_core/cancel.py``): the work's ``finally`` blocks
+Async calls are cancelled for real (``_core/execution/cancel.py``): the work's ``finally`` blocks
 have run when TimeoutExpired surfaces, and a cancellation from outside stays a
 cancellation. A sync call cannot be interrupted, so it runs on a daemon worker thread
-(``_core/workers.py``) while the caller waits at most ``seconds``; a call still running
+(``_core/execution/workers.py``) while the caller waits at most ``seconds``; a call still running
 then is abandoned, counted, and capped by ``max_abandoned``.
 
 Every Timeout also honours an enclosing :func:`resilient.deadline`: the nearer of the
@@ -20,19 +20,19 @@ from contextvars import copy_context
 from types import TracebackType
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
-from resilient._core import cancel, workers
-from resilient._core import deadline as dl
-from resilient._core import options as opt
-from resilient._core.config import Settings
-from resilient._core.decorate import (
+from resilient._core.configuration import options as opt
+from resilient._core.configuration.config import Settings
+from resilient._core.configuration.registry import Configured
+from resilient._core.execution import cancel, workers
+from resilient._core.execution import deadline as dl
+from resilient._core.execution.drivers import (
     CoroutineType,
     Decorates,
     pop_block,
     push_block,
     returned_coroutine,
 )
-from resilient._core.primitives import counter
-from resilient._core.registry import Configured
+from resilient._core.state.primitives import counter
 from resilient._errors import RejectedError, TimeoutExpired
 
 __all__ = ["OPTIONS", "Timeout", "TimeoutMetrics", "WorkersExhaustedError"]

@@ -31,7 +31,7 @@ import sys
 from abc import ABC, abstractmethod
 from typing import Any, Literal
 
-from resilient._core import options as opt
+from resilient._core.configuration import options as opt
 from resilient._errors import ConfigError
 
 __all__ = ["Backoff", "constant", "exponential", "linear"]
@@ -235,8 +235,8 @@ class _Exponential(_Frozen):
         )
 
 
-# Declared options (see resilient._core.options): what each keyword accepts and why its
-# default was chosen. Cross-option rules (cap >= base) are checked after these.
+# Declared options (see resilient._core.configuration.options): what each keyword
+# accepts and why its default was chosen. Cross-option rules (cap >= base) are checked after these.
 
 _seconds = opt.duration(allow_zero=True)
 _SECONDS = "a finite number of seconds >= 0"

@@ -7,7 +7,7 @@ from types import TracebackType
 
 import anyio
 
-from resilient._core import testmode
+from resilient._core.configuration import testmode
 from resilient._errors import ConfigError
 
 __all__ = ["ManualClock", "set_testing"]

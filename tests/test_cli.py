@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import resilient
-from resilient._core import config
+from resilient._core.configuration import config
 
 APP = textwrap.dedent(
     """

@@ -22,7 +22,7 @@ import anyio
 import pytest
 
 from resilient import BreakerMetrics, CircuitBreaker, CircuitOpenError, State, StateChange
-from resilient._core.window import (
+from resilient._core.state.window import (
     FAILURE,
     SLOW_FAILURE,
     SLOW_SUCCESS,

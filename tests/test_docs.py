@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from resilient import _breaker, _budget, _bulkhead, _retry, _timeout
-from resilient._core.options import Option, markdown_table
+from resilient._core.configuration.options import Option, markdown_table
 
 DOCS = Path(__file__).parent.parent / "docs"
 
@@ -28,7 +28,7 @@ def test_options_tables_match_the_declarations(page: str, options: tuple[Option,
 
 def test_the_variables_table_matches_the_declarations() -> None:
     import resilient  # noqa: F401 - every policy module declares its kind on import
-    from resilient._core import config
+    from resilient._core.configuration import config
 
     assert config.markdown_table() in (DOCS / "configuration.md").read_text()
 

@@ -51,9 +51,9 @@ from resilient import (
     _retry,
     _timeout,
 )
-from resilient._core import config
-from resilient._core import parse as p
-from resilient._core.options import Option
+from resilient._core.configuration import config
+from resilient._core.configuration import parse as p
+from resilient._core.configuration.options import Option
 from resilient.testing import ManualClock
 
 from . import _envtargets as targets

@@ -15,7 +15,7 @@ import pytest
 
 import resilient
 from resilient import CircuitBreaker, CircuitOpenError, State, UsageError
-from resilient._core import config
+from resilient._core.configuration import config
 from resilient.testing import ManualClock
 
 from .conftest import MODES, fresh
@@ -1019,7 +1019,7 @@ def test_abandoned_generators_leave_no_stale_entries_in_the_consumers_context() 
     import asyncio
     import gc
 
-    from resilient._core import decorate
+    from resilient._core.execution import drivers as decorate
 
     bulkhead = resilient.Bulkhead(1)
 

@@ -36,7 +36,7 @@ from resilient import (
     RetryBudget,
     State,
 )
-from resilient._core import testmode
+from resilient._core.configuration import testmode
 from resilient.backoff import constant, exponential, linear
 from resilient.testing import ManualClock, set_testing
 

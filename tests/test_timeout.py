@@ -46,7 +46,7 @@ from resilient import (
     WorkersExhaustedError,
     remaining,
 )
-from resilient._core import workers
+from resilient._core.execution import workers
 
 from .conftest import Flavour, assert_config_error, cancellations_asked, fresh
 

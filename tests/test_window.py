@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 
 import resilient
 from resilient import CircuitBreaker, State
-from resilient._core import config, primitives
-from resilient._core.window import (
+from resilient._core.configuration import config
+from resilient._core.state import primitives
+from resilient._core.state.window import (
     FAILURE,
     SLOW_FAILURE,
     SLOW_SUCCESS,
@@ -114,7 +115,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_switch_makes_every_primitive_locked() -> None:
     code = (
-        "from resilient._core import config, primitives, window\n"
+        "from resilient._core.state import primitives\n"
         "from resilient import Bulkhead, CircuitBreaker\n"
         "b = CircuitBreaker(window_size=5)\n"
         "t = CircuitBreaker(window_type='time', window_size=5)\n"
@@ -410,7 +411,7 @@ def test_a_resizing_reload_while_8_threads_call_keeps_every_count_exact(
     """8 threads call a breaker (half of the calls fail, under its failure_rate of 1.0)
     while reloads resize its window again and again: nothing else raises, and afterwards
     the window holds exactly the calls made since, up to its size."""
-    from resilient._core import window as window_module
+    from resilient._core.state import window as window_module
 
     env.setattr(window_module, "LOCK_FREE", not locked)
     name = fresh("resized")

@@ -1,7 +1,7 @@
 """Text to values, for options set through environment variables.
 
 Each parser takes the variable's raw text and returns a value for the option's checker,
-or raises :class:`~resilient._core.options.Invalid`. Nothing is guessed: an empty
+or raises :class:`~resilient._core.configuration.options.Invalid`. Nothing is guessed: an empty
 string, ``nan``, ``inf``, ``1e309`` (which overflows to inf) or a unit that is not
 listed is an error, never a default.
 """

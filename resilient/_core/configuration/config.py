@@ -10,8 +10,8 @@ An operator retunes or switches off a named policy without a code change::
 Precedence, low to high: the option's declared default, the keyword given in code, the
 kind-wide variable, the policy's own variable. The environment is read when a policy is
 made and again by :func:`reload`, never at import. Every value is parsed and checked by
-the option's own declaration (``_core/options.py``); all the bad variables of a policy
-are reported together, in one :class:`ConfigError`.
+the option's own declaration (``_core/configuration/options.py``); all the bad
+variables of a policy are reported together, in one :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from resilient._core import options as opt
-from resilient._core.parse import parse_bool
-from resilient._core.primitives import SWITCH
-from resilient._core.workers import MAX_WORKERS, MAX_WORKERS_VARIABLE, parse_max_workers
+from resilient._core.configuration import options as opt
+from resilient._core.configuration.parse import parse_bool
+from resilient._core.state.primitives import SWITCH
 from resilient._errors import ConfigError, ConfigWarning
 
 __all__ = [
@@ -275,3 +274,20 @@ def markdown_table() -> str:
             cells = (f"`{var}`", option.syntax, default, option.doc)
             rows.append("| " + " | ".join(map(opt.cell, cells)) + " |")
     return "\n".join(rows)
+
+
+#: The most worker threads the process runs at once, for every Timeout together: a hung
+#: downstream behind many Timeouts (or a Timeout made per request) must not take every
+#: thread the process can have. Beyond it a call is refused, never queued.
+MAX_WORKERS = 64
+MAX_WORKERS_VARIABLE = "RESILIENT_MAX_WORKERS"
+
+
+def parse_max_workers(raw: str) -> int:
+    """``RESILIENT_MAX_WORKERS``'s text as a number, or a ConfigError naming it."""
+    try:
+        return opt.positive_int(opt.positive_int.parse(raw))  # type: ignore[attr-defined]
+    except opt.Invalid:
+        raise ConfigError(
+            MAX_WORKERS_VARIABLE, raw, "a whole number from 1 to 1,000,000"
+        ) from None

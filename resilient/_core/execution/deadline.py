@@ -18,9 +18,9 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol
 
-from resilient._core import options as opt
-from resilient._core.clock import SYSTEM_CLOCK, MonotonicClock
-from resilient._core.decorate import pop_block, push_block
+from resilient._core.configuration import options as opt
+from resilient._core.execution.drivers import pop_block, push_block
+from resilient._core.state.clock import SYSTEM_CLOCK, MonotonicClock
 from resilient._errors import ConfigError
 
 __all__ = ["Ends", "current", "deadline", "limit", "push", "remaining", "scoped", "unscoped"]

@@ -27,16 +27,18 @@ from collections.abc import Callable, Iterable
 from contextvars import Context
 from typing import Any
 
-from resilient._core import forking
+from resilient._core.configuration.config import (
+    MAX_WORKERS,
+    MAX_WORKERS_VARIABLE,
+    parse_max_workers,
+)
+from resilient._core.state import forking
 
 __all__ = [
     "IDLE_SECONDS",
-    "MAX_WORKERS",
-    "MAX_WORKERS_VARIABLE",
     "Abandoned",
     "Tally",
     "max_workers",
-    "parse_max_workers",
     "reset",
     "run",
 ]
@@ -44,11 +46,6 @@ __all__ = [
 #: How long an idle worker waits for another call before its thread exits.
 IDLE_SECONDS = 30.0
 
-#: The most worker threads the process runs at once, for every Timeout together: a hung
-#: downstream behind many Timeouts (or a Timeout made per request) must not take every
-#: thread the process can have. Beyond it a call is refused, never queued.
-MAX_WORKERS = 64
-MAX_WORKERS_VARIABLE = "RESILIENT_MAX_WORKERS"
 
 logger = logging.getLogger("resilient")
 
@@ -62,20 +59,6 @@ def max_workers() -> int:
     be started, so it can change without a restart), else :data:`MAX_WORKERS`."""
     raw = os.environ.get(MAX_WORKERS_VARIABLE)
     return MAX_WORKERS if raw is None else parse_max_workers(raw)
-
-
-def parse_max_workers(raw: str) -> int:
-    """``RESILIENT_MAX_WORKERS``'s text as a number, or a ConfigError naming it."""
-    from resilient._core import options as opt
-
-    try:
-        return opt.positive_int(opt.positive_int.parse(raw))  # type: ignore[attr-defined]
-    except opt.Invalid:
-        from resilient._errors import ConfigError
-
-        raise ConfigError(
-            MAX_WORKERS_VARIABLE, raw, "a whole number from 1 to 1,000,000"
-        ) from None
 
 
 @forking.after_fork_in_child

@@ -40,6 +40,7 @@ from contextvars import ContextVar
 from types import CodeType, CoroutineType, TracebackType
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
+from resilient._core.configuration.options import is_async_callable
 from resilient._errors import UsageError
 
 __all__ = [
@@ -199,17 +200,6 @@ def returned_coroutine(fn: object, coroutine: Any) -> UsageError:
     return UsageError(
         f"{fn!r} returned a coroutine to a sync call, which cannot await it: guard the"
         " async def itself, or use 'await policy.call_async(fn, ...)'"
-    )
-
-
-def is_async_callable(fn: object) -> bool:
-    """True for ``async def`` functions, partials of them and objects with an async __call__."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if isinstance(fn, type):
-        return False  # calling a class makes an instance, whatever its __call__ does
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - the __call__ of a callable object
     )
 
 

@@ -35,7 +35,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, Protocol
 
-from resilient._core.primitives import LOCK_FREE, TOP, left_of, read_ticks, ticks
+from resilient._core.state.primitives import LOCK_FREE, TOP, left_of, read_ticks, ticks
 
 __all__ = [
     "FAILURE",

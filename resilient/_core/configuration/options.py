@@ -7,14 +7,16 @@ and the docs table, so no second copy of a range or a default ever exists.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from resilient._core import parse as text
-from resilient._core.parse import Invalid
+from resilient._core.configuration import parse as text
+from resilient._core.configuration.parse import Invalid
 from resilient._errors import ConfigError
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "choice",
     "duration",
     "exception_filter",
+    "is_async_callable",
     "non_negative_int",
     "positive_int",
     "predicate",
@@ -442,3 +445,14 @@ def markdown_table(options: Sequence[Option]) -> str:
 def cell(text: str) -> str:
     """Text for a Markdown table cell: a pipe in it would end the cell."""
     return text.replace("|", "\\|")
+
+
+def is_async_callable(fn: object) -> bool:
+    """True for ``async def`` functions, partials of them and objects with an async __call__."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if isinstance(fn, type):
+        return False  # calling a class makes an instance, whatever its __call__ does
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - the __call__ of a callable object
+    )

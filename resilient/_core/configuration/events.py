@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from resilient._core.decorate import is_async_callable
+from resilient._core.configuration.options import is_async_callable
 
 __all__ = ["Listeners", "logger"]
 

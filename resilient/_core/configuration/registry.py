@@ -22,8 +22,9 @@ import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
-from resilient._core import config, forking
-from resilient._core import options as opt
+from resilient._core.configuration import config
+from resilient._core.configuration import options as opt
+from resilient._core.state import forking
 from resilient._errors import ConfigError
 
 __all__ = ["Configured", "Registry", "registry", "reload"]

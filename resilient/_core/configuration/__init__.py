@@ -1,0 +1,1 @@
+"""Configuration: options declared once, read from code and the environment, registered."""

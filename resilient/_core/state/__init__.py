@@ -1,0 +1,1 @@
+"""State: what calls share (counters, failure windows, clocks), safe without a lock."""
