@@ -9,8 +9,6 @@ Errors live in ``_errors.py``. Users import only what this module re-exports, pl
 public ``resilient.backoff`` and ``resilient.testing`` modules.
 """
 
-from importlib import metadata as _metadata
-
 from resilient._breaker import BreakerMetrics, CircuitBreaker, State, StateChange
 from resilient._budget import RetryBudget
 from resilient._bulkhead import Bulkhead, BulkheadMetrics
@@ -32,10 +30,24 @@ from resilient._pipeline import Pipeline
 from resilient._retry import Attempt, Retry
 from resilient._timeout import Timeout, TimeoutMetrics, WorkersExhaustedError
 
-try:
-    __version__ = _metadata.version("resilient")
-except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+#: The distribution's name on the package index ("resilient" there is another project).
+_DISTRIBUTION = "resilient-toolkit"
+
+
+def __getattr__(name: str) -> str:
+    """``__version__``, read from the installed metadata on first use: importlib.metadata
+    costs more than the rest of ``import resilient`` together."""
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import metadata
+
+    try:
+        version = metadata.version(_DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree, not installed
+        version = "0.0.0"
+    globals()["__version__"] = version
+    return version
+
 
 __all__ = [
     "Attempt",
@@ -72,7 +84,7 @@ __all__ = [
 
 # Reprs and docs say resilient.X, not resilient._breaker.X.
 for _name in __all__:
-    _obj = globals()[_name]
-    if hasattr(_obj, "__module__"):
+    _obj = globals().get(_name)  # (__version__ is not there yet: it comes on first use)
+    if _obj is not None and hasattr(_obj, "__module__"):
         _obj.__module__ = __name__
 del _name, _obj
