@@ -19,9 +19,8 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
@@ -64,8 +63,7 @@ CLOSED, OPEN, HALF_OPEN = State.CLOSED, State.OPEN, State.HALF_OPEN
 FORCED_OPEN, DISABLED = State.FORCED_OPEN, State.DISABLED
 
 
-@dataclass(frozen=True)
-class BreakerMetrics:
+class BreakerMetrics(NamedTuple):
     """A snapshot of a breaker's current window.
 
     Rates are None until the window holds ``min_calls`` calls (in HALF_OPEN: until every
@@ -82,8 +80,7 @@ class BreakerMetrics:
     rejected: int
 
 
-@dataclass(frozen=True)
-class StateChange:
+class StateChange(NamedTuple):
     """Published to a breaker's listeners after it moved from ``old`` to ``new``.
 
     ``at`` is the breaker clock's monotonic time of the change.

@@ -17,13 +17,12 @@ from __future__ import annotations
 import _thread
 import threading
 from collections import deque
-from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.registry import Configured
-from resilient._core.execution import cancel
+from resilient._core.execution import backend
 from resilient._core.execution import deadline as dl
 from resilient._core.execution.drivers import MUST_WAIT, GuardForms, Refusal
 from resilient._core.state import forking
@@ -309,13 +308,13 @@ class Bulkhead(Configured, GuardForms):
             return waiter.token
         scope = None
         try:
-            scope = cancel.after(seconds)
+            scope = backend.after(seconds)
             await waiter.event.wait()
         except BaseException as exc:
             if scope is None or not scope.close(exc):  # not our time limit: leave the
                 self._leave(waiter)  # queue, passing on a slot handed over meanwhile
                 if scope is not None and scope.redeliver:
-                    await cancel.redeliver()
+                    await backend.redeliver()
                 raise
             self._give_up(waiter)
             return waiter.token
@@ -404,39 +403,14 @@ class _ThreadWaiter(_Waiter):
 
 
 class _TaskWaiter(_Waiter):
-    """Waits on an event of its own loop; a grant from another thread goes through the
-    loop's thread-safe entry, since loop objects may only be touched from their thread."""
+    """Waits on an event of its own loop, which a grant from any thread can set."""
 
-    __slots__ = ("_call_soon", "_thread", "event")
+    __slots__ = ("_wake", "event")
 
     def __init__(self) -> None:
         super().__init__()
-        self._thread = threading.get_ident()
-        self.event, self._call_soon = _event()
+        self.event, self._wake = backend.event()
 
     def grant(self) -> bool:
-        self.granted = True
-        try:
-            if threading.get_ident() == self._thread:
-                self.event.set()
-            else:
-                self._call_soon(self.event.set)
-        except RuntimeError:  # its loop is closed (trio: RunFinishedError): nobody to wake
-            self.granted = False
-            return False
-        return True
-
-
-def _event() -> tuple[Any, Callable[[Callable[[], object]], object]]:
-    """An event of the running event loop, and how to reach that loop from another thread."""
-    import asyncio
-    import sys
-
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        trio = sys.modules.get("trio")
-        if trio is None or not trio.lowlevel.in_trio_task():
-            raise
-        return trio.Event(), trio.lowlevel.current_trio_token().run_sync_soon
-    return asyncio.Event(), loop.call_soon_threadsafe
+        self.granted = self._wake()
+        return self.granted

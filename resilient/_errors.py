@@ -16,7 +16,10 @@ Each error also subclasses the stdlib parent that a caller would naturally catch
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import logging
 
 __all__ = [
     "BulkheadFullError",
@@ -27,7 +30,16 @@ __all__ = [
     "ResilienceError",
     "TimeoutExpired",
     "UsageError",
+    "logger",
 ]
+
+
+def logger() -> logging.Logger:
+    """The ``resilient`` logger, where errors that must not reach a call are told
+    (a listener's, a wait strategy's); logging is imported when the first one comes."""
+    import logging
+
+    return logging.getLogger("resilient")
 
 
 class ResilienceError(Exception):

@@ -7,7 +7,6 @@ CircuitOpenError is the classic case); cancellation and interpreter exits pass t
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
@@ -91,7 +90,7 @@ class Fallback(Configured, Decorates):
         if self._handler is None:
             return self._value  # a value is returned as given, awaitable or not
         answer = self._handler(exc)
-        return await answer if inspect.isawaitable(answer) else answer
+        return await answer if isinstance(answer, Awaitable) else answer
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         if self._async_handler:

@@ -1,6 +1,6 @@
 """Timeout: a call that runs too long ends with TimeoutExpired, the caller's wait with it.
 
-Async calls are cancelled for real (``_core/execution/cancel.py``): the work's ``finally`` blocks
+Async calls are cancelled for real (``_core/execution/backend.py``): the work's ``finally`` blocks
 have run when TimeoutExpired surfaces, and a cancellation from outside stays a
 cancellation. A sync call cannot be interrupted, so it runs on a daemon worker thread
 (``_core/execution/workers.py``) while the caller waits at most ``seconds``; a call still running
@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.registry import Configured
-from resilient._core.execution import cancel, workers
+from resilient._core.execution import backend, workers
 from resilient._core.execution import deadline as dl
 from resilient._core.execution.drivers import (
     CoroutineType,
@@ -107,7 +107,7 @@ class _Config(NamedTuple):
     """What a call reads, in one object so that a reload switches it whole."""
 
     seconds: float
-    expiries: cancel.Expiries  # the async calls of this length, per event loop
+    expiries: backend.Expiries  # the async calls of this length, per event loop
     thread_locals: tuple[threading.local, ...]
     max_abandoned: int
     enabled: bool
@@ -146,7 +146,7 @@ class Timeout(Configured, Decorates):
         same_length = old is not None and old.seconds == seconds
         return _Config(
             seconds,
-            old.expiries if old is not None and same_length else cancel.Expiries(seconds),
+            old.expiries if old is not None and same_length else backend.Expiries(seconds),
             settings["thread_locals"],
             settings["max_abandoned"],
             settings.enabled,
@@ -242,7 +242,7 @@ class Timeout(Configured, Decorates):
                 return await fn(*args, **kwargs)
             seconds, by_deadline = timeout._limit(cfg)
             if by_deadline:
-                scope, token = cancel.after(seconds, under=dl.current()), None
+                scope, token = backend.after(seconds, under=dl.current()), None
             else:  # the usual case; inner calls see this call's end as their deadline
                 scope = cfg.expiries.open()
                 token = dl.push(scope)
@@ -252,7 +252,7 @@ class Timeout(Configured, Decorates):
                 if scope.close(exc):
                     raise timeout._expire(seconds, _why(by_deadline)) from exc
                 if scope.redeliver:
-                    await cancel.redeliver()
+                    await backend.redeliver()
                 raise
             finally:
                 if token is not None:
@@ -310,7 +310,7 @@ class Timeout(Configured, Decorates):
             return
         seconds, by_deadline = self._limit(cfg)
         if by_deadline:
-            scope, token = cancel.after(seconds), None
+            scope, token = backend.after(seconds), None
         else:
             scope = cfg.expiries.open()
             token = dl.push(scope)
@@ -329,7 +329,7 @@ class Timeout(Configured, Decorates):
         if scope.close(exc):
             raise self._expire(seconds, _why(by_deadline)) from exc
         if scope.redeliver:
-            await cancel.redeliver()
+            await backend.redeliver()
 
 
 def _why(by_deadline: bool) -> str:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import threading
 from types import TracebackType
 
-import anyio
-
 from resilient._core.configuration import testmode
+from resilient._core.execution.backend import checkpoint
 from resilient._errors import ConfigError
 
 __all__ = ["ManualClock", "set_testing"]
@@ -74,7 +73,7 @@ class ManualClock:
 
     async def sleep_async(self, seconds: float) -> None:
         self.advance(max(0.0, seconds))
-        await anyio.lowlevel.checkpoint()  # still a scheduling point, as a real sleep is
+        await checkpoint()  # still a scheduling point, as a real sleep is
 
     def __repr__(self) -> str:
         return f"ManualClock(now={self._now!r})"

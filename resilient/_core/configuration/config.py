@@ -16,13 +16,12 @@ variables of a policy are reported together, in one :class:`ConfigError`.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from resilient._core.configuration import options as opt
@@ -70,16 +69,27 @@ def default_variable(kind: str, option: str) -> str:
     return f"{PREFIX}DEFAULT_{kind.upper()}_{option.upper()}"
 
 
-@dataclass(frozen=True)
 class Settings:
     """One policy's resolved options, and where each value came from."""
 
-    values: Mapping[str, Any]
-    #: per option: "default", "code", or the environment variable that set it
-    sources: Mapping[str, str]
-    #: per option set by the environment: the variable's raw text
-    texts: Mapping[str, str] = field(default_factory=dict)
-    enabled: bool = True
+    __slots__ = ("enabled", "sources", "texts", "values")
+
+    def __init__(
+        self,
+        values: Mapping[str, Any],
+        sources: Mapping[str, str],
+        texts: Mapping[str, str] = MappingProxyType({}),
+        enabled: bool = True,
+    ) -> None:
+        self.values = values
+        #: per option: "default", "code", or the environment variable that set it
+        self.sources = sources
+        #: per option set by the environment: the variable's raw text
+        self.texts = texts
+        self.enabled = enabled
+
+    def __repr__(self) -> str:
+        return f"Settings({dict(self.values)!r}, enabled={self.enabled})"
 
     def __getitem__(self, option: str) -> Any:
         return self.values[option]
@@ -225,13 +235,20 @@ def plausible(var: str) -> bool:
     return option_of(var) is not None
 
 
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice ``word`` was most likely meant to be, if any is close (a typo)."""
+    import difflib  # only when something is misspelt
+
+    return next(iter(difflib.get_close_matches(word, choices, n=1, cutoff=0.8)), None)
+
+
 def unknown_variables(
     known: set[str], environ: Mapping[str, str] | None = None
 ) -> list[tuple[str, str | None]]:
     """``RESILIENT_*`` variables that match nothing known, each with a close match if any."""
     env = os.environ if environ is None else environ
     return [
-        (var, next(iter(difflib.get_close_matches(var, known, n=1, cutoff=0.8)), None))
+        (var, closest(var, known))
         for var in sorted(env)
         if var.startswith(PREFIX) and var not in known
     ]

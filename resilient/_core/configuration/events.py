@@ -7,16 +7,15 @@ removing copy the tuple of listeners, so publishing iterates a snapshot without 
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from resilient._core.configuration.options import is_async_callable
+from resilient._errors import logger
 
-__all__ = ["Listeners", "logger"]
+__all__ = ["Listeners"]
 
-logger = logging.getLogger("resilient")
 
 E = TypeVar("E")
 L = TypeVar("L", bound=Callable[..., object])
@@ -52,4 +51,4 @@ class Listeners(Generic[E]):
             try:
                 fn(event)
             except BaseException:  # SystemExit, KeyboardInterrupt too: never the call's
-                logger.exception("listener %r failed on %r; the call goes on", fn, event)
+                logger().exception("listener %r failed on %r; the call goes on", fn, event)

@@ -8,16 +8,14 @@ and the docs table, so no second copy of a range or a default ever exists.
 from __future__ import annotations
 
 import functools
-import inspect
-import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from types import BuiltinFunctionType, CodeType
+from typing import Any, NamedTuple
 
 from resilient._core.configuration import parse as text
 from resilient._core.configuration.parse import Invalid
-from resilient._errors import ConfigError
+from resilient._errors import ConfigError, logger
 
 __all__ = [
     "REQUIRED",
@@ -52,8 +50,7 @@ class _Required:
 REQUIRED: Any = _Required()
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     """One keyword of a policy: its default, what it accepts (``expected``) and why."""
 
     name: str
@@ -153,7 +150,7 @@ class Fallback:
             )
             if not self._logged:
                 self._logged = True
-                logging.getLogger("resilient").warning(why)
+                logger().warning(why)
             return fallback, why
 
 
@@ -447,12 +444,24 @@ def cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+#: Code flags, as ``inspect`` names them (CPython's values since 3.5; a test compares):
+#: read here without importing inspect, which costs a third of ``import resilient``.
+CO_GENERATOR, CO_COROUTINE, CO_ASYNC_GENERATOR = 0x20, 0x80, 0x200
+
+
 def is_async_callable(fn: object) -> bool:
     """True for ``async def`` functions, partials of them and objects with an async __call__."""
     while isinstance(fn, functools.partial):
         fn = fn.func
     if isinstance(fn, type):
         return False  # calling a class makes an instance, whatever its __call__ does
+    code = getattr(fn, "__code__", None)
+    if isinstance(code, CodeType) and "_is_coroutine_marker" not in getattr(fn, "__dict__", ()):
+        return bool(code.co_flags & CO_COROUTINE)  # a function or method: its flags say
+    if isinstance(fn, BuiltinFunctionType):
+        return False
+    import inspect  # anything else (rare): worth no import up front
+
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - the __call__ of a callable object
     )

@@ -14,7 +14,6 @@ environment configures them all alike. To share state, share the object.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import os
 import threading
@@ -160,9 +159,9 @@ class Configured:
             return []
         mine = [config.variable(self.KIND, o.name, self.name) for o in config.KINDS[self.KIND]]
         return [
-            (var, close[0])
+            (var, close)
             for var in sorted(suspects)
-            if (close := difflib.get_close_matches(var, mine, n=1, cutoff=0.8))
+            if (close := config.closest(var, mine)) is not None
         ]
 
     def _register(self, settings: config.Settings) -> None:

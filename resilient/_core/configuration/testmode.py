@@ -7,13 +7,12 @@ their happy path (when they are about to wait), so it costs nothing in productio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["TestMode", "current", "replace"]
 
 
-@dataclass(frozen=True)
-class TestMode:
+class TestMode(NamedTuple):
     """Frozen, swapped whole: a reader sees the old or the new mode, never a mix."""
 
     enabled: bool = False

@@ -33,14 +33,18 @@ working through :func:`functools.update_wrapper`, and pickles by reference.
 from __future__ import annotations
 
 import functools
-import inspect
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from types import CodeType, CoroutineType, TracebackType
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
-from resilient._core.configuration.options import is_async_callable
+from resilient._core.configuration.options import (
+    CO_ASYNC_GENERATOR,
+    CO_COROUTINE,
+    CO_GENERATOR,
+    is_async_callable,
+)
 from resilient._errors import UsageError
 
 __all__ = [
@@ -165,7 +169,7 @@ def pop_block(owner: object) -> Any:
     raise RuntimeError(f"{owner!r}: __exit__ without a matching __enter__")
 
 
-_GENERATOR = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+_GENERATOR = CO_GENERATOR | CO_ASYNC_GENERATOR
 
 
 def _is_async(owner: object, fn: object) -> bool:
@@ -178,9 +182,13 @@ def _is_async(owner: object, fn: object) -> bool:
     if isinstance(code, CodeType) and "_is_coroutine_marker" not in getattr(fn, "__dict__", ()):
         flags = code.co_flags
         generator = bool(flags & _GENERATOR)
-        is_async = bool(flags & inspect.CO_COROUTINE)
-    elif callable(fn):
-        generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        is_async = bool(flags & CO_COROUTINE)
+    elif callable(fn):  # a partial, a class, a builtin, a callable object
+        inner = fn
+        while isinstance(inner, functools.partial):
+            inner = inner.func
+        code = getattr(inner, "__code__", None)
+        generator = isinstance(code, CodeType) and bool(code.co_flags & _GENERATOR)
         is_async = is_async_callable(fn)
     else:
         raise UsageError(f"{type(owner).__name__} guards callables, not {fn!r}")
@@ -261,7 +269,7 @@ class Decorates:
 def _awaiting(fn: Callable[P, Any]) -> Callable[P, Coroutine[Any, Any, Any]]:
     async def awaited(*args: P.args, **kwargs: P.kwargs) -> Any:
         awaitable = fn(*args, **kwargs)
-        if not inspect.isawaitable(awaitable):
+        if not isinstance(awaitable, Awaitable):
             raise UsageError(
                 f"call_async({fn!r}): it returned {awaitable!r}, which cannot be awaited;"
                 " use call() for a sync function"

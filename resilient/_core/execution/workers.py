@@ -20,7 +20,6 @@ duration: a thread-local cannot be found without being named.
 from __future__ import annotations
 
 import _thread
-import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -33,6 +32,7 @@ from resilient._core.configuration.config import (
     parse_max_workers,
 )
 from resilient._core.state import forking
+from resilient._errors import logger
 
 __all__ = [
     "IDLE_SECONDS",
@@ -46,8 +46,6 @@ __all__ = [
 #: How long an idle worker waits for another call before its thread exits.
 IDLE_SECONDS = 30.0
 
-
-logger = logging.getLogger("resilient")
 
 _lock = threading.Lock()  # guards the idle list, the thread count, job states, tallies
 _idle: list[_Worker] = []
@@ -146,7 +144,7 @@ class _Job:
         self.done.release()
         if abandoned:
             how = "returned" if self.error is None else f"raised {self.error!r}"
-            logger.info("%r finished after its caller had timed out: it %s", self.fn, how)
+            logger().info("%r finished after its caller had timed out: it %s", self.fn, how)
         self.fn = self.args = self.kwargs = self.context = None  # type: ignore[assignment]
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 from typing import Protocol, runtime_checkable
 
-import anyio
-
 __all__ = ["SYSTEM_CLOCK", "Clock", "MonotonicClock", "SystemClock"]
 
 
@@ -45,7 +43,11 @@ class SystemClock:
     sleep = staticmethod(time.sleep)
 
     async def sleep_async(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
+        # The event loop's own sleep, found when first needed: the state layer knows no
+        # event loop, and a sync program never imports one.
+        from resilient._core.execution.backend import sleep
+
+        await sleep(seconds)
 
     def __repr__(self) -> str:
         return "SystemClock()"

@@ -1,12 +1,22 @@
-"""Cancel the running task's work after a delay, and tell that cancellation from any other.
+"""Everything that knows asyncio from trio, in one place: which loop runs the calling
+task, sleeping, a checkpoint, an event a thread can set, and cancelling a task's work
+after a delay (told apart from any other cancellation).
 
-A *scope* is opened in the current task and closed with ``scope.close(exc)``, which
-answers whether ``exc`` is the scope's own cancellation (the caller turns it into
-TimeoutExpired) or something to pass on untouched: above all a cancellation from outside,
-which must propagate as itself, never as a timeout (cpython #86296 is what happens
-otherwise). The work's ``finally`` blocks have run by the time ``close`` is called. A
-scope also knows when it ends (``left()``), so it serves as the deadline of the work
-inside it.
+Nothing here imports asyncio, trio or anyio at import time: a task of a loop exists only
+once its library is imported, so the running loop is looked up through ``sys.modules``,
+and a sync-only program never pays for an event loop library.
+
+**Detection.** :func:`trio_token` first (one flag read, trio only if imported), then
+:func:`asyncio_loop` (``asyncio.get_running_loop``): answering "no loop" costs an
+exception there, which only the rare trio-and-asyncio program pays.
+
+**Cancellation.** A *scope* is opened in the current task and closed with
+``scope.close(exc)``, which answers whether ``exc`` is the scope's own cancellation (the
+caller turns it into TimeoutExpired) or something to pass on untouched: above all a
+cancellation from outside, which must propagate as itself, never as a timeout (cpython
+#86296 is what happens otherwise). The work's ``finally`` blocks have run by the time
+``close`` is called. A scope also knows when it ends (``left()``), so it serves as the
+deadline of the work inside it.
 
 The calls of one :class:`Expiries` (one Timeout, so one length) end in the order they
 start. They wait in a FIFO queue per event loop, watched by one timer armed for the
@@ -29,19 +39,117 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import weakref
-from asyncio import CancelledError, current_task
-from asyncio.events import _get_running_loop
 from collections import deque
 from collections.abc import Callable
 from time import monotonic
 from typing import Any, Protocol
 
-__all__ = ["Expiries", "Scope", "after", "redeliver"]
+__all__ = [
+    "Expiries",
+    "Scope",
+    "after",
+    "asyncio_loop",
+    "checkpoint",
+    "event",
+    "redeliver",
+    "sleep",
+    "trio_token",
+]
 
 _TASKS_COUNT_CANCELS = sys.version_info >= (3, 11)
 
 _RUNNING, _FIRED, _CLOSED = 0, 1, 2
+
+
+# -- which loop runs the calling task -------------------------------------------------------
+
+
+def trio_token() -> Any:
+    """The running trio run's token, or None outside a trio task."""
+    trio = sys.modules.get("trio")
+    if trio is None or not trio.lowlevel.in_trio_task():
+        return None
+    return trio.lowlevel.current_trio_token()
+
+
+def asyncio_loop() -> Any:
+    """The running asyncio loop, or None."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return None
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _asyncio_task() -> tuple[Any, Any] | None:
+    """(loop, task) of the running asyncio task, where tasks count their cancellations."""
+    if not _TASKS_COUNT_CANCELS:
+        return None
+    loop = asyncio_loop()
+    if loop is None:
+        return None
+    task = sys.modules["asyncio"].current_task(loop)
+    return None if task is None else (loop, task)
+
+
+# -- waiting --------------------------------------------------------------------------------
+
+
+async def sleep(seconds: float) -> None:
+    """Suspend the calling task for ``seconds``, on trio's clock or asyncio's."""
+    if trio_token() is not None:
+        await sys.modules["trio"].sleep(seconds)
+    else:
+        import asyncio
+
+        await asyncio.sleep(seconds)
+
+
+async def checkpoint() -> None:
+    """One scheduling point: where a pending cancellation is delivered."""
+    import anyio
+
+    await anyio.lowlevel.checkpoint()
+
+
+#: After ``close`` said "not ours": one checkpoint, where an enclosing anyio scope
+#: delivers the cancellation that was folded into ours.
+redeliver = checkpoint
+
+
+def event() -> tuple[Any, Callable[[], bool]]:
+    """An event of the running loop, and ``set`` for it that works from any thread:
+    False if its loop has closed (nobody is left to wake). RuntimeError outside a loop."""
+    token = trio_token()
+    if token is not None:
+        flag = sys.modules["trio"].Event()
+        call_soon: Callable[[Callable[[], object]], object] = token.run_sync_soon
+    else:
+        loop = asyncio_loop()
+        if loop is None:
+            raise RuntimeError("no asyncio or trio event loop is running in this thread")
+        flag = sys.modules["asyncio"].Event()
+        call_soon = loop.call_soon_threadsafe
+    home = threading.get_ident()
+
+    def wake() -> bool:
+        try:
+            if threading.get_ident() == home:
+                flag.set()
+            else:
+                call_soon(flag.set)
+        except RuntimeError:  # its loop is closed (trio: RunFinishedError)
+            return False
+        return True
+
+    return flag, wake
+
+
+# -- cancellation after a delay -------------------------------------------------------------
 
 
 class Scope(Protocol):
@@ -52,13 +160,6 @@ class Scope(Protocol):
     def close(self, exc: BaseException | None) -> bool: ...
     def left(self) -> float: ...
     def fired(self) -> bool: ...
-
-
-async def redeliver() -> None:
-    """One checkpoint, where an enclosing anyio scope delivers its cancellation."""
-    import anyio
-
-    await anyio.lowlevel.checkpoint()
 
 
 class Expiries:
@@ -72,25 +173,19 @@ class Expiries:
         self._last: tuple[object, Any] = (None, None)  # (loop, watch): one tuple, read whole
 
     def open(self) -> Scope:
-        loop = _get_running_loop()
-        if loop is not None and _TASKS_COUNT_CANCELS:
-            task = current_task(loop)
-            if task is not None:
-                last, watch = self._last
-                if last is not loop:
-                    watch = self._watch(loop, _LoopWatch)
-                return _TaskExpiry(watch, task)
-        trio = sys.modules.get("trio")
-        if trio is not None:
-            try:
-                run = trio.lowlevel.current_trio_token()
-            except RuntimeError:  # trio is imported, but this is not a trio task
-                pass
-            else:
-                last, watch = self._last
-                if last is not run:
-                    watch = self._watch(run, _TrioWatch)
-                return _ScopeExpiry(watch, trio.CancelScope())
+        run = trio_token()
+        if run is not None:
+            last, watch = self._last
+            if last is not run:
+                watch = self._watch(run, _TrioWatch)
+            return _ScopeExpiry(watch, sys.modules["trio"].CancelScope())
+        running = _asyncio_task()
+        if running is not None:
+            loop, task = running
+            last, watch = self._last
+            if last is not loop:
+                watch = self._watch(loop, _LoopWatch)
+            return _TaskExpiry(watch, task)
         return _anyio_scope(self._seconds)
 
     def _watch(self, loop: Any, kind: Callable[[Any, float, Any], _Watch]) -> _Watch:
@@ -119,15 +214,13 @@ def after(seconds: float, under: Any = None) -> Scope:
     between the two (a breaker) then sees a TimeoutExpired, and so does the outer one,
     which passes it on.
     """
-    loop = _get_running_loop()
-    if loop is not None and _TASKS_COUNT_CANCELS:
-        task = current_task(loop)
-        if task is not None:
-            return _TaskTimer(loop, task, seconds, under)
-    trio = sys.modules.get("trio")
-    if trio is not None and trio.lowlevel.in_trio_task():
+    if trio_token() is not None:
+        trio = sys.modules["trio"]
         scope = trio.CancelScope(deadline=trio.current_time() + seconds)
         return _CancelScope(scope, seconds, under)
+    running = _asyncio_task()
+    if running is not None:
+        return _TaskTimer(*running, seconds, under)
     return _anyio_scope(seconds, under)
 
 
@@ -384,7 +477,8 @@ def _ours(task: Any, baseline: int, exc: BaseException | None, under: Any = None
     a CancelledError it raised itself, so it must be let deliver its own.
     """
     others = task.uncancel() - baseline
-    if not isinstance(exc, CancelledError) or (others and not (others == 1 and _fired(under))):
+    cancelled = isinstance(exc, sys.modules["asyncio"].CancelledError)
+    if not cancelled or (others and not (others == 1 and _fired(under))):
         return False
     anyio = sys.modules.get("anyio")
     if anyio is None:
