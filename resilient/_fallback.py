@@ -7,19 +7,15 @@ CircuitOpenError is the classic case); cancellation and interpreter exits pass t
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
+from resilient._core.configuration.options import is_async_callable
 from resilient._core.configuration.registry import Configured
-from resilient._core.execution.drivers import (
-    CoroutineType,
-    Decorates,
-    is_async_callable,
-    returned_coroutine,
-)
+from resilient._core.execution.drivers import ANSWER, Attempts, LoopForms
 from resilient._errors import ConfigError, UsageError
 
 __all__ = ["Fallback"]
@@ -30,23 +26,100 @@ R = TypeVar("R")
 _MISSING: Any = object()
 
 
-class Fallback(Configured, Decorates):
+class _Plan:
+    """What a call reads, switched whole by a reload: a loop that never goes round."""
+
+    __slots__ = ("_on", "enabled", "fallback")
+
+    begins = False
+    checks_results = False
+
+    def __init__(self, fallback: Fallback, enabled: bool) -> None:
+        self.fallback = fallback
+        self.enabled = enabled
+        self._on = fallback._on
+
+    def begin(self) -> float:  # pragma: no cover - begins is False
+        return 0.0
+
+    def decides(self, exc: Exception) -> bool:
+        return self.enabled and not isinstance(exc, UsageError) and bool(self._on(exc))
+
+    def result_fails(self, calls: Attempts | None, result: object) -> bool:  # pragma: no cover
+        return False
+
+    def sleep(self, seconds: float) -> None:  # pragma: no cover - never waits
+        pass
+
+    async def sleep_async(self, seconds: float) -> None:  # pragma: no cover
+        pass
+
+    def calls(
+        self,
+        fn: Callable[..., Any] | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        started: float,
+    ) -> _Recovery:
+        fallback = self.fallback
+        return (_Value if fallback._handler is None else _Recovery)(fallback, args, kwargs)
+
+
+class _Recovery(Attempts):
+    """A failed call's answer: what the handler makes of the failure."""
+
+    __slots__ = ("args", "fallback", "kwargs")
+
+    awaits = True  # an async handler's coroutine is awaited
+
+    def __init__(self, fallback: Fallback, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.fallback = fallback
+        self.args = args
+        self.kwargs = kwargs
+
+    def next_wait(self, exc: BaseException | None, result: object) -> float | None:
+        return ANSWER
+
+    def answer(self, exc: BaseException | None, result: object) -> Any:
+        handler: Any = self.fallback._handler
+        if self.fallback._with_args:
+            return handler(exc, *self.args, **self.kwargs)
+        return handler(exc)
+
+
+class _Value(_Recovery):
+    """A failed call's answer: the value, returned as given (awaitable or not)."""
+
+    __slots__ = ()
+
+    awaits = False
+
+    def answer(self, exc: BaseException | None, result: object) -> Any:
+        return self.fallback._value
+
+
+class Fallback(Configured, LoopForms):
     """Return ``value``, or ``handler(exc)``, when the call raises an exception matching ``on``.
 
-    Give exactly one of ``value`` and ``handler``. A handler may be ``async def`` when it
-    guards async code. As ``with fallback:`` the matching exception is swallowed (after
-    the handler, if any, has seen it), since a block has no value to replace.
-    ``RESILIENT_ENABLED=0`` switches it off like every policy: errors pass through.
+    Give exactly one of ``value`` and ``handler``. With ``with_args=True`` the handler
+    also gets the call's own arguments, ``handler(exc, *args, **kwargs)`` (a "last known
+    price for this SKU"). A handler may be ``async def`` when it guards async code. As
+    ``with fallback:`` the matching exception is swallowed (after the handler, if any,
+    has seen it), since a block has no value to replace. ``RESILIENT_ENABLED=0``
+    switches it off like every policy: errors pass through.
     """
 
     KIND = "fallback"
     OPTIONS = ()
+    _plan: _Plan
 
     def __init__(
         self,
         value: Any = _MISSING,
         *,
-        handler: Callable[[Exception], Any] | None = None,
+        handler: Callable[..., Any] | None = None,
+        with_args: bool = False,
         on: type[BaseException]
         | tuple[type[BaseException], ...]
         | Callable[[BaseException], bool] = Exception,
@@ -60,6 +133,13 @@ class Fallback(Configured, Decorates):
             )
         if handler is not None and (not callable(handler) or isinstance(handler, type)):
             raise ConfigError("handler", handler, "a callable(exception)", owner="Fallback")
+        if not isinstance(with_args, bool) or (with_args and handler is None):
+            raise ConfigError(
+                "with_args",
+                with_args,
+                "True or False; True only with a handler, which then gets (exc, *args, **kwargs)",
+                owner="Fallback",
+            )
         try:
             self._on = opt.exception_filter(on, catchable=True)
         except opt.Invalid:
@@ -71,26 +151,15 @@ class Fallback(Configured, Decorates):
             ) from None
         self._value = value
         self._handler = handler
+        self._with_args = with_args
         self._async_handler = handler is not None and is_async_callable(handler)
         self._register(self._configure(None, {}))
 
-    def _compile(self, settings: Settings) -> bool:
-        return settings.enabled
+    def _compile(self, settings: Settings) -> _Plan:
+        return _Plan(self, settings.enabled)
 
-    def _switch(self, compiled: bool) -> None:
-        self._enabled = compiled
-
-    def _catches(self, exc: Exception) -> bool:
-        return self._enabled and not isinstance(exc, UsageError) and bool(self._on(exc))
-
-    def _recover(self, exc: Exception) -> Any:
-        return self._value if self._handler is None else self._handler(exc)
-
-    async def _recover_async(self, exc: Exception) -> Any:
-        if self._handler is None:
-            return self._value  # a value is returned as given, awaitable or not
-        answer = self._handler(exc)
-        return await answer if isinstance(answer, Awaitable) else answer
+    def _switch(self, compiled: _Plan) -> None:
+        self._plan = compiled
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         if self._async_handler:
@@ -98,33 +167,7 @@ class Fallback(Configured, Decorates):
                 f"Fallback's handler {self._handler!r} is async, but {fn!r} is not:"
                 " a sync call cannot await it"
             )
-        fallback = self
-
-        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            try:
-                result = fn(*args, **kwargs)
-                if result.__class__ is CoroutineType:
-                    raise returned_coroutine(fn, result)
-                return result
-            except Exception as exc:
-                if not fallback._catches(exc):
-                    raise
-                return fallback._recover(exc)  # type: ignore[no-any-return]
-
-        return guarded
-
-    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        fallback = self
-
-        async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            try:
-                return await fn(*args, **kwargs)
-            except Exception as exc:
-                if not fallback._catches(exc):
-                    raise
-                return await fallback._recover_async(exc)  # type: ignore[no-any-return]
-
-        return guarded
+        return super()._wrap_sync(fn)
 
     # A block has no value to replace: the forms swallow the exception, after the handler.
 
@@ -137,11 +180,11 @@ class Fallback(Configured, Decorates):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        if not isinstance(exc, Exception) or not self._catches(exc):
+        if not isinstance(exc, Exception) or not self._plan.decides(exc):
             return False
         if self._async_handler:
             raise UsageError("Fallback's handler is async: use 'async with'") from exc
-        self._recover(exc)
+        self._plan.calls(None, (), {}, 0.0).answer(exc, None)
         return True
 
     async def __aenter__(self) -> None:
@@ -153,9 +196,12 @@ class Fallback(Configured, Decorates):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        if not isinstance(exc, Exception) or not self._catches(exc):
+        if not isinstance(exc, Exception) or not self._plan.decides(exc):
             return False
-        await self._recover_async(exc)
+        calls = self._plan.calls(None, (), {}, 0.0)
+        answer = calls.answer(exc, None)
+        if calls.awaits and isinstance(answer, Awaitable):
+            await answer
         return True
 
     def __repr__(self) -> str:

@@ -1,20 +1,20 @@
 """Retry: call again after a failure, speaking tenacity's vocabulary at a fraction of its cost.
 
 The decision (retry or give up, and how long to wait) is made in one place,
-:meth:`_Call.next_wait`, without doing any I/O; the sync and async loops around it only
-sleep and call. Through the decorator, a first attempt that succeeds costs a few
-attribute reads (plus a clock read when a deadline, stop strategy or budget needs the
-start): per-call state (:class:`_Call`) is created when a first attempt fails, on the
-stack of that call, never on the shared :class:`Retry`.
+:meth:`_Call.next_wait`, without doing any I/O; the loop driver
+(``_core/execution/drivers.py``) sleeps and calls, on threads, asyncio and trio. Through
+the decorator, a first attempt that succeeds costs a few attribute reads (plus a clock
+read when a deadline, stop strategy or budget needs the start): per-call state
+(:class:`_Call`) is created when a first attempt fails, on the stack of that call,
+never on the shared :class:`Retry`.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 from resilient._budget import RetryBudget
 from resilient._core.configuration import options as opt
@@ -22,15 +22,12 @@ from resilient._core.configuration import testmode
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.registry import Configured
 from resilient._core.execution.deadline import remaining
-from resilient._core.execution.drivers import CoroutineType, Decorates, returned_coroutine
+from resilient._core.execution.drivers import Attempt, AttemptForms, Attempts, LoopForms
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
 from resilient._errors import UsageError
 from resilient.backoff import Backoff
 
-__all__ = ["Retry"]
-
-P = ParamSpec("P")
-R = TypeVar("R")
+__all__ = ["Attempt", "Retry"]
 
 WaitSpec = float | Callable[[int, BaseException | None], float] | Any
 OnSpec = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
@@ -218,7 +215,7 @@ class _Engine:
         self._enabled = settings.enabled  # switched off: nothing is retried
         # Results need a look only if someone asked to retry on them.
         self._on_judges_results = self._on_tenacity and _judges_results(self._on)
-        self._checks_results = self._enabled and (
+        self.checks_results = self._enabled and (
             self._on_result is not None or self._on_judges_results
         )
         # The first attempt's start is read only if something measures from it, and the
@@ -229,7 +226,7 @@ class _Engine:
             or self._on_tenacity
             or _is_tenacity(self._wait, "wait_base")  # tenacity reads seconds_since_start
         )
-        self._begins = self._enabled and (self._timed or self._budget is not None)
+        self.begins = self._enabled and (self._timed or self._budget is not None)
         self._retrying_stub: Any = None
 
     def _owner(self) -> str:
@@ -237,27 +234,43 @@ class _Engine:
 
     # -- the happy path: what every call pays ----------------------------------------
 
-    def _begin(self) -> float:
+    def begin(self) -> float:
         """Before a first attempt: count it for the budget, note when it started."""
         if self._budget is not None:
             self._budget._deposit()
         return self._clock.monotonic() if self._timed else 0.0
 
-    def _retries(self, exc: Exception) -> bool:
+    def decides(self, exc: Exception) -> bool:
         """Whether ``exc`` is a failure this policy retries (for a plain ``on``)."""
         if isinstance(exc, UsageError) or not self._enabled:
             return False
         return True if self._on_tenacity else bool(self._on(exc))
 
-    def _result_is_failure(self, call: _Call | None, result: object) -> bool:
+    def result_fails(self, call: Attempts | None, result: object) -> bool:
         if self._on_result is not None and self._on_result(result):
             return True
         if self._on_judges_results:
+            assert call is None or isinstance(call, _Call)
             return bool(self._on(_Call.tenacity_state(self, call, None, result)))
         return False
 
+    def sleep(self, seconds: float) -> None:
+        self._clock.sleep(seconds)
 
-class Retry(Configured, Decorates):
+    async def sleep_async(self, seconds: float) -> None:
+        await self._clock.sleep_async(seconds)
+
+    def calls(
+        self,
+        fn: Callable[..., Any] | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        started: float,
+    ) -> _Call:
+        return _Call(self, fn, args, kwargs, started)
+
+
+class Retry(Configured, LoopForms, AttemptForms):
     """Call again after a failure: ``@retry`` on ``def``/``async def``, ``retry.call(...)``,
     ``await retry.call_async(...)``, or the block form ``for attempt in retry: with attempt:``
     (``async for`` in async code).
@@ -268,7 +281,7 @@ class Retry(Configured, Decorates):
 
     KIND = "retry"
     OPTIONS = OPTIONS
-    _engine: _Engine
+    _plan: _Engine
 
     def __init__(
         self,
@@ -291,78 +304,16 @@ class Retry(Configured, Decorates):
         return _Engine(settings, self._owner())
 
     def _switch(self, compiled: _Engine) -> None:
-        self._engine = compiled
+        self._plan = compiled
 
     @property
     def attempts(self) -> int:
-        return self._engine._attempts
+        return self._plan._attempts
 
     def __repr__(self) -> str:
-        return f"<{self._owner()} attempts={self._engine._attempts}>"
+        return f"<{self._owner()} attempts={self._plan._attempts}>"
 
-    # -- wrappers ---------------------------------------------------------------------
-
-    def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
-        policy = self
-
-        def retried(*args: P.args, **kwargs: P.kwargs) -> R:
-            retry = policy._engine
-            started = retry._begin() if retry._begins else 0.0
-            try:
-                result: Any = fn(*args, **kwargs)
-                if result.__class__ is CoroutineType:
-                    raise returned_coroutine(fn, result)
-            except Exception as exc:
-                if not retry._retries(exc):
-                    raise
-                first: Exception | None = exc
-                result = None
-            else:
-                if not (retry._checks_results and retry._result_is_failure(None, result)):
-                    return result  # type: ignore[no-any-return]
-                first = None
-            # Out of the except block: later attempts must not chain to the first. And
-            # this frame lets go of the first failure (its traceback holds this frame).
-            call = _Call(retry, fn, args, kwargs, started, first)
-            del first
-            return call.run(result)  # type: ignore[no-any-return]
-
-        return retried
-
-    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        policy = self
-
-        async def retried(*args: P.args, **kwargs: P.kwargs) -> R:
-            retry = policy._engine
-            started = retry._begin() if retry._begins else 0.0
-            try:
-                result: Any = await fn(*args, **kwargs)
-            except Exception as exc:
-                if not retry._retries(exc):
-                    raise
-                first: Exception | None = exc
-                result = None
-            else:
-                if not (retry._checks_results and retry._result_is_failure(None, result)):
-                    return result  # type: ignore[no-any-return]
-                first = None
-            # Out of the except block: later attempts must not chain to the first. And
-            # this frame lets go of the first failure (its traceback holds this frame).
-            call = _Call(retry, fn, args, kwargs, started, first)
-            del first
-            return await call.run_async(result)  # type: ignore[no-any-return]
-
-        return retried
-
-    # -- the block form ---------------------------------------------------------------
-
-    def __iter__(self) -> Iterator[Attempt]:
-        """``for attempt in retry: with attempt: ...`` runs the block until it succeeds."""
-        return _Attempts(self._engine)
-
-    def __aiter__(self) -> AsyncIterator[Attempt]:
-        """``async for attempt in retry: with attempt: ...``; waits are async and cancellable."""
-        return _Attempts(self._engine)
+    # -- the block form: ``for attempt in retry: with attempt: ...`` (AttemptForms) --
 
     def __enter__(self) -> None:
         raise UsageError(
@@ -399,22 +350,10 @@ def _note(exc: BaseException, note: str, replaces: str = "") -> None:
     exc.__notes__ = notes  # type: ignore[attr-defined]  # what add_note() keeps
 
 
-class _Call:
+class _Call(Attempts):
     """One call's attempts: created when its first attempt fails, gone when it ends."""
 
-    __slots__ = (
-        "args",
-        "attempt",
-        "failure",
-        "fn",
-        "idle",
-        "kwargs",
-        "previous",
-        "retry",
-        "started",
-        "state",
-        "trouble",
-    )
+    __slots__ = ("args", "fn", "kwargs", "previous", "retry", "started", "state", "trouble")
 
     def __init__(
         self,
@@ -423,18 +362,15 @@ class _Call:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         started: float,
-        failure: BaseException | None = None,
     ) -> None:
+        super().__init__()
         self.retry = retry
         self.fn = fn
-        self.failure = failure  # the first attempt's, until run() takes it
         self.args = args
         self.kwargs = kwargs
         self.started = started
-        self.attempt = 1  # the attempt that has just ended
         self.previous: float | None = None  # the last wait, for decorrelated jitter
         self.trouble: str | None = None  # what went wrong with the wait strategy, if anything
-        self.idle = 0.0
         self.state: Any = None  # tenacity's RetryCallState, built only if a strategy needs it
 
     # -- the decision ----------------------------------------------------------------
@@ -548,156 +484,3 @@ class _Call:
         state.outcome = outcome
         state.outcome_timestamp = retry._clock.monotonic()
         return state
-
-    # -- the two loops: the only code that knows sync from async ------------------------
-
-    def run(self, result: Any) -> Any:
-        retry, fn = self.retry, self.fn
-        exc, self.failure = self.failure, None
-        assert fn is not None
-        while True:
-            wait = self.next_wait(exc, result)
-            if wait is None:
-                if exc is not None:
-                    try:
-                        raise exc
-                    finally:  # no frame -> traceback -> exception -> frame cycle for the GC
-                        exc = None
-                return result
-            if wait > 0:
-                retry._clock.sleep(wait)
-                self.idle += wait
-            self.attempt += 1
-            try:
-                result, exc = fn(*self.args, **self.kwargs), None
-                if result.__class__ is CoroutineType:
-                    raise returned_coroutine(fn, result)
-            except Exception as failure:
-                if not retry._retries(failure):
-                    raise
-                exc = failure
-                continue
-            if not (retry._checks_results and retry._result_is_failure(self, result)):
-                return result
-
-    async def run_async(self, result: Any) -> Any:
-        retry, fn = self.retry, self.fn
-        exc, self.failure = self.failure, None
-        assert fn is not None
-        while True:
-            wait = self.next_wait(exc, result)
-            if wait is None:
-                if exc is not None:
-                    try:
-                        raise exc
-                    finally:  # no frame -> traceback -> exception -> frame cycle for the GC
-                        exc = None
-                return result
-            if wait > 0:
-                await retry._clock.sleep_async(wait)
-                self.idle += wait
-            self.attempt += 1
-            try:
-                result, exc = await fn(*self.args, **self.kwargs), None
-            except Exception as failure:
-                if not retry._retries(failure):
-                    raise
-                exc = failure
-                continue
-            if not (retry._checks_results and retry._result_is_failure(self, result)):
-                return result
-
-
-class Attempt:
-    """One attempt of the block form: ``with attempt:`` around the code to retry.
-
-    Leaving the block with an exception that will be retried suppresses it (the loop
-    then waits and goes round again); one that will not is let through (with a note
-    saying why, when the retry gave up).
-    """
-
-    __slots__ = ("_attempts", "number")
-
-    def __init__(self, attempts: _Attempts, number: int) -> None:
-        self._attempts = attempts
-        self.number = number
-
-    def __enter__(self) -> Attempt:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        return self._attempts.ended(exc)
-
-    def __repr__(self) -> str:
-        return f"<Attempt {self.number}>"
-
-
-class _Attempts:
-    """The iterator behind ``for attempt in retry`` and ``async for attempt in retry``."""
-
-    __slots__ = ("call", "done", "number", "retry", "started", "wait")
-
-    def __init__(self, retry: _Engine) -> None:
-        self.retry = retry
-        self.call: _Call | None = None  # made on the first failure, as by the decorator
-        self.number = 0
-        self.done = False
-        self.wait: float | None = None  # set when an attempt failed and will be retried
-        self.started = 0.0
-
-    def _next(self) -> Attempt:
-        if self.done:
-            raise StopIteration
-        if self.number == 0:
-            self.started = self.retry._begin() if self.retry._begins else 0.0
-        elif self.wait is None:  # the last attempt was left without failing: done
-            self.done = True
-            raise StopIteration
-        self.number += 1
-        self.wait = None
-        return Attempt(self, self.number)
-
-    def __iter__(self) -> Iterator[Attempt]:
-        return self
-
-    def __next__(self) -> Attempt:
-        if self.wait:
-            self.retry._clock.sleep(self.wait)
-            self._waited(self.wait)
-        return self._next()
-
-    def __aiter__(self) -> AsyncIterator[Attempt]:
-        return self
-
-    async def __anext__(self) -> Attempt:
-        if self.wait:
-            await self.retry._clock.sleep_async(self.wait)
-            self._waited(self.wait)
-        try:
-            return self._next()
-        except StopIteration:
-            raise StopAsyncIteration from None
-
-    def _waited(self, seconds: float) -> None:
-        if self.call is not None:
-            self.call.idle += seconds
-
-    def ended(self, exc: BaseException | None) -> bool:
-        """An attempt's block ended: True to swallow ``exc`` and go round again."""
-        if exc is None or not isinstance(exc, Exception) or not self.retry._retries(exc):
-            self.done = True
-            return False
-        if self.call is None:
-            self.call = _Call(self.retry, None, (), {}, self.started)
-        self.call.attempt = self.number
-        wait = self.call.next_wait(exc, None)
-        if wait is None:
-            self.done = True
-            return False
-        self.wait = wait
-        return True

@@ -411,3 +411,84 @@ def test_an_awaitable_value_is_returned_as_given() -> None:
         assert await fails() is future
 
     anyio.run(main)
+
+
+class TestTheHandlerSeesTheCall:
+    """``with_args=True``: the handler gets the failure, then the call's own arguments."""
+
+    PRICES = {"A-1": 9.99, "B-2": 4.5}  # noqa: RUF012 - read only
+
+    def test_sync_decorator_and_call(self) -> None:
+        seen: list[tuple[Exception, str, str]] = []
+
+        def last_known(exc: Exception, sku: str, *, currency: str = "EUR") -> float:
+            seen.append((exc, sku, currency))
+            return self.PRICES[sku]
+
+        fallback = Fallback(handler=last_known, with_args=True)
+
+        @fallback
+        def price(sku: str, *, currency: str = "EUR") -> float:
+            raise BOOM
+
+        assert price("A-1") == 9.99
+        assert price("B-2", currency="USD") == 4.5
+        assert fallback.call(price.__wrapped__, "A-1", currency="GBP") == 9.99  # type: ignore[attr-defined]
+        assert seen == [(BOOM, "A-1", "EUR"), (BOOM, "B-2", "USD"), (BOOM, "A-1", "GBP")]
+
+    @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+    @pytest.mark.parametrize("async_handler", [False, True], ids=["def", "async def"])
+    def test_async_decorator_and_call(self, backend: str, async_handler: bool) -> None:
+        def sync_handler(exc: Exception, sku: str) -> float:
+            assert exc is BOOM
+            return self.PRICES[sku]
+
+        async def coroutine_handler(exc: Exception, sku: str) -> float:
+            await anyio.lowlevel.checkpoint()
+            return sync_handler(exc, sku)
+
+        handler = coroutine_handler if async_handler else sync_handler
+        fallback = Fallback(handler=handler, with_args=True)
+
+        async def price(sku: str) -> float:
+            await anyio.lowlevel.checkpoint()
+            raise BOOM
+
+        async def main() -> list[float]:
+            return [await fallback(price)("A-1"), await fallback.call_async(price, "B-2")]
+
+        assert anyio.run(main, backend=backend) == [9.99, 4.5]
+
+    def test_a_block_has_no_arguments_to_give(self) -> None:
+        seen: list[tuple[Any, ...]] = []
+        with Fallback(handler=lambda *args: seen.append(args), with_args=True):
+            raise BOOM
+        assert seen == [(BOOM,)]
+
+    def test_without_it_the_handler_gets_the_exception_only(self) -> None:
+        @Fallback(handler=lambda exc: type(exc).__name__)
+        def price(sku: str) -> str:
+            raise BOOM
+
+        assert price("A-1") == "ConnectionError"
+
+    @pytest.mark.parametrize("bad", [1, "yes", None])
+    def test_with_args_is_a_bool(self, bad: Any) -> None:
+        with pytest.raises(ConfigError, match="with_args"):
+            Fallback(handler=print, with_args=bad)
+
+    def test_with_args_needs_a_handler(self) -> None:
+        with pytest.raises(ConfigError, match=r"with_args.*only with a handler"):
+            Fallback(0, with_args=True)
+
+    def test_a_raising_handler_is_chained_to_the_failure(self) -> None:
+        def handler(exc: Exception, sku: str) -> float:
+            raise KeyError(sku)
+
+        @Fallback(handler=handler, with_args=True)
+        def price(sku: str) -> float:
+            raise BOOM
+
+        with pytest.raises(KeyError) as info:
+            price("Z-9")
+        assert info.value.__context__ is BOOM

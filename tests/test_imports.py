@@ -38,7 +38,11 @@ NEVER = (
 
 def loaded_after(code: str) -> list[str]:
     done = subprocess.run(
-        [sys.executable, "-c", f"{code}\nimport json, sys; print(json.dumps(sorted(sys.modules)))"],
+        [
+            sys.executable,
+            "-c",
+            f"{code}\nimport json, sys; print(json.dumps(sorted(sys.modules)))",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -55,7 +59,7 @@ def loaded_after(code: str) -> list[str]:
         "import resilient; resilient.CircuitBreaker('a')(lambda: 1)()",
         "import resilient; resilient.Retry(2)(lambda: 1)()",
         "import resilient; resilient.Timeout(1)(lambda: 1)()",
-        "import resilient; resilient.Pipeline(resilient.Fallback(0), resilient.Bulkhead(2))(int)()",
+        "from resilient import Bulkhead as B, Fallback as F, Pipeline as P; P(F(0), B(2))(int)()",
         "import resilient, resilient.backoff",
     ],
 )

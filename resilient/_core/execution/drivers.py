@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextvars import ContextVar
 from types import CodeType, CoroutineType, TracebackType
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, overload
@@ -48,11 +48,17 @@ from resilient._core.configuration.options import (
 from resilient._errors import UsageError
 
 __all__ = [
+    "ANSWER",
     "MUST_WAIT",
     "NO_RESULT",
+    "Attempt",
+    "AttemptForms",
+    "Attempts",
     "CoroutineType",
     "Decorates",
     "GuardForms",
+    "LoopForms",
+    "Plan",
     "Refusal",
     "is_async_callable",
     "pop_block",
@@ -184,7 +190,7 @@ def _is_async(owner: object, fn: object) -> bool:
         generator = bool(flags & _GENERATOR)
         is_async = bool(flags & CO_COROUTINE)
     elif callable(fn):  # a partial, a class, a builtin, a callable object
-        inner = fn
+        inner: Any = fn
         while isinstance(inner, functools.partial):
             inner = inner.func
         code = getattr(inner, "__code__", None)
@@ -403,3 +409,307 @@ def _async_driver(
         return result
 
     return guarded
+
+
+# -- the loop driver: attempt, decide, wait -------------------------------------------------
+#
+# A *looping* policy (Retry; Fallback is one that never goes round) writes its decisions
+# once, without I/O, and this driver runs them on threads, asyncio and trio: the only
+# code of a loop that knows sync from async.
+
+#: What ``next_wait`` answers when the failure is to be replaced by ``answer(exc)``.
+ANSWER: float = -1.0
+
+
+class Plan(Protocol):
+    """A looping policy's configuration, read whole at the start of a call (a reload
+    never mixes two in one call). All of it is read on the happy path: keep it cheap."""
+
+    #: whether ``begin()`` must run before a first attempt (it reads a clock, counts)
+    begins: bool
+    #: whether a returned value may be a failure (``result_fails``)
+    checks_results: bool
+
+    def begin(self) -> float:
+        """Before a first attempt: when it started (0.0 when nothing measures from it)."""
+        ...
+
+    def decides(self, exc: Exception) -> bool:
+        """Whether ``exc`` is this policy's to decide on; if not it passes at once."""
+        ...
+
+    def result_fails(self, calls: Attempts | None, result: object) -> bool:
+        """Whether a returned value is a failure (``calls`` is None on a first attempt)."""
+        ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+    async def sleep_async(self, seconds: float) -> None: ...
+
+    def calls(
+        self,
+        fn: Callable[..., Any] | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        started: float,
+    ) -> Attempts:
+        """The per-call decisions, made when a first attempt has failed."""
+        ...
+
+
+class Attempts:
+    """One call's attempts, on the stack of that call, never on the shared policy."""
+
+    __slots__ = ("attempt", "idle")
+
+    #: whether an async call awaits what ``answer`` gives, when it is awaitable
+    awaits = False
+
+    def __init__(self) -> None:
+        #: the attempt that has just ended; the driver counts it up before each new one
+        self.attempt = 1
+        #: seconds waited so far
+        self.idle = 0.0
+
+    def next_wait(self, exc: BaseException | None, result: object) -> float | None:
+        """After a failed attempt (``exc``, or a ``result`` that fails): seconds to wait
+        before the next one; None to give up (re-raise ``exc``, or return ``result``);
+        :data:`ANSWER` to answer with ``answer(exc)`` instead. No I/O."""
+        raise NotImplementedError
+
+    def answer(self, exc: BaseException | None, result: object) -> Any:
+        """The value that replaces a failure, after :data:`ANSWER`."""
+        raise NotImplementedError
+
+
+class LoopForms(Decorates):
+    """Mixin: the decorator and call forms of a looping policy, from its ``_plan``."""
+
+    _plan: Plan
+
+    def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        return _sync_loop(self, fn)
+
+    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        return _async_loop(self, fn)
+
+
+def _while_handling(error: BaseException, exc: BaseException | None) -> None:
+    """``error`` came up while answering for ``exc``: chain them, as an except block would
+    (the answer is made outside one, so that later attempts do not chain)."""
+    if error.__context__ is None and error is not exc:
+        error.__context__ = exc
+
+
+def _sync_loop(policy: LoopForms, fn: Callable[P, R]) -> Callable[P, R]:
+    def looped(*args: P.args, **kwargs: P.kwargs) -> R:
+        plan = policy._plan
+        started = plan.begin() if plan.begins else 0.0
+        try:
+            result: Any = fn(*args, **kwargs)
+            if result.__class__ is CoroutineType:
+                raise returned_coroutine(fn, result)
+        except Exception as failure:
+            if not plan.decides(failure):
+                raise
+            exc: Exception | None = failure
+            result = None
+        else:
+            if not (plan.checks_results and plan.result_fails(None, result)):
+                return result  # type: ignore[no-any-return]
+            exc = None
+        # Out of the except block: later attempts must not chain to the first.
+        calls = plan.calls(fn, args, kwargs, started)
+        while True:
+            wait = calls.next_wait(exc, result)
+            if wait is None or wait == ANSWER:
+                try:
+                    if wait is None:
+                        if exc is not None:
+                            raise exc
+                        return result  # type: ignore[no-any-return]
+                    try:
+                        return calls.answer(exc, result)  # type: ignore[no-any-return]
+                    except BaseException as error:
+                        _while_handling(error, exc)
+                        raise
+                finally:  # no frame -> traceback -> exception -> frame cycle for the GC
+                    exc = None
+            if wait > 0:
+                plan.sleep(wait)
+                calls.idle += wait
+            calls.attempt += 1
+            try:
+                result, exc = fn(*args, **kwargs), None
+                if result.__class__ is CoroutineType:
+                    raise returned_coroutine(fn, result)
+            except Exception as failure:
+                if not plan.decides(failure):
+                    raise
+                exc = failure
+                continue
+            if not (plan.checks_results and plan.result_fails(calls, result)):
+                return result  # type: ignore[no-any-return]
+
+    return looped
+
+
+def _async_loop(
+    policy: LoopForms, fn: Callable[P, Awaitable[R]]
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    async def looped(*args: P.args, **kwargs: P.kwargs) -> R:
+        plan = policy._plan
+        started = plan.begin() if plan.begins else 0.0
+        try:
+            result: Any = await fn(*args, **kwargs)
+        except Exception as failure:
+            if not plan.decides(failure):
+                raise
+            exc: Exception | None = failure
+            result = None
+        else:
+            if not (plan.checks_results and plan.result_fails(None, result)):
+                return result  # type: ignore[no-any-return]
+            exc = None
+        calls = plan.calls(fn, args, kwargs, started)
+        while True:
+            wait = calls.next_wait(exc, result)
+            if wait is None or wait == ANSWER:
+                try:
+                    if wait is None:
+                        if exc is not None:
+                            raise exc
+                        return result  # type: ignore[no-any-return]
+                    try:
+                        answer = calls.answer(exc, result)
+                        if calls.awaits and isinstance(answer, Awaitable):
+                            answer = await answer
+                    except BaseException as error:
+                        _while_handling(error, exc)
+                        raise
+                    return answer  # type: ignore[no-any-return]
+                finally:  # no frame -> traceback -> exception -> frame cycle for the GC
+                    exc = None
+            if wait > 0:
+                await plan.sleep_async(wait)
+                calls.idle += wait
+            calls.attempt += 1
+            try:
+                result, exc = await fn(*args, **kwargs), None
+            except Exception as failure:
+                if not plan.decides(failure):
+                    raise
+                exc = failure
+                continue
+            if not (plan.checks_results and plan.result_fails(calls, result)):
+                return result  # type: ignore[no-any-return]
+
+    return looped
+
+
+class AttemptForms:
+    """Mixin: the block form of a looping policy, ``for attempt in policy: with attempt:``
+    (``async for`` in async code, whose waits are async and cancellable)."""
+
+    _plan: Plan
+
+    def __iter__(self) -> Iterator[Attempt]:
+        return _Blocks(self._plan)
+
+    def __aiter__(self) -> AsyncIterator[Attempt]:
+        return _Blocks(self._plan)
+
+
+class Attempt:
+    """One attempt of the block form: ``with attempt:`` around the code to retry.
+
+    Leaving the block with an exception that will be retried suppresses it (the loop
+    then waits and goes round again); one that will not is let through (with a note
+    saying why, when the retry gave up).
+    """
+
+    __slots__ = ("_blocks", "number")
+
+    def __init__(self, blocks: _Blocks, number: int) -> None:
+        self._blocks = blocks
+        self.number = number
+
+    def __enter__(self) -> Attempt:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return self._blocks.ended(exc)
+
+    def __repr__(self) -> str:
+        return f"<Attempt {self.number}>"
+
+
+class _Blocks:
+    """The iterator behind ``for attempt in policy`` and ``async for attempt in policy``."""
+
+    __slots__ = ("calls", "done", "number", "plan", "started", "wait")
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.calls: Attempts | None = None  # made on the first failure, as by the decorator
+        self.number = 0
+        self.done = False
+        self.wait: float | None = None  # set when an attempt failed and will be retried
+        self.started = 0.0
+
+    def _next(self) -> Attempt:
+        if self.done:
+            raise StopIteration
+        if self.number == 0:
+            self.started = self.plan.begin() if self.plan.begins else 0.0
+        elif self.wait is None:  # the last attempt was left without failing: done
+            self.done = True
+            raise StopIteration
+        self.number += 1
+        self.wait = None
+        return Attempt(self, self.number)
+
+    def __iter__(self) -> Iterator[Attempt]:
+        return self
+
+    def __next__(self) -> Attempt:
+        if self.wait:
+            self.plan.sleep(self.wait)
+            self._waited(self.wait)
+        return self._next()
+
+    def __aiter__(self) -> AsyncIterator[Attempt]:
+        return self
+
+    async def __anext__(self) -> Attempt:
+        if self.wait:
+            await self.plan.sleep_async(self.wait)
+            self._waited(self.wait)
+        try:
+            return self._next()
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    def _waited(self, seconds: float) -> None:
+        if self.calls is not None:
+            self.calls.idle += seconds
+
+    def ended(self, exc: BaseException | None) -> bool:
+        """An attempt's block ended: True to swallow ``exc`` and go round again."""
+        if exc is None or not isinstance(exc, Exception) or not self.plan.decides(exc):
+            self.done = True
+            return False
+        if self.calls is None:
+            self.calls = self.plan.calls(None, (), {}, self.started)
+        self.calls.attempt = self.number
+        wait = self.calls.next_wait(exc, None)
+        if wait is None or wait == ANSWER:
+            self.done = True
+            return False
+        self.wait = wait
+        return True
