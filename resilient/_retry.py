@@ -91,8 +91,13 @@ def _check_on(value: Any) -> Any:
 def _check_stop(value: Any) -> Any:
     if value is None or _is_tenacity(value, "stop_base"):
         return value
+    # A plain callable is handed tenacity's RetryCallState: without tenacity (an optional
+    # dependency), say so now, not at the first failure.
     if callable(value) and not isinstance(value, type):
-        return value
+        from importlib.util import find_spec  # (constructing a Retry with stop= only)
+
+        if find_spec("tenacity") is not None:
+            return value
     raise opt.Invalid
 
 
@@ -171,7 +176,8 @@ OPTIONS = (
         "stop",
         None,
         _check_stop,
-        "None, a tenacity stop strategy, or a callable(retry_state) -> bool",
+        "None, a tenacity stop strategy, or a callable(retry_state) -> bool"
+        ' (retry_state is tenacity\'s: pip install "resilient-toolkit[tenacity]")',
         "Also give up when this says so (e.g. stop_after_delay(10) | stop_after_attempt(5)).",
     ),
     opt.Option(
