@@ -55,16 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    from resilient import _demo
-
     demo = commands.add_parser(
         "demo",
         help="watch a flaky downstream, called with and without resilience",
-        description=_demo.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,  # the demo's own parser answers --help
+        prefix_chars="\0",  # no argument can hold a NUL: each one is left for the demo
     )
-    _demo.add_arguments(demo)
-    demo.set_defaults(run=_demo.run)
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
+    demo.set_defaults(run=_demo)
 
     env = commands.add_parser(
         "env",
@@ -92,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
     cfg.add_argument("--json", action="store_true", help="print JSON for machines")
     cfg.set_defaults(run=_config)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """The demo is an application: imported, and its arguments parsed, only when it runs,
+    so that neither ``import resilient`` nor the other commands load it."""
+    from resilient._demo.command import main
+
+    return main(args.demo_args)
 
 
 # -- resilient env ---------------------------------------------------------------------------

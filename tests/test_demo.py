@@ -21,7 +21,12 @@ from typing import Any
 
 import pytest
 
-from resilient._demo import explain, percentile
+from resilient import ConfigError
+from resilient._demo import policies as demo
+from resilient._demo.report import explain, summary_lines
+from resilient._demo.settings import Settings, parse
+from resilient._demo.simulation import Answer, Outcome
+from resilient._demo.summary import percentile, tally
 
 DURATION = 2.0  # long enough for the outage to take every worker of the unguarded service
 CLIENTS = 20
@@ -163,6 +168,7 @@ def test_help_reads_well() -> None:
         (("--clients", "0"), "argument --clients: must be from 1 to"),
         (("--clients", "many"), "argument --clients: not a whole number"),
         (("--intensity", "extreme"), "argument --intensity: invalid choice"),
+        (("--bogus",), "unrecognized arguments: --bogus"),
     ],
 )
 def test_bad_arguments_exit_with_2(args: tuple[str, ...], complaint: str) -> None:
@@ -389,3 +395,145 @@ def test_percentile_is_nearest_rank_and_says_when_it_is_a_lower_bound() -> None:
     assert percentile(waits, 1.0) == (100.0, True)
     assert percentile([(0.5, False)], 0.99) == (0.5, False)
     assert percentile([], 0.5) == (None, False)
+
+
+def test_a_tally_counts_each_outcome_and_marks_a_wait_cut_short() -> None:
+    answers = [Answer(0, Outcome.OK, 0.03)] * 3 + [
+        Answer(0, Outcome.BREAKER, 0.001),
+        Answer(1, Outcome.UNANSWERED, 2.0),
+    ]
+    assert tally(answers) == {
+        "requests": 5,
+        "succeeded": 3,
+        "errors": 0,
+        "timeouts": 0,
+        "refused_breaker": 1,
+        "refused_bulkhead": 0,
+        "unanswered": 1,
+        "p50": 0.03,
+        "p99": 2.0,
+        "p50_unfinished": False,
+        "p99_unfinished": True,
+    }
+
+
+def test_the_report_renders_a_summary_read_back_from_json(runs: dict[str, Run]) -> None:
+    lines = "\n".join(summary_lines(runs["default"].summary)).splitlines()
+    assert lines[1].startswith(f"Summary ({CLIENTS} clients per group, {DURATION:g} s,")
+    assert any(re.match(r"  requests +\d+ +\d+$", line) for line in lines)
+    assert "What changed:" in lines
+    assert max(len(line) for line in lines) <= 79
+
+
+# -- the settings ----------------------------------------------------------------------------
+
+
+def test_the_command_line_is_parsed_into_settings() -> None:
+    assert parse([]) == Settings(10.0, 30, "normal", 1, live=None, json=False)
+    given = ["--duration", "2.5", "--clients", "4", "--intensity", "high", "--seed", "7"]
+    assert parse([*given, "--no-live", "--json"]) == Settings(2.5, 4, "high", 7, False, True)
+    assert parse(["--live"]).live is True
+
+
+def test_a_bad_option_names_itself_its_value_and_the_range(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse(["--clients", "500"])
+    assert exited.value.code == 2
+    assert "argument --clients: must be from 1 to 200, not 500" in capsys.readouterr().err
+
+
+@pytest.fixture
+def demo_env(env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The ``env`` fixture, with no RESILIENT_* variable from the outside."""
+    for variable in os.environ:
+        if variable.startswith("RESILIENT_"):
+            env.delenv(variable)
+    return env
+
+
+def test_a_demo_variable_retunes_its_policy_and_is_shown_with_its_source(
+    demo_env: pytest.MonkeyPatch,
+) -> None:
+    demo_env.setenv("RESILIENT_DEMO_BREAKER_OPEN_FOR", "100ms")
+    demo_env.setenv("RESILIENT_DEMO_BREAKER_OPNE_FOR", "3s")
+    policies = demo.Policies.make(clients=2, seed=1)
+    assert policies.breaker.settings.values["open_for"] == 0.1
+    described = {(p["kind"], p["name"]): p["options"] for p in demo.describe_policies(policies)}
+    assert described[("breaker", "demo")]["open_for"] == {
+        "value": "100ms",
+        "source": "RESILIENT_DEMO_BREAKER_OPEN_FOR",
+    }
+    assert described[("timeout", "demo-attempt")]["seconds"] == {
+        "value": "250ms",
+        "source": "code",
+    }
+    assert demo.environment(policies) == demo.Environment(
+        set_now={
+            "RESILIENT_DEMO_BREAKER_OPEN_FOR": "100ms",
+            "RESILIENT_DEMO_BREAKER_OPNE_FOR": "3s",
+        },
+        unknown=[("RESILIENT_DEMO_BREAKER_OPNE_FOR", "RESILIENT_DEMO_BREAKER_OPEN_FOR")],
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("RESILIENT_DEMO_BREAKER_OPEN_FOR", "soon", "expected seconds >= 0"),
+        ("RESILIENT_DEMO_ATTEMPT_TIMEOUT_SECONDS", "-1", "expected seconds > 0"),
+        ("RESILIENT_DEMO_RETRY_ATTEMPTS", "many", "expected a whole number"),
+    ],
+)
+def test_a_bad_demo_variable_names_itself_its_value_and_what_it_expects(
+    demo_env: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    demo_env.setenv(variable, value)
+    with pytest.raises(ConfigError) as raised:
+        demo.Policies.make(clients=2, seed=1)
+    assert f"{variable}={value!r} is invalid: {expected}" in str(raised.value)
+
+
+# -- loaded only by the demo command -----------------------------------------------------------
+
+LOADED = """
+import json, sys
+{run}
+loaded = sorted(m for m in sys.modules if m.startswith("resilient._demo"))
+print(json.dumps(loaded), file=sys.stderr)
+"""
+
+
+def demo_modules_loaded_by(run: str) -> list[str]:
+    code = LOADED.format(run=run)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment(), timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stderr.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+RUN_MAIN = """
+from resilient._cli import main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+"""
+
+
+def test_import_resilient_does_not_load_the_demo() -> None:
+    assert demo_modules_loaded_by("import resilient, resilient.backoff, resilient.testing") == []
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["env"], ["config", "--help"]])
+def test_the_other_commands_do_not_load_the_demo(argv: list[str]) -> None:
+    assert demo_modules_loaded_by(RUN_MAIN.format(argv=argv)) == []
+
+
+def test_resilient_demo_loads_the_demo() -> None:
+    """The check above can see the demo load (so its empty answers mean something)."""
+    assert "resilient._demo.command" in demo_modules_loaded_by(
+        RUN_MAIN.format(argv=["demo", "--help"])
+    )
