@@ -23,7 +23,7 @@ import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.parse import parse_bool
@@ -33,6 +33,7 @@ from resilient._errors import ConfigError, ConfigWarning
 __all__ = [
     "ENABLED",
     "KINDS",
+    "Parts",
     "Settings",
     "default_variable",
     "env_name",
@@ -40,7 +41,7 @@ __all__ = [
     "invalid_variables",
     "known_variables",
     "markdown_table",
-    "option_of",
+    "parts_of",
     "plausible",
     "resolve",
     "unknown_variables",
@@ -172,17 +173,35 @@ def known_variables(policies: Iterable[tuple[str, str | None]]) -> set[str]:
     return known
 
 
-def option_of(var: str) -> tuple[str, opt.Option] | None:
-    """The (kind, option) a well-formed variable sets, whatever name it carries."""
-    best: tuple[str, opt.Option] | None = None
+class Parts(NamedTuple):
+    """What a ``RESILIENT_<NAME>_<KIND>_<OPTION>`` variable sets."""
+
+    #: the name as variables spell it ("PER_HOST"); "DEFAULT" for the kind-wide variable
+    name: str
+    kind: str
+    option: opt.Option
+
+
+#: A name as :func:`env_name` spells one: A-Z, 0-9 and "_", at least one letter or digit.
+_SPELT_NAME = re.compile(r"_*[A-Z0-9][A-Z0-9_]*")
+
+
+def parts_of(var: str) -> Parts | None:
+    """The name, kind and option of a well-formed variable, or None. The longest
+    ``_<KIND>_<OPTION>`` that ends it wins (``..._RETRY_MAX_WAIT`` is max_wait, not
+    wait), and the rest is the name, underscores and all: ``RESILIENT_PER_HOST_BREAKER_
+    FAILURE_RATE`` is the breaker named "per_host" (or "per-host", which spells alike)."""
+    if not var.startswith(PREFIX):
+        return None
+    best: Parts | None = None
     best_len = 0
     for kind, options in KINDS.items():
         for option in options:
             suffix = f"_{kind.upper()}_{option.name.upper()}"
-            fits = var.endswith(suffix) and len(var) > len(PREFIX) + len(suffix)
-            if fits and len(suffix) > best_len:
-                best, best_len = (kind, option), len(suffix)
-    return best
+            if var.endswith(suffix) and len(suffix) > best_len:
+                best_len = len(suffix)
+                best = Parts(var[len(PREFIX) : -len(suffix)], kind, option)
+    return best if best is not None and _SPELT_NAME.fullmatch(best.name) else None
 
 
 def invalid_variables(environ: Mapping[str, str] | None = None) -> list[ConfigError]:
@@ -208,10 +227,10 @@ def invalid_variables(environ: Mapping[str, str] | None = None) -> list[ConfigEr
             except ConfigError as error:
                 errors.append(error)
             continue
-        found = option_of(var) if var.startswith(PREFIX) else None
-        if found is None:
+        parts = parts_of(var)
+        if parts is None:
             continue
-        option = found[1]
+        option = parts.option
         try:
             option.from_text(raw)
         except opt.Invalid:
@@ -222,19 +241,47 @@ def invalid_variables(environ: Mapping[str, str] | None = None) -> list[ConfigEr
 def plausible(var: str) -> bool:
     """Whether ``var`` is well formed for some policy name: RESILIENT_<name>_<KIND>_<OPTION>
     with a known kind and option (a policy of that name may simply not be made yet)."""
-    return option_of(var) is not None
+    return parts_of(var) is not None
 
 
 def unknown_variables(
     known: set[str], environ: Mapping[str, str] | None = None
 ) -> list[tuple[str, str | None]]:
-    """``RESILIENT_*`` variables that match nothing known, each with a close match if any."""
+    """``RESILIENT_*`` variables that match nothing known, each with a close match if any:
+    a known variable, or for a misspelt kind or option the variable it meant (its name
+    kept, live or not)."""
     env = os.environ if environ is None else environ
     return [
-        (var, next(iter(difflib.get_close_matches(var, known, n=1, cutoff=0.8)), None))
+        (
+            var,
+            next(iter(difflib.get_close_matches(var, _meant(var, known), n=1, cutoff=0.8)), None),
+        )
         for var in sorted(env)
         if var.startswith(PREFIX) and var not in known
     ]
+
+
+def _meant(var: str, known: set[str]) -> set[str]:
+    """What ``var`` may have meant. Well formed, it is valid for a policy made later, or a
+    misspelt name: the same option of a live policy. Otherwise the known variables, and
+    the well-formed ones with its name and a kind or option it nearly spells."""
+    parts = parts_of(var)
+    if parts is not None:
+        suffix = f"_{parts.kind.upper()}_{parts.option.name.upper()}"
+        kind_wide = default_variable(parts.kind, parts.option.name)
+        return {k for k in known if k.endswith(suffix) and k != kind_wide}
+    rest = var[len(PREFIX) :]
+    meant = set(known)
+    for kind, options in KINDS.items():
+        name, found, _ = rest.rpartition(f"_{kind.upper()}_")  # a misspelt option
+        if found and name:
+            meant.update(variable(kind, option.name, name) for option in options)
+        for option in options:  # a misspelt kind
+            if rest.endswith(f"_{option.name.upper()}"):
+                name = rest[: -len(option.name) - 1].rpartition("_")[0]
+                if name:
+                    meant.add(variable(kind, option.name, name))
+    return meant
 
 
 def warn_unknown(unknown: Sequence[tuple[str, str | None]], *, stacklevel: int = 2) -> None:
