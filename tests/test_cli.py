@@ -493,6 +493,23 @@ class TestFactories:
         assert result == (0, "clifactory made no named policy as it imported.\n", "")
         assert elsewhere.settings["min_calls"] == 20  # read when made; --check changes nothing
 
+    def test_the_hint_names_a_live_policy_only_when_the_names_are_close(
+        self, cli: Callable[..., Result]
+    ) -> None:
+        live = resilient.CircuitBreaker("cli_payments")  # live while the command runs
+        result = cli(
+            "config",
+            "clifactory",
+            "--check",
+            RESILIENT_CLI_PAYMNTS_BREAKER_FAILURE_RATE="0.2",
+            RESILIENT_PER_HOST_BREAKER_FAILURE_RATE="0.2",
+        )
+        assert result.code == 0, result.err
+        hinted, plain = result.out.splitlines()[1:]
+        assert hinted.endswith("did you mean RESILIENT_CLI_PAYMENTS_BREAKER_FAILURE_RATE?)")
+        assert plain.endswith("(no live breaker has that name yet)")
+        del live
+
     def test_the_console_script_runs_the_check(self, tmp_path: Path) -> None:
         (tmp_path / "clifactory.py").write_text(FACTORY)
         result = run("config", "clifactory", "--check", cwd=tmp_path, command=SCRIPT, **LATER)

@@ -247,41 +247,51 @@ def plausible(var: str) -> bool:
 def unknown_variables(
     known: set[str], environ: Mapping[str, str] | None = None
 ) -> list[tuple[str, str | None]]:
-    """``RESILIENT_*`` variables that match nothing known, each with a close match if any:
-    a known variable, or for a misspelt kind or option the variable it meant (its name
-    kept, live or not)."""
+    """``RESILIENT_*`` variables that match nothing known, each with a close match if any."""
     env = os.environ if environ is None else environ
     return [
-        (
-            var,
-            next(iter(difflib.get_close_matches(var, _meant(var, known), n=1, cutoff=0.8)), None),
-        )
+        (var, _suggestion(var, known))
         for var in sorted(env)
         if var.startswith(PREFIX) and var not in known
     ]
 
 
-def _meant(var: str, known: set[str]) -> set[str]:
-    """What ``var`` may have meant. Well formed, it is valid for a policy made later, or a
-    misspelt name: the same option of a live policy. Otherwise the known variables, and
-    the well-formed ones with its name and a kind or option it nearly spells."""
+def _suggestion(var: str, known: set[str]) -> str | None:
+    """What ``var`` may have meant. Well formed, it is valid for a policy made later, or
+    the same option of a live policy whose name it misspells (names compared alone: two
+    long variables that share their kind and option always look alike). Otherwise, first
+    the variable with its name (upper-cased) and the kind or option it nearly spells,
+    then a known variable."""
     parts = parts_of(var)
-    if parts is not None:
-        suffix = f"_{parts.kind.upper()}_{parts.option.name.upper()}"
-        kind_wide = default_variable(parts.kind, parts.option.name)
-        return {k for k in known if k.endswith(suffix) and k != kind_wide}
+    if parts is None:
+        close = difflib.get_close_matches(var.upper(), _respellings(var), 1, 0.8)
+        close = close or difflib.get_close_matches(var, known, 1, 0.8)
+        return close[0] if close else None
+    suffix = var[len(PREFIX) + len(parts.name) :]
+    names = {
+        other.name
+        for k in known
+        if k.endswith(suffix) and (other := parts_of(k)) and other.option is parts.option
+    }
+    names.discard("DEFAULT")  # the kind-wide variable is no misspelling of a name
+    close = difflib.get_close_matches(parts.name, names, 1, 0.8)
+    return f"{PREFIX}{close[0]}{suffix}" if close else None
+
+
+def _respellings(var: str) -> set[str]:
+    """Well-formed variables with ``var``'s name and the kind or option it nearly spells."""
     rest = var[len(PREFIX) :]
-    meant = set(known)
+    found: set[str] = set()
     for kind, options in KINDS.items():
-        name, found, _ = rest.rpartition(f"_{kind.upper()}_")  # a misspelt option
-        if found and name:
-            meant.update(variable(kind, option.name, name) for option in options)
+        name, sep, _ = rest.rpartition(f"_{kind.upper()}_")  # a misspelt option
+        if sep and name:
+            found.update(variable(kind, option.name, name) for option in options)
         for option in options:  # a misspelt kind
             if rest.endswith(f"_{option.name.upper()}"):
                 name = rest[: -len(option.name) - 1].rpartition("_")[0]
                 if name:
-                    meant.add(variable(kind, option.name, name))
-    return meant
+                    found.add(variable(kind, option.name, name))
+    return found
 
 
 def warn_unknown(unknown: Sequence[tuple[str, str | None]], *, stacklevel: int = 2) -> None:
