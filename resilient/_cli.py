@@ -1,4 +1,4 @@
-"""The ``resilient`` command: ``demo``, ``env`` and ``config``.
+"""The ``resilient`` command: ``demo``, ``env`` and ``config``, and ``--version``.
 
 Built on argparse: the command has three subcommands and a handful of options, which
 argparse says well enough, and resilient takes no dependency for its command line.
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from resilient._core.configuration import config
-from resilient._core.configuration.options import REQUIRED, Option
+from resilient._core.configuration.options import REQUIRED
 from resilient._core.configuration.registry import Configured, registry
 from resilient._core.state.primitives import SWITCH
 from resilient._errors import ConfigError
@@ -36,6 +36,11 @@ _TITLES = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.version:
+        import resilient
+
+        print(f"{resilient._DISTRIBUTION} {resilient.__version__}")
+        return OK
     if args.command is None:
         parser.print_help()
         return USAGE
@@ -53,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Every policy with a name can be retuned without a code change through"
         " RESILIENT_<NAME>_<KIND>_<OPTION> variables; 'resilient env' lists them.",
     )
+    # Not argparse's "version" action: that would read the metadata for every command.
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -78,14 +85,22 @@ def _parser() -> argparse.ArgumentParser:
         help="import your module and show each policy's effective configuration",
         description="Import MODULE (or MODULE:ATTR), then print the effective"
         " configuration of every named policy it made, and where each value came from:"
-        " the default, your code, or an environment variable.",
+        " the default, your code, or an environment variable. A variable for a name no"
+        " live policy has (one a factory makes later) is checked all the same, and shown"
+        " as applying when that policy is made.",
     )
     cfg.add_argument("target", metavar="MODULE[:ATTR]", help="e.g. myapp.clients or app:pipe")
     cfg.add_argument(
         "--check",
         action="store_true",
-        help="exit with 1 if any RESILIENT_* variable is invalid or matches no policy"
-        " (for a deploy pipeline)",
+        help="exit with 1 if any RESILIENT_* variable is invalid or names no kind or"
+        " option that exists (for a deploy pipeline)",
+    )
+    cfg.add_argument(
+        "--strict",
+        action="store_true",
+        help="--check, and also exit with 1 if a variable names a policy no live policy"
+        " has (for an app that makes every policy as it imports: a misspelt name)",
     )
     cfg.add_argument("--json", action="store_true", help="print JSON for machines")
     cfg.set_defaults(run=_config)
@@ -110,7 +125,8 @@ def _env_rows() -> list[dict[str, Any]]:
             "kind": None,
             "option": None,
             "syntax": "a boolean: 1/0, true/false, yes/no, on/off",
-            "default": "1",
+            "default": True,
+            "required": False,
             "accepts": "a boolean",
             "doc": "0 makes every policy a pass-through: the emergency switch.",
         },
@@ -120,6 +136,7 @@ def _env_rows() -> list[dict[str, Any]]:
             "option": None,
             "syntax": "auto or locked",
             "default": "auto",
+            "required": False,
             "accepts": "'auto' or 'locked'",
             "doc": "locked: the state core's locked variants (what a free-threaded build"
             " runs) on any build; read once, at import.",
@@ -129,7 +146,8 @@ def _env_rows() -> list[dict[str, Any]]:
             "kind": None,
             "option": None,
             "syntax": "a whole number, e.g. 64",
-            "default": str(config.MAX_WORKERS),
+            "default": config.MAX_WORKERS,
+            "required": False,
             "accepts": "a whole number from 1 to 1,000,000",
             "doc": "The most worker threads sync Timeouts run at once, all together.",
         },
@@ -143,7 +161,8 @@ def _env_rows() -> list[dict[str, Any]]:
                     "kind": kind,
                     "option": option.name,
                     "syntax": option.syntax,
-                    "default": _default(option),
+                    "default": None if option.default is REQUIRED else option.default,
+                    "required": option.default is REQUIRED,
                     "accepts": option.expected,
                     "doc": option.doc,
                 }
@@ -151,17 +170,11 @@ def _env_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def _default(option: Option) -> str:
-    if option.default is REQUIRED:
-        return "(required in code)"
-    return str(getattr(option.default, "__name__", None) or repr(option.default))
-
-
 def _env(args: argparse.Namespace) -> int:
     rows = _env_rows()
     set_now = {k: v for k, v in os.environ.items() if k.startswith(config.PREFIX)}
     if args.json:
-        print(json.dumps({"variables": rows, "set": set_now}, indent=2))
+        print(_json({"variables": rows, "set": set_now}))
         return OK
     print(
         "Variables resilient reads. <NAME> is a policy's name upper-cased, every run of"
@@ -179,7 +192,7 @@ def _env(args: argparse.Namespace) -> int:
             print(f"  or {row['default_variable']}")
         print(f"  {row['doc']}")
         print(f"  accepts: {row['accepts']}; written as {row['syntax']}")
-        print(f"  default: {row['default']}")
+        print(f"  default: {'(required in code)' if row['required'] else _show(row['default'])}")
     if set_now:
         print("\nSet now:")
         for var, value in sorted(set_now.items()):
@@ -193,6 +206,12 @@ def _env(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace) -> int:
     module_name, _, attr = args.target.partition(":")
     sys.path.insert(0, os.getcwd())
+    # The policies this import makes: those born after the newest live one (in a fresh
+    # process, all; when main() runs in a process that made some, not those; when the
+    # module was imported before, nothing tells them apart: all).
+    newest = (
+        -1 if module_name in sys.modules else max((p._born for p in registry._live()), default=-1)
+    )
     try:
         module = importlib.import_module(module_name)
         target = _lookup(module, attr) if attr else None
@@ -212,36 +231,83 @@ def _config(args: argparse.Namespace) -> int:
             print(f"error: {bad}", file=sys.stderr)
         return PROBLEM if invalid else USAGE
     try:
-        policies = _policies_of(target) if target is not None else registry.policies()
+        if target is not None:
+            policies = _policies_of(target)
+        else:
+            policies = [p for p in registry.policies() if p._born > newest]
     except AttributeError as error:
         print(f"resilient config: {error}", file=sys.stderr)
         return USAGE
-    unknown = config.unknown_variables(
-        config.known_variables((p.KIND, p.name) for p in registry._live())
-    )
     invalid = config.invalid_variables()  # also those no policy made so far reads
+    pending, unknown = _unmatched({error.option for error in invalid})
     entries = [_describe(policy) for policy in policies]
     if args.json:
         unknown_json = [{"variable": v, "did_you_mean": s} for v, s in unknown]
-        document = {"policies": entries, "unknown": unknown_json, "invalid": _invalid(invalid)}
-        print(json.dumps(document, indent=2, default=repr))
+        document = {
+            "policies": entries,
+            "pending": pending,
+            "unknown": unknown_json,
+            "invalid": _invalid(invalid),
+        }
+        print(_json(document))
     else:
         if not entries:
-            print(f"{args.target} made no named policy.")
+            print(f"{args.target} made no named policy as it imported.")
         for entry in entries:
             title = _TITLES.get(entry["kind"], entry["kind"])
             print(f"{title} {entry['name']!r}")
             width = max(len(option) for option in entry["options"]) if entry["options"] else 0
             for option, shown in entry["options"].items():
-                print(f"  {option:<{width}}  {shown['value']:<24}  ({shown['source']})")
+                value = _show(shown["value"])
+                print(f"  {option:<{width}}  {value:<24}  ({shown['source']})")
             if not entry["enabled"]:
                 print("  switched off by RESILIENT_ENABLED")
+        for later in pending:
+            kind = later["kind"]
+            hint = f"; did you mean {later['did_you_mean']}?" if later["did_you_mean"] else ""
+            print(
+                f"{later['variable']}={later['text']}: applies to the {kind} named"
+                f" {later['name']!r} when one is made (no live {kind} has that name yet{hint})"
+            )
         for var, suggestion in unknown:
             hint = f"; did you mean {suggestion}?" if suggestion else ""
             print(f"warning: {var} matches no option of any policy{hint}", file=sys.stderr)
         for bad in invalid:
             print(f"error: {bad}", file=sys.stderr)
-    return PROBLEM if (args.check and unknown) or invalid else OK
+        if args.strict and pending:
+            print(
+                f"error: --strict: {len(pending)} variable(s) name no live policy", file=sys.stderr
+            )
+    check = args.check or args.strict
+    failed = invalid or (check and unknown) or (args.strict and pending)
+    return PROBLEM if failed else OK
+
+
+def _unmatched(bad: set[str]) -> tuple[list[dict[str, Any]], list[tuple[str, str | None]]]:
+    """The set variables no live policy reads, in two lists: those that name a kind and
+    an option that exist (valid: a policy made later, by a factory say, reads them; the
+    bad ones are left to the errors), and the unknown ones with a "did you mean"."""
+    known = config.known_variables((p.KIND, p.name) for p in registry._live())
+    pending: list[dict[str, Any]] = []
+    unknown: list[tuple[str, str | None]] = []
+    for var, suggestion in config.unknown_variables(known):
+        parts = config.parts_of(var)
+        if parts is None:
+            unknown.append((var, suggestion))
+        elif var not in bad:
+            text = os.environ[var]
+            pending.append(
+                {
+                    "variable": var,
+                    "text": text,
+                    "value": parts.option.from_text(text),
+                    "kind": parts.kind,
+                    "option": parts.option.name,
+                    "name": parts.name.lower(),
+                    "did_you_mean": suggestion,  # a live policy's variable, if one is close
+                }
+            )
+    return pending, unknown
 
 
 def _lookup(module: Any, attr: str) -> Any:
@@ -269,7 +335,7 @@ def _describe(policy: Configured) -> dict[str, Any]:
         source = settings.sources[option.name]
         if source.startswith(config.PREFIX):
             source = f"{source}={settings.texts[option.name]}"
-        options[option.name] = {"value": _show(value), "source": source}
+        options[option.name] = {"value": value, "source": source}
     return {
         "kind": policy.KIND,
         "name": policy.name,
@@ -279,9 +345,20 @@ def _describe(policy: Configured) -> dict[str, Any]:
 
 
 def _show(value: Any) -> str:
+    """A value as text: exception types as written, a function or class by import path."""
     if isinstance(value, tuple):
         return "(" + ", ".join(_show(v) for v in value) + ")"
-    return str(getattr(value, "__qualname__", None) or repr(value))
+    qualname = getattr(value, "__qualname__", None)
+    if qualname is None:
+        return repr(value)
+    module = getattr(value, "__module__", None)
+    return str(qualname) if module in (None, "builtins") else f"{module}:{qualname}"
+
+
+def _json(document: dict[str, Any]) -> str:
+    """Numbers, booleans and None as JSON's own (seconds as numbers), tuples as lists, and
+    only what has no JSON form (an exception filter, a function) as the text shows it."""
+    return json.dumps(document, indent=2, default=_show)
 
 
 def _invalid(errors: list[ConfigError]) -> list[dict[str, Any]]:
@@ -294,8 +371,8 @@ def _invalid(errors: list[ConfigError]) -> list[dict[str, Any]]:
 def _report_invalid(args: argparse.Namespace, error: ConfigError) -> int:
     error = ConfigError.combine([error, *config.invalid_variables()])  # every bad one
     if args.json:
-        document = {"policies": [], "unknown": [], "invalid": _invalid(list(error.errors))}
-        print(json.dumps(document, indent=2, default=repr))
+        invalid = _invalid(list(error.errors))
+        print(_json({"policies": [], "pending": [], "unknown": [], "invalid": invalid}))
     else:
         print(f"resilient config: invalid configuration\n{error}", file=sys.stderr)
     return PROBLEM

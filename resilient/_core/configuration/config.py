@@ -22,7 +22,7 @@ import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.parse import parse_bool
@@ -32,6 +32,7 @@ from resilient._errors import ConfigError, ConfigWarning
 __all__ = [
     "ENABLED",
     "KINDS",
+    "Parts",
     "Settings",
     "default_variable",
     "env_name",
@@ -39,7 +40,7 @@ __all__ = [
     "invalid_variables",
     "known_variables",
     "markdown_table",
-    "option_of",
+    "parts_of",
     "plausible",
     "resolve",
     "unknown_variables",
@@ -182,17 +183,35 @@ def known_variables(policies: Iterable[tuple[str, str | None]]) -> set[str]:
     return known
 
 
-def option_of(var: str) -> tuple[str, opt.Option] | None:
-    """The (kind, option) a well-formed variable sets, whatever name it carries."""
-    best: tuple[str, opt.Option] | None = None
+class Parts(NamedTuple):
+    """What a ``RESILIENT_<NAME>_<KIND>_<OPTION>`` variable sets."""
+
+    #: the name as variables spell it ("PER_HOST"); "DEFAULT" for the kind-wide variable
+    name: str
+    kind: str
+    option: opt.Option
+
+
+#: A name as :func:`env_name` spells one: A-Z, 0-9 and "_", at least one letter or digit.
+_SPELT_NAME = re.compile(r"_*[A-Z0-9][A-Z0-9_]*")
+
+
+def parts_of(var: str) -> Parts | None:
+    """The name, kind and option of a well-formed variable, or None. The longest
+    ``_<KIND>_<OPTION>`` that ends it wins (``..._RETRY_MAX_WAIT`` is max_wait, not
+    wait), and the rest is the name, underscores and all: ``RESILIENT_PER_HOST_BREAKER_
+    FAILURE_RATE`` is the breaker named "per_host" (or "per-host", which spells alike)."""
+    if not var.startswith(PREFIX):
+        return None
+    best: Parts | None = None
     best_len = 0
     for kind, options in KINDS.items():
         for option in options:
             suffix = f"_{kind.upper()}_{option.name.upper()}"
-            fits = var.endswith(suffix) and len(var) > len(PREFIX) + len(suffix)
-            if fits and len(suffix) > best_len:
-                best, best_len = (kind, option), len(suffix)
-    return best
+            if var.endswith(suffix) and len(suffix) > best_len:
+                best_len = len(suffix)
+                best = Parts(var[len(PREFIX) : -len(suffix)], kind, option)
+    return best if best is not None and _SPELT_NAME.fullmatch(best.name) else None
 
 
 def invalid_variables(environ: Mapping[str, str] | None = None) -> list[ConfigError]:
@@ -218,10 +237,10 @@ def invalid_variables(environ: Mapping[str, str] | None = None) -> list[ConfigEr
             except ConfigError as error:
                 errors.append(error)
             continue
-        found = option_of(var) if var.startswith(PREFIX) else None
-        if found is None:
+        parts = parts_of(var)
+        if parts is None:
             continue
-        option = found[1]
+        option = parts.option
         try:
             option.from_text(raw)
         except opt.Invalid:
@@ -232,7 +251,7 @@ def invalid_variables(environ: Mapping[str, str] | None = None) -> list[ConfigEr
 def plausible(var: str) -> bool:
     """Whether ``var`` is well formed for some policy name: RESILIENT_<name>_<KIND>_<OPTION>
     with a known kind and option (a policy of that name may simply not be made yet)."""
-    return option_of(var) is not None
+    return parts_of(var) is not None
 
 
 def closest(word: str, choices: Iterable[str]) -> str | None:
@@ -248,10 +267,46 @@ def unknown_variables(
     """``RESILIENT_*`` variables that match nothing known, each with a close match if any."""
     env = os.environ if environ is None else environ
     return [
-        (var, closest(var, known))
+        (var, _suggestion(var, known))
         for var in sorted(env)
         if var.startswith(PREFIX) and var not in known
     ]
+
+
+def _suggestion(var: str, known: set[str]) -> str | None:
+    """What ``var`` may have meant. Well formed, it is valid for a policy made later, or
+    the same option of a live policy whose name it misspells (names compared alone: two
+    long variables that share their kind and option always look alike). Otherwise, first
+    the variable with its name (upper-cased) and the kind or option it nearly spells,
+    then a known variable."""
+    parts = parts_of(var)
+    if parts is None:
+        return closest(var.upper(), _respellings(var)) or closest(var, known)
+    suffix = var[len(PREFIX) + len(parts.name) :]
+    names = {
+        other.name
+        for k in known
+        if k.endswith(suffix) and (other := parts_of(k)) and other.option is parts.option
+    }
+    names.discard("DEFAULT")  # the kind-wide variable is no misspelling of a name
+    close = closest(parts.name, names)
+    return f"{PREFIX}{close}{suffix}" if close else None
+
+
+def _respellings(var: str) -> set[str]:
+    """Well-formed variables with ``var``'s name and the kind or option it nearly spells."""
+    rest = var[len(PREFIX) :]
+    found: set[str] = set()
+    for kind, options in KINDS.items():
+        name, sep, _ = rest.rpartition(f"_{kind.upper()}_")  # a misspelt option
+        if sep and name:
+            found.update(variable(kind, option.name, name) for option in options)
+        for option in options:  # a misspelt kind
+            if rest.endswith(f"_{option.name.upper()}"):
+                name = rest[: -len(option.name) - 1].rpartition("_")[0]
+                if name:
+                    found.add(variable(kind, option.name, name))
+    return found
 
 
 def warn_unknown(unknown: Sequence[tuple[str, str | None]], *, stacklevel: int = 2) -> None:
