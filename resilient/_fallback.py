@@ -48,9 +48,7 @@ class Fallback(Configured, Decorates):
         value: Any = _MISSING,
         *,
         handler: Callable[[Exception], Any] | None = None,
-        on: type[BaseException]
-        | tuple[type[BaseException], ...]
-        | Callable[[BaseException], bool] = Exception,
+        on: opt.Exceptions = Exception,
     ) -> None:
         if (value is _MISSING) == (handler is None):
             raise ConfigError(
@@ -67,7 +65,7 @@ class Fallback(Configured, Decorates):
             raise ConfigError(
                 "on",
                 on,
-                "an Exception subclass, a tuple of them, or a predicate(exc) -> bool",
+                "an Exception subclass, a tuple or list of them, or a predicate(exc) -> bool",
                 owner="Fallback",
             ) from None
         self._value = value

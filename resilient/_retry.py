@@ -25,7 +25,7 @@ from resilient._core.execution.deadline import remaining
 from resilient._core.execution.drivers import CoroutineType, Decorates, returned_coroutine
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
 from resilient._errors import UsageError
-from resilient.backoff import Backoff
+from resilient.backoff import MAKERS, Backoff
 
 __all__ = ["Retry"]
 
@@ -33,7 +33,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 WaitSpec = float | Callable[[int, BaseException | None], float] | Any
-OnSpec = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+OnSpec = opt.Exceptions
 
 
 _TENACITY_MODULES = {
@@ -77,12 +77,34 @@ def _judges_results(strategy: object) -> bool:
     return type(strategy) not in exception_only
 
 
+def _not_made(value: Any, option: str, bases: tuple[type, ...]) -> opt.Invalid | None:
+    """A strategy's maker given where the strategy goes (``wait=backoff.exponential``,
+    ``wait=wait_exponential``): refused now, rather than failing at the first retry."""
+    if value in MAKERS:
+        made = f"backoff.{value.__name__}()"
+    elif (
+        isinstance(value, type)
+        and issubclass(value, bases)
+        and not getattr(value, "__abstractmethods__", None)
+    ):
+        made = f"{value.__qualname__}()"
+    else:
+        return None
+    return opt.Invalid(
+        f"this makes a strategy, call it: {option}={made} (a variable gives the import"
+        " path of a strategy so made)"
+    )
+
+
 def _check_wait(value: Any) -> Any:
     if _is_tenacity(value, "wait_base") or isinstance(value, Backoff):
         return value
+    not_made = _not_made(value, "wait", (Backoff, *filter(None, [_tenacity("wait_base")])))
+    if not_made is not None:
+        raise not_made
     if callable(value) and not isinstance(value, type):
         return value
-    return opt.duration(allow_zero=True)(value)
+    return _seconds_or_zero(value)
 
 
 def _check_on(value: Any) -> Any:
@@ -94,6 +116,9 @@ def _check_on(value: Any) -> Any:
 def _check_stop(value: Any) -> Any:
     if value is None or _is_tenacity(value, "stop_base"):
         return value
+    not_made = _not_made(value, "stop", tuple(filter(None, [_tenacity("stop_base")])))
+    if not_made is not None:
+        raise not_made
     if callable(value) and not isinstance(value, type):
         return value
     raise opt.Invalid
@@ -105,10 +130,13 @@ def _check_budget(value: Any) -> Any:
     return value
 
 
+_seconds_or_zero = opt.duration(allow_zero=True)
+
 opt.written(
     _check_wait,
     opt.parse_duration_or_object,
     "a duration (250ms, 2s, 1.5m, 1h or bare seconds), or a strategy's import path",
+    forms=opt.DURATION_FORMS,
 )
 opt.written(
     _check_on,
@@ -149,7 +177,7 @@ OPTIONS = (
         "on",
         Exception,
         _check_on,
-        "an Exception subclass, a tuple of them, a predicate(exc) -> bool,"
+        "an Exception subclass, a tuple or list of them, a predicate(exc) -> bool,"
         " or a tenacity retry strategy",
         "Which failures to retry. Cancellation, KeyboardInterrupt, SystemExit and"
         " GeneratorExit never are, whatever this says.",
@@ -275,10 +303,10 @@ class Retry(Configured, Decorates):
         attempts: int = 3,
         *,
         wait: WaitSpec = 0.0,
-        max_wait: float = 60.0,
+        max_wait: opt.Duration = 60.0,
         on: OnSpec | Any = Exception,
         on_result: Callable[[Any], bool] | None = None,
-        deadline: float | None = None,
+        deadline: opt.Duration | None = None,
         stop: Any = None,
         clock: Clock | None = None,
         name: str | None = None,

@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
-from resilient._core.configuration import config
+from resilient._core.configuration import config, shapes
 from resilient._core.configuration import options as opt
 from resilient._core.state import forking
 from resilient._errors import ConfigError
@@ -116,6 +116,8 @@ class Configured:
         super().__init_subclass__(**kwargs)
         if "KIND" in cls.__dict__:
             config.KINDS[cls.KIND] = (*cls.OPTIONS, *cls.ENV_OPTIONS)
+        if "__init__" in cls.__dict__:  # a wrongly shaped call answers with the right one
+            shapes.shaped(cls)
 
     def _owner(self) -> str:
         kind = type(self).__name__
