@@ -488,6 +488,7 @@ written(
     duration_or_callable,
     parse_duration_or_object,
     f"{_DURATION_SYNTAX}; or a callable's import path",
+    forms=DURATION_FORMS,
 )
 
 
