@@ -101,6 +101,8 @@ class Configured:
     ``_compile(settings)`` checks what one option cannot check alone and builds the
     policy's config object (raising ConfigError, changing nothing); ``_switch(compiled)``
     installs it in one step, and cannot fail: a call sees the old or the new, never a mix.
+    A subclass's ``__init__`` is wrapped by :func:`shapes.shaped`: a call of the wrong
+    shape raises an error that shows the right one.
     """
 
     KIND: ClassVar[str]
