@@ -80,7 +80,7 @@ def _judges_results(strategy: object) -> bool:
 def _not_made(value: Any, option: str, bases: tuple[type, ...]) -> opt.Invalid | None:
     """A strategy's maker given where the strategy goes (``wait=backoff.exponential``,
     ``wait=wait_exponential``): refused now, rather than failing at the first retry."""
-    if value in MAKERS:
+    if any(value is maker for maker in MAKERS):  # identity: a value's __eq__ may be odd
         made = f"backoff.{value.__name__}()"
     elif (
         isinstance(value, type)

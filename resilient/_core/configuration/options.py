@@ -363,10 +363,10 @@ def duration(*, allow_zero: bool) -> Checker:
     """Seconds as a finite number, > 0 (or >= 0 where zero means "at once")."""
 
     def check(value: Any) -> float:
-        duration = seconds(value)
-        if duration < 0.0 or (duration == 0.0 and not allow_zero):
+        length = seconds(value)
+        if length < 0.0 or (length == 0.0 and not allow_zero):
             raise Invalid
-        return duration
+        return length
 
     return written(check, text.parse_duration, _DURATION_SYNTAX, forms=DURATION_FORMS)
 
