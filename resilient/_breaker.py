@@ -240,14 +240,14 @@ OPTIONS = (
         "record",
         Exception,
         opt.counted_exceptions,
-        "an Exception subclass, a tuple of them, or a predicate(exc) -> bool",
+        "an Exception subclass, a tuple or list of them, or a predicate(exc) -> bool",
         "Exceptions counted as failures; other exceptions count as successes.",
     ),
     opt.Option(
         "ignore",
         (),
         opt.counted_exceptions,
-        "an Exception subclass, a tuple of them, or a predicate(exc) -> bool",
+        "an Exception subclass, a tuple or list of them, or a predicate(exc) -> bool",
         "Exceptions counted as neither failure nor success; wins over record.",
     ),
     opt.Option(
@@ -422,20 +422,16 @@ class CircuitBreaker(Configured, GuardForms):
         name: str | None = None,
         *,
         failure_rate: float = 0.5,
-        window_size: float = 100,
+        window_size: opt.Duration = 100,
         window_type: Literal["count", "time"] = "count",
         min_calls: int = 20,
-        open_for: float | Callable[[int], float] = 30.0,
+        open_for: opt.Duration | Callable[[int], float] = 30.0,
         half_open_calls: int = 5,
-        half_open_max_wait: float | None = None,
-        slow_call_duration: float | None = None,
+        half_open_max_wait: opt.Duration | None = None,
+        slow_call_duration: opt.Duration | None = None,
         slow_call_rate: float = 1.0,
-        record: type[BaseException]
-        | tuple[type[BaseException], ...]
-        | Callable[[BaseException], bool] = Exception,
-        ignore: type[BaseException]
-        | tuple[type[BaseException], ...]
-        | Callable[[BaseException], bool] = (),
+        record: opt.Exceptions = Exception,
+        ignore: opt.Exceptions = (),
         failure_result: Callable[[Any], bool] | None = None,
         clock: MonotonicClock | None = None,
     ) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 
 from resilient._core.configuration import options as opt
+from resilient._core.configuration.shapes import shaped
 from resilient._core.state.clock import SYSTEM_CLOCK, MonotonicClock
 from resilient._core.state.window import FAILURE, SUCCESS, time_window
 
@@ -67,7 +68,7 @@ class RetryBudget:
         ratio: float = 0.2,
         *,
         min_per_second: float = 10.0,
-        window: float = 10.0,
+        window: opt.Duration = 10.0,
         clock: MonotonicClock | None = None,
     ) -> None:
         cfg = opt.resolve(
@@ -111,3 +112,6 @@ class RetryBudget:
             f"RetryBudget(ratio={self.ratio}, min_per_second={self.min_per_second},"
             f" window={self.window})"
         )
+
+
+shaped(RetryBudget, decorates=False)  # a wrongly shaped call answers with the right one

@@ -109,7 +109,7 @@ class Bulkhead(Configured, GuardForms):
         self,
         max_concurrent: int,
         *,
-        max_wait: float = 0.0,
+        max_wait: opt.Duration = 0.0,
         max_waiting: int | None = None,
         name: str | None = None,
     ) -> None:

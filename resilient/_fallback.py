@@ -120,9 +120,7 @@ class Fallback(Configured, LoopForms):
         *,
         handler: Callable[..., Any] | None = None,
         with_args: bool = False,
-        on: type[BaseException]
-        | tuple[type[BaseException], ...]
-        | Callable[[BaseException], bool] = Exception,
+        on: opt.Exceptions = Exception,
     ) -> None:
         if (value is _MISSING) == (handler is None):
             raise ConfigError(
@@ -146,7 +144,7 @@ class Fallback(Configured, LoopForms):
             raise ConfigError(
                 "on",
                 on,
-                "an Exception subclass, a tuple of them, or a predicate(exc) -> bool",
+                "an Exception subclass, a tuple or list of them, or a predicate(exc) -> bool",
                 owner="Fallback",
             ) from None
         self._value = value

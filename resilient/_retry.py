@@ -25,12 +25,12 @@ from resilient._core.execution.deadline import remaining
 from resilient._core.execution.drivers import Attempt, AttemptForms, Attempts, LoopForms
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
 from resilient._errors import UsageError
-from resilient.backoff import Backoff
+from resilient.backoff import MAKERS, Backoff
 
 __all__ = ["Attempt", "Retry"]
 
 WaitSpec = float | Callable[[int, BaseException | None], float] | Any
-OnSpec = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+OnSpec = opt.Exceptions
 
 
 _TENACITY_MODULES = {
@@ -74,12 +74,34 @@ def _judges_results(strategy: object) -> bool:
     return type(strategy) not in exception_only
 
 
+def _not_made(value: Any, option: str, bases: tuple[type, ...]) -> opt.Invalid | None:
+    """A strategy's maker given where the strategy goes (``wait=backoff.exponential``,
+    ``wait=wait_exponential``): refused now, rather than failing at the first retry."""
+    if any(value is maker for maker in MAKERS):  # identity: a value's __eq__ may be odd
+        made = f"backoff.{value.__name__}()"
+    elif (
+        isinstance(value, type)
+        and issubclass(value, bases)
+        and not getattr(value, "__abstractmethods__", None)
+    ):
+        made = f"{value.__qualname__}()"
+    else:
+        return None
+    return opt.Invalid(
+        f"this makes a strategy, call it: {option}={made} (a variable gives the import"
+        " path of a strategy so made)"
+    )
+
+
 def _check_wait(value: Any) -> Any:
     if _is_tenacity(value, "wait_base") or isinstance(value, Backoff):
         return value
+    not_made = _not_made(value, "wait", (Backoff, *filter(None, [_tenacity("wait_base")])))
+    if not_made is not None:
+        raise not_made
     if callable(value) and not isinstance(value, type):
         return value
-    return opt.duration(allow_zero=True)(value)
+    return _seconds_or_zero(value)
 
 
 def _check_on(value: Any) -> Any:
@@ -91,6 +113,9 @@ def _check_on(value: Any) -> Any:
 def _check_stop(value: Any) -> Any:
     if value is None or _is_tenacity(value, "stop_base"):
         return value
+    not_made = _not_made(value, "stop", tuple(filter(None, [_tenacity("stop_base")])))
+    if not_made is not None:
+        raise not_made
     # A plain callable is handed tenacity's RetryCallState: without tenacity (an optional
     # dependency), say so now, not at the first failure.
     if callable(value) and not isinstance(value, type):
@@ -107,10 +132,13 @@ def _check_budget(value: Any) -> Any:
     return value
 
 
+_seconds_or_zero = opt.duration(allow_zero=True)
+
 opt.written(
     _check_wait,
     opt.parse_duration_or_object,
     "a duration (250ms, 2s, 1.5m, 1h or bare seconds), or a strategy's import path",
+    forms=opt.DURATION_FORMS,
 )
 opt.written(
     _check_on,
@@ -151,7 +179,7 @@ OPTIONS = (
         "on",
         Exception,
         _check_on,
-        "an Exception subclass, a tuple of them, a predicate(exc) -> bool,"
+        "an Exception subclass, a tuple or list of them, a predicate(exc) -> bool,"
         " or a tenacity retry strategy",
         "Which failures to retry. Cancellation, KeyboardInterrupt, SystemExit and"
         " GeneratorExit never are, whatever this says.",
@@ -294,10 +322,10 @@ class Retry(Configured, LoopForms, AttemptForms):
         attempts: int = 3,
         *,
         wait: WaitSpec = 0.0,
-        max_wait: float = 60.0,
+        max_wait: opt.Duration = 60.0,
         on: OnSpec | Any = Exception,
         on_result: Callable[[Any], bool] | None = None,
-        deadline: float | None = None,
+        deadline: opt.Duration | None = None,
         stop: Any = None,
         clock: Clock | None = None,
         name: str | None = None,

@@ -128,7 +128,7 @@ class Timeout(Configured, Decorates):
 
     def __init__(
         self,
-        seconds: float,
+        seconds: opt.Duration,
         *,
         name: str | None = None,
         max_abandoned: int = 10,

@@ -243,7 +243,7 @@ _SECONDS = "a finite number of seconds >= 0"
 
 
 def _growth_factor(value: Any) -> float:
-    factor: float = _seconds(value)  # a finite real >= 0, not a bool
+    factor = opt.real(value)  # a number, not a duration: "2s" is no factor
     if factor < 1.0:
         raise opt.Invalid
     return factor
@@ -314,13 +314,13 @@ _EXPONENTIAL_OPTIONS = (
 )
 
 
-def constant(seconds: float) -> Backoff:
+def constant(seconds: opt.Duration) -> Backoff:
     """Wait the same ``seconds`` after every failed attempt."""
     cfg = opt.resolve(_CONSTANT_OPTIONS, {"seconds": seconds}, "resilient.backoff.constant")
     return _Constant(cfg["seconds"])
 
 
-def linear(start: float, step: float, *, cap: float | None = None) -> Backoff:
+def linear(start: opt.Duration, step: opt.Duration, *, cap: opt.Duration | None = None) -> Backoff:
     """Wait ``start + step * (attempt - 1)`` seconds, at most ``cap`` (None: no cap)."""
     owner = "resilient.backoff.linear"
     cfg = opt.resolve(_LINEAR_OPTIONS, {"start": start, "step": step, "cap": cap}, owner)
@@ -335,10 +335,10 @@ def linear(start: float, step: float, *, cap: float | None = None) -> Backoff:
 
 
 def exponential(
-    base: float = 0.1,
+    base: opt.Duration = 0.1,
     factor: float = 2.0,
     *,
-    cap: float = 30.0,
+    cap: opt.Duration = 30.0,
     jitter: Jitter | None = "full",
     rng: random.Random | None = None,
 ) -> Backoff:
@@ -365,3 +365,8 @@ def exponential(
             owner=owner,
         )
     return _Exponential(cfg["base"], cfg["factor"], cfg["cap"], cfg["jitter"], cfg["rng"])
+
+
+#: The functions that make strategies: ``wait=backoff.exponential`` (not called) is a
+#: mistake that Retry refuses at once, rather than at the first retry.
+MAKERS = (constant, linear, exponential)

@@ -315,7 +315,7 @@ BAD_OPTIONS = [
     ("max_wait", math.nan, SECONDS),
     ("max_wait", math.inf, SECONDS),
     ("max_wait", -math.inf, SECONDS),
-    ("max_wait", "1", SECONDS),
+    ("max_wait", "1 minute", SECONDS),
     ("max_wait", True, SECONDS),
     ("max_wait", None, SECONDS),
     ("max_waiting", -1, NONE_OR_INT),

@@ -32,7 +32,7 @@ BAD = [
     ("min_calls", 10**40, "from 1 to 1,000,000"),
     ("open_for", -1, "seconds >= 0"),
     ("open_for", math.inf, "seconds >= 0"),
-    ("open_for", "30s", "seconds >= 0"),
+    ("open_for", "30 secs", "seconds >= 0"),
     ("half_open_calls", 0, "from 1 to 1,000,000"),
     ("half_open_calls", 1_000_001, "from 1 to 1,000,000"),
     ("half_open_max_wait", 0, "seconds > 0"),
@@ -44,7 +44,7 @@ BAD = [
     ("record", "ValueError", "Exception subclass"),
     ("record", int, "Exception subclass"),
     ("record", (ValueError, "KeyError"), "Exception subclass"),
-    ("ignore", [KeyError], "Exception subclass"),
+    ("ignore", [KeyError, "KeyError"], "Exception subclass"),
     ("failure_result", 503, "predicate"),
     ("clock", object(), "monotonic()"),
 ]

@@ -80,7 +80,7 @@ def test_follows_copy_context_into_threads() -> None:
     assert seen == [4.0]
 
 
-@pytest.mark.parametrize("bad", [-1, math.nan, math.inf, "5s", None, True])
+@pytest.mark.parametrize("bad", [-1, math.nan, math.inf, "5 sec", None, True])
 def test_bad_seconds_are_a_config_error(bad: Any) -> None:
     with pytest.raises(ConfigError, match="seconds") as info:
         deadline(bad)

@@ -193,10 +193,10 @@ POLICIES: dict[str, Callable[[], Any]] = {
     "breaker": lambda: CircuitBreaker(),
     "retry": lambda: resilient.Retry(3, wait=0),
     "timeout": lambda: resilient.Timeout(5),
-    "fallback": lambda: resilient.Fallback(lambda exc: "fallback"),
+    "fallback": lambda: resilient.Fallback(handler=lambda exc: "fallback"),
     "bulkhead": lambda: resilient.Bulkhead(2),
     "pipeline": lambda: resilient.Pipeline(
-        resilient.Fallback(lambda exc: "fallback"),
+        resilient.Fallback(handler=lambda exc: "fallback"),
         resilient.Retry(3, wait=0),
         CircuitBreaker(),
         resilient.Timeout(5),
@@ -883,7 +883,7 @@ CYCLE_POLICIES: dict[str, Callable[[], Any]] = {
     "retry": lambda: resilient.Retry(3, wait=0),
     "timeout": lambda: resilient.Timeout(5),
     "bulkhead": lambda: resilient.Bulkhead(2),
-    "fallback": lambda: resilient.Fallback(lambda exc: "never", on=KeyError),
+    "fallback": lambda: resilient.Fallback(handler=lambda exc: "never", on=KeyError),
     "pipeline": lambda: resilient.Pipeline(
         resilient.Retry(2, wait=0), CircuitBreaker(min_calls=1000), resilient.Timeout(5)
     ),

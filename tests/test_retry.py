@@ -1311,7 +1311,7 @@ BAD = [
     ("wait", -1, "seconds >= 0"),
     ("wait", math.nan, "seconds >= 0"),
     ("wait", math.inf, "seconds >= 0"),
-    ("wait", "1s", "seconds >= 0"),
+    ("wait", "1 sec", "seconds >= 0"),
     ("wait", ValueError, "seconds >= 0"),
     ("on", "ValueError", "Exception subclass"),
     ("on", int, "Exception subclass"),

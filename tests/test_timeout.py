@@ -246,7 +246,7 @@ BAD = [
     ("seconds", math.nan, SECONDS),
     ("seconds", math.inf, SECONDS),
     ("seconds", -math.inf, SECONDS),
-    ("seconds", "1", SECONDS),
+    ("seconds", "one", SECONDS),
     ("seconds", True, SECONDS),
     ("seconds", None, SECONDS),
     ("max_abandoned", 0, CAP),

@@ -117,3 +117,26 @@ async def use_pipeline() -> None:
         pass
     async with pipeline:
         pass
+
+
+def shapes() -> None:
+    """Durations as the environment writes them, or a timedelta; lists of exception
+    types; and the wrong shapes still refused by the type checker."""
+    from datetime import timedelta
+
+    Timeout("250ms")
+    Timeout(timedelta(seconds=2), name="t")
+    Retry(max_wait="1m", deadline=timedelta(minutes=1))
+    Bulkhead(10, max_wait="250ms")
+    CircuitBreaker(open_for="30s", record=[ConnectionError, TimeoutError], ignore=[KeyError])
+    Fallback(0, on=[KeyError, ValueError])
+    backoff.exponential(base="100ms", cap=timedelta(seconds=30))
+    Timeout(2, "payments")  # type: ignore[call-arg]
+    Retry(3, "payments")  # type: ignore[call-arg]
+    Bulkhead(10, "payments")  # type: ignore[call-arg]
+    Retry(attempts="3")  # type: ignore[arg-type]
+    CircuitBreaker(5)  # type: ignore[arg-type]
+    CircuitBreaker(fail_max=5)  # type: ignore[call-arg]
+    Retry(timeout=10)  # type: ignore[call-arg]
+    Timeout()  # type: ignore[call-arg]
+    CircuitBreaker(record=[ConnectionError, "x"])  # type: ignore[list-item]

@@ -132,8 +132,8 @@ def resolve(
             raw = env[var]
             try:
                 values[option.name] = option.from_text(raw)
-            except opt.Invalid:
-                expected = f"{option.expected}, written as {option.syntax}"
+            except opt.Invalid as invalid:
+                expected = option.expecting(raw, invalid, as_text=True)
                 errors.append(ConfigError(var, raw, expected, owner=owner))
             else:
                 sources[option.name] = var
@@ -243,8 +243,8 @@ def invalid_variables(environ: Mapping[str, str] | None = None) -> list[ConfigEr
         option = parts.option
         try:
             option.from_text(raw)
-        except opt.Invalid:
-            errors.append(ConfigError(var, raw, f"{option.expected}, written as {option.syntax}"))
+        except opt.Invalid as invalid:
+            errors.append(ConfigError(var, raw, option.expecting(raw, invalid, as_text=True)))
     return errors
 
 

@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from types import BuiltinFunctionType, CodeType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from resilient._core.configuration import parse as text
 from resilient._core.configuration.parse import Invalid
 from resilient._errors import ConfigError, logger
 
+if TYPE_CHECKING:
+    from datetime import timedelta
+
 __all__ = [
+    "DURATION_FORMS",
     "REQUIRED",
+    "Duration",
+    "Exceptions",
     "Invalid",
     "Option",
     "bounded_int",
@@ -31,12 +38,21 @@ __all__ = [
     "positive_int",
     "predicate",
     "rate",
+    "real",
     "resolve",
+    "seconds",
     "written",
 ]
 
 
 Checker = Callable[[Any], Any]
+
+#: What a duration option takes in code: what its environment variable takes (a number
+#: of seconds, "250ms", "2s", "1.5m", "1h"), or a timedelta. Stored as float seconds.
+Duration = Union[float, str, "timedelta"]  # Union: "timedelta" is only a forward reference
+
+#: What an exception filter takes: a type, a tuple or list of types, or a predicate.
+Exceptions = type[BaseException] | Sequence[type[BaseException]] | Callable[[BaseException], bool]
 
 
 class _Required:
@@ -62,8 +78,24 @@ class Option(NamedTuple):
     def validate(self, value: Any, owner: str) -> Any:
         try:
             return self.check(value)
-        except Invalid:
-            raise ConfigError(self.name, value, self.expected, owner=owner) from None
+        except Invalid as invalid:
+            raise ConfigError(
+                self.name, value, self.expecting(value, invalid), owner=owner
+            ) from None
+
+    def expecting(self, value: Any, invalid: Invalid, *, as_text: bool = False) -> str:
+        """What an error about ``value`` says was expected: the declared range, how the
+        value may be written (a duration's forms, for a value that is no number; the
+        variable's syntax, ``as_text``), and the checker's hint if it gave one."""
+        expected = self.expected
+        if as_text:
+            expected = f"{expected}, written as {self.syntax}"
+        if invalid.args:
+            return f"{expected}; {invalid.args[0]}"
+        forms = getattr(self.check, "forms", None)
+        if forms is not None and not as_text and not isinstance(value, (int, float)):
+            return f"{expected}; {forms}"
+        return expected
 
     @property
     def syntax(self) -> str:
@@ -94,14 +126,22 @@ def _none_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse_optional
 
 
-def written(check: Checker, parse: Callable[[str], Any], syntax: str) -> Checker:
-    """Say how ``check``'s values are written as text (for environment variables)."""
+def written(
+    check: Checker, parse: Callable[[str], Any], syntax: str, *, forms: str | None = None
+) -> Checker:
+    """Say how ``check``'s values are written as text (for environment variables), and
+    ``forms``: the other ways code may write them, told when a value is refused."""
     check.parse = parse  # type: ignore[attr-defined]
     check.syntax = syntax  # type: ignore[attr-defined]
+    if forms is not None:
+        check.forms = forms  # type: ignore[attr-defined]
     return check
 
 
 _DURATION_SYNTAX = "a duration: 250ms, 2s, 1.5m, 1h or bare seconds"
+DURATION_FORMS = (
+    "a duration is a number of seconds, a string (250ms, 2s, 1.5m, 1h) or a datetime.timedelta"
+)
 
 
 def resolve(options: Sequence[Option], given: Mapping[str, Any], owner: str) -> dict[str, Any]:
@@ -118,7 +158,9 @@ def computed_seconds(value: object, option: str, asked: str, owner: str) -> floa
     """Seconds a user's callable returned (an ``open_for`` or ``wait`` strategy): >= 0 and
     finite, or a ConfigError naming the option and what it was asked (``asked``)."""
     try:
-        return duration(allow_zero=True)(value)  # type: ignore[no-any-return]
+        if isinstance(value, str):  # computed, not written: a number (or a timedelta)
+            raise Invalid
+        return _at_once_or_later(value)  # type: ignore[no-any-return]
     except Invalid:
         expected = f"the {option} callable to return seconds >= 0 ({asked})"
         raise ConfigError(option, value, expected, owner=owner) from None
@@ -173,7 +215,8 @@ def check_name(name: object, owner: str) -> str | None:
 # ``optional`` so that "no limit" is always spelled None, never a falsy number.
 
 
-def _real(value: Any) -> float:
+def real(value: Any) -> float:
+    """A finite int or float (not a bool), as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Invalid
     try:
@@ -185,9 +228,22 @@ def _real(value: Any) -> float:
     return number
 
 
+def seconds(value: Any) -> float:
+    """A duration as float seconds, written any way code may write it (:data:`Duration`):
+    a number, the text an environment variable takes, or a ``datetime.timedelta``. Every
+    duration option reads its value through this one function."""
+    if isinstance(value, str):
+        return text.parse_duration(value)
+    # A timedelta given to us means datetime is imported: ``import resilient`` never is.
+    datetime = sys.modules.get("datetime")
+    if datetime is not None and isinstance(value, datetime.timedelta):
+        value = value.total_seconds()
+    return real(value)
+
+
 def rate(value: Any) -> float:
     """A share of calls: 0 < x <= 1."""
-    share = _real(value)
+    share = real(value)
     if not 0.0 < share <= 1.0:
         raise Invalid
     return share
@@ -243,30 +299,32 @@ MAX_SPAN = 365 * 24 * 3600.0
 
 def time_span(value: Any) -> float:
     """Seconds of a time window: from :data:`MIN_SPAN` to :data:`MAX_SPAN`."""
-    seconds = _real(value)
-    if not MIN_SPAN <= seconds <= MAX_SPAN:
+    span = seconds(value)
+    if not MIN_SPAN <= span <= MAX_SPAN:
         raise Invalid
-    return seconds
+    return span
 
 
-written(time_span, text.parse_duration, "a duration: 250ms, 2s, 1.5m, 1h or bare seconds")
+written(time_span, text.parse_duration, _DURATION_SYNTAX, forms=DURATION_FORMS)
 
 
 def longest_wait(value: Any) -> float:
     """Seconds a single wait may last: more than 0, at most :data:`MAX_SPAN` (so that no
     sleep overflows, whatever a strategy or a server asks for)."""
-    seconds = _real(value)
-    if not 0.0 < seconds <= MAX_SPAN:
+    wait = seconds(value)
+    if not 0.0 < wait <= MAX_SPAN:
         raise Invalid
-    return seconds
+    return wait
 
 
-written(longest_wait, text.parse_duration, "a duration: 250ms, 2s, 1.5m, 1h or bare seconds")
+written(longest_wait, text.parse_duration, _DURATION_SYNTAX, forms=DURATION_FORMS)
 
 
 def window_size(value: Any) -> int | float:
     """A whole number of calls (1 to :data:`MAX_WINDOW_CALLS`), or seconds of a time
-    window (:func:`time_span`)."""
+    window (:func:`time_span`). Text reads as the environment reads it: "100" is calls."""
+    if isinstance(value, str):
+        value = _parse_window_size(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return positive_int(value)
     return time_span(value)
@@ -274,7 +332,7 @@ def window_size(value: Any) -> int | float:
 
 def per_second(value: Any) -> float:
     """A rate in events a second: 0 to :data:`MAX_COUNT`."""
-    rate_ = _real(value)
+    rate_ = real(value)
     if not 0.0 <= rate_ <= MAX_COUNT:
         raise Invalid
     return rate_
@@ -290,19 +348,28 @@ def _parse_window_size(raw: str) -> int | float:
         return text.parse_duration(raw)
 
 
-written(window_size, _parse_window_size, "a whole number of calls, or a duration (60s, 1.5m, 1h)")
+written(
+    window_size,
+    _parse_window_size,
+    "a whole number of calls, or a duration (60s, 1.5m, 1h)",
+    forms=f"a whole number of calls, or {DURATION_FORMS.removeprefix('a duration is ')}",
+)
 
 
 def duration(*, allow_zero: bool) -> Checker:
     """Seconds as a finite number, > 0 (or >= 0 where zero means "at once")."""
 
     def check(value: Any) -> float:
-        seconds = _real(value)
-        if seconds < 0.0 or (seconds == 0.0 and not allow_zero):
+        length = seconds(value)
+        if length < 0.0 or (length == 0.0 and not allow_zero):
             raise Invalid
-        return seconds
+        return length
 
-    return written(check, text.parse_duration, _DURATION_SYNTAX)
+    return written(check, text.parse_duration, _DURATION_SYNTAX, forms=DURATION_FORMS)
+
+
+#: Seconds >= 0: a wait, or what a user's callable computed.
+_at_once_or_later = duration(allow_zero=True)
 
 
 def optional(check: Checker) -> Checker:
@@ -311,7 +378,8 @@ def optional(check: Checker) -> Checker:
 
     parse = getattr(check, "parse", _parse_objects)
     syntax = getattr(check, "syntax", _OBJECTS_SYNTAX)
-    return written(check_optional, _none_or(parse), f"none, or {syntax}")
+    forms = getattr(check, "forms", None)
+    return written(check_optional, _none_or(parse), f"none, or {syntax}", forms=forms)
 
 
 def choice(*choices: str) -> Checker:
@@ -340,7 +408,8 @@ ExceptionFilter = Callable[[BaseException], bool]
 
 
 def exception_filter(value: Any, *, catchable: bool = False) -> ExceptionFilter:
-    """An exception type, a tuple of them, or a predicate on the exception; as a predicate.
+    """An exception type, a tuple or list of them (any sequence but a string), or a
+    predicate on the exception; as a predicate.
 
     ``catchable``: for a policy that only ever sees ``Exception``s, a type that could never
     match one (KeyboardInterrupt, CancelledError...) is a mistake, not a setting.
@@ -352,31 +421,34 @@ def exception_filter(value: Any, *, catchable: bool = False) -> ExceptionFilter:
         return not catchable or issubclass(t, Exception) or issubclass(Exception, t)
 
     if ok(value):
-        types: tuple[type[BaseException], ...] = (value,)
-    elif isinstance(value, tuple) and all(ok(t) for t in value):
-        types = value
+        return TypeFilter((value,))
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        types = tuple(value)
+        if all(ok(t) for t in types):
+            return TypeFilter(types, listed=not isinstance(value, tuple))
     elif callable(value) and not isinstance(value, type):
         return value  # type: ignore[no-any-return]
-    else:
-        raise Invalid
-    return TypeFilter(types)
+    raise Invalid
 
 
 class TypeFilter:
     """``isinstance(exc, types)`` as a predicate; a policy on a hot path may read
     ``types`` and ask ``isinstance`` itself, without a call."""
 
-    __slots__ = ("types",)
+    __slots__ = ("listed", "types")
 
-    def __init__(self, types: tuple[type[BaseException], ...]) -> None:
+    def __init__(self, types: tuple[type[BaseException], ...], *, listed: bool = False) -> None:
         self.types = types
+        self.listed = listed  # given as a list (or another sequence): shown as one
 
     def __call__(self, exc: BaseException) -> bool:
         return isinstance(exc, self.types)
 
-    def __repr__(self) -> str:  # as a user writes it: ConnectionError, (A, B), ()
-        names = [t.__qualname__ for t in self.types]
-        return names[0] if len(names) == 1 else f"({', '.join(names)})"
+    def __repr__(self) -> str:  # as a user writes it: ConnectionError, (A, B), (), [A, B]
+        names = ", ".join(t.__qualname__ for t in self.types)
+        if self.listed:
+            return f"[{names}]"
+        return names if len(self.types) == 1 else f"({names})"
 
 
 _EXCEPTIONS_SYNTAX = (
@@ -399,7 +471,7 @@ def duration_or_callable(value: Any) -> Any:
     """Seconds (>= 0), or a callable that computes them."""
     if callable(value) and not isinstance(value, type):
         return value
-    return duration(allow_zero=True)(value)
+    return _at_once_or_later(value)
 
 
 def parse_duration_or_object(raw: str) -> Any:
@@ -413,6 +485,7 @@ written(
     duration_or_callable,
     parse_duration_or_object,
     f"{_DURATION_SYNTAX}; or a callable's import path",
+    forms=DURATION_FORMS,
 )
 
 

@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
-from resilient._core.configuration import config
+from resilient._core.configuration import config, shapes
 from resilient._core.configuration import options as opt
 from resilient._core.state import forking
 from resilient._errors import ConfigError
@@ -100,6 +100,8 @@ class Configured:
     ``_compile(settings)`` checks what one option cannot check alone and builds the
     policy's config object (raising ConfigError, changing nothing); ``_switch(compiled)``
     installs it in one step, and cannot fail: a call sees the old or the new, never a mix.
+    A subclass's ``__init__`` is wrapped by :func:`shapes.shaped`: a call of the wrong
+    shape raises an error that shows the right one.
     """
 
     KIND: ClassVar[str]
@@ -115,6 +117,8 @@ class Configured:
         super().__init_subclass__(**kwargs)
         if "KIND" in cls.__dict__:
             config.KINDS[cls.KIND] = (*cls.OPTIONS, *cls.ENV_OPTIONS)
+        if "__init__" in cls.__dict__:  # a wrongly shaped call answers with the right one
+            shapes.shaped(cls)
 
     def _owner(self) -> str:
         kind = type(self).__name__

@@ -101,13 +101,13 @@ class deadline:
 
     __slots__ = ("_clock", "_open_entries", "_seconds")
 
-    def __init__(self, seconds: float, *, clock: MonotonicClock | None = None) -> None:
+    def __init__(self, seconds: opt.Duration, *, clock: MonotonicClock | None = None) -> None:
         try:
             self._seconds: float = opt.duration(allow_zero=True)(seconds)
             self._clock: MonotonicClock = opt.clock("monotonic")(clock) or SYSTEM_CLOCK
         except opt.Invalid:
             bad, value, expected = (
-                ("seconds", seconds, "a number of seconds >= 0")
+                ("seconds", seconds, f"seconds >= 0; {opt.DURATION_FORMS}")
                 if not _valid_seconds(seconds)
                 else ("clock", clock, "None or an object with a monotonic() method")
             )
