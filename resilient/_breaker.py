@@ -97,6 +97,7 @@ class _Phase:
 
     __slots__ = (
         "admitted",
+        "cause",
         "failures",
         "fast",
         "forward",
@@ -155,6 +156,7 @@ class _Phase:
         self.pending_stamp = -1  # the stamp of the tally that set ``pending``
         # HALF_OPEN probe bookkeeping; only touched under the breaker's lock.
         self.admitted = self.reported = self.failures = self.slow = 0
+        self.cause: BaseException | None = None  # HALF_OPEN: the last probe's failure
         # CLOSED, replaced by a reload that changed its window or its flags: the phase
         # that took over, where the outcomes of calls admitted under this one now go.
         self.forward: _Phase | None = None
@@ -511,7 +513,7 @@ class CircuitBreaker(Configured, GuardForms):
                     return  # cancellation, an ignored error...: counts as nothing
                 if isinstance(exc, c.failing):
                     token.record(FAILURE, 0.0)
-                    self._judge(c, token, None)
+                    self._judge(c, token, None, exc)
                     return
                 token.success()
             if token.pending:
@@ -534,9 +536,16 @@ class CircuitBreaker(Configured, GuardForms):
         except BaseException:
             self._report(c, st, None, now)  # a raising predicate must not leak a probe permit
             raise
-        self._report(c, st, counted, now)
+        self._report(c, st, counted, now, exc)
 
-    def _report(self, c: _Rules, st: _Phase, outcome: int | None, now: float) -> None:
+    def _report(
+        self,
+        c: _Rules,
+        st: _Phase,
+        outcome: int | None,
+        now: float,
+        exc: BaseException | None = None,
+    ) -> None:
         if st.kind is CLOSED:
             while st.forward is not None:  # admitted before a reload replaced the phase
                 st = st.forward
@@ -546,7 +555,7 @@ class CircuitBreaker(Configured, GuardForms):
                 # have just slid out (the record opened a new bucket).
                 slid = st.record(outcome, now)
                 if outcome != SUCCESS or st.pending or slid:
-                    self._judge(c, st, now)
+                    self._judge(c, st, now, exc)
         elif st.kind is HALF_OPEN:
             with self._lock:
                 if self._state is not st:
@@ -557,15 +566,20 @@ class CircuitBreaker(Configured, GuardForms):
                 st.reported += 1
                 st.failures += outcome in (FAILURE, SLOW_FAILURE)
                 st.slow += outcome in (SLOW_SUCCESS, SLOW_FAILURE)
+                if outcome in (FAILURE, SLOW_FAILURE):
+                    st.cause = exc
                 if st.reported >= c.half_open_calls:  # the last probe decides, once
                     self._install(self._probed(c, st, now), now)
             self._publish()
 
-    def _judge(self, c: _Rules, st: _Phase, now: float | None) -> None:
+    def _judge(
+        self, c: _Rules, st: _Phase, now: float | None, exc: BaseException | None = None
+    ) -> None:
         """Open if the window's rates are over their thresholds (called off the happy path).
 
         ``now`` is None for a count window judged on the plain path: the clock is read
-        only if the breaker opens."""
+        only if the breaker opens. ``exc``: the failure just recorded, if any, which the
+        rejections of the open spell it starts carry as their ``last_failure``."""
         while st.forward is not None:  # (a reload replaced the phase as the call ran)
             st = st.forward
         tally = st.window.tally(0.0 if now is None else now)
@@ -583,7 +597,8 @@ class CircuitBreaker(Configured, GuardForms):
         if over:
             if now is None:
                 now = c.now()
-            self._swap(st, self._opened(st, now, c.open_duration(st.times_opened + 1)), now)
+            wait = c.open_duration(st.times_opened + 1)
+            self._swap(st, self._opened(st, now, wait, exc), now)
 
     def _set_pending(self, st: _Phase, stamp: int, pending: bool) -> None:
         with self._lock:
@@ -595,7 +610,7 @@ class CircuitBreaker(Configured, GuardForms):
     def _probed(self, c: _Rules, st: _Phase, now: float) -> _Phase:
         """Under the lock: what a HALF_OPEN spell whose probes have reported turns into."""
         over = c.over(Tally(st.reported, st.failures, st.slow))
-        return self._opened(st, now, st.reopen_for) if over else self._closed(c)
+        return self._opened(st, now, st.reopen_for, st.cause) if over else self._closed(c)
 
     def _forward(self, old: _Phase, new: _Phase) -> None:
         """Under the lock: ``new`` takes over from the CLOSED phase ``old``; the calls
@@ -661,15 +676,17 @@ class CircuitBreaker(Configured, GuardForms):
         self._arm(st)
         return st
 
-    def _opened(self, st: _Phase, now: float, wait: float) -> _Phase:
+    def _opened(
+        self, st: _Phase, now: float, wait: float, cause: BaseException | None = None
+    ) -> _Phase:
         until = now + wait
         c = self._rules
         # The error is made by one C call and says how long is left when read.
         error = functools.partial(
-            BaseException.__new__, CircuitOpenError, self.name, None, OPEN, until, c.clock
+            BaseException.__new__, CircuitOpenError, self.name, None, OPEN, until, c.clock, cause
         )
         refusal = Refusal(c.now, until, self._rejected.incr, error)
-        return _Phase(
+        opened = _Phase(
             OPEN,
             st.window,
             since=now,
@@ -677,6 +694,8 @@ class CircuitBreaker(Configured, GuardForms):
             times_opened=st.times_opened + 1,
             refusal=refusal,
         )
+        opened.cause = cause
+        return opened
 
     def _pinned(self, kind: State, window: Window, now: float) -> _Phase:
         """A phase pinned by code or the environment: FORCED_OPEN (refusing every call,
@@ -692,9 +711,11 @@ class CircuitBreaker(Configured, GuardForms):
     def _probing(self, c: _Rules, st: _Phase, now: float) -> _Phase:
         # How long to reopen for is asked now, outside the lock, not when probes fail.
         reopen_for = c.open_duration(st.times_opened + 1)
-        return _Phase(
+        probing = _Phase(
             HALF_OPEN, st.window, since=now, times_opened=st.times_opened, reopen_for=reopen_for
         )
+        probing.cause = st.cause  # until a probe fails: what opened the spell before
+        return probing
 
     def _admit(self, st: _Phase) -> _Token:
         """Admission off the fast path: a token, or CircuitOpenError."""
@@ -733,7 +754,7 @@ class CircuitBreaker(Configured, GuardForms):
     def _rejection(self, st: _Phase, retry_after: float | None) -> CircuitOpenError:
         """A fresh error for each rejection, so no traceback ever grows."""
         self._rejected.incr()
-        return CircuitOpenError(self.name, retry_after, st.kind)
+        return CircuitOpenError(self.name, retry_after, st.kind, st.cause)
 
     # -- inspection and manual control ------------------------------------------------
 

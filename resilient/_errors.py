@@ -102,14 +102,18 @@ class CircuitOpenError(RejectedError):
     __slots__ = ()
 
     def __init__(
-        self, name: str | None = None, retry_after: float | None = None, state: Any = None
+        self,
+        name: str | None = None,
+        retry_after: float | None = None,
+        state: Any = None,
+        last_failure: BaseException | None = None,
     ) -> None:
-        self.args = (name, retry_after, state)
+        self.args = (name, retry_after, state, None, None, last_failure)
 
     @property
     def retry_after(self) -> float | None:
         args = self.args
-        if len(args) == 5:  # the breaker's own: (name, None, state, until, clock)
+        if len(args) > 4 and args[4] is not None:  # the breaker's own: (..., until, clock)
             left: float = args[3] - args[4].monotonic()
             return max(0.0, left)
         return args[1] if len(args) > 1 else None
@@ -120,17 +124,43 @@ class CircuitOpenError(RejectedError):
         args = self.args
         return args[2] if len(args) > 2 else None
 
+    @property
+    def last_failure(self) -> BaseException | None:
+        """The failure that opened the breaker (the last one it recorded before the open
+        spell began): the root cause behind the rejection. None when no failure opened
+        it (``force_open()``, slow calls that returned)."""
+        args = self.args
+        return args[5] if len(args) > 5 else None
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.name, self.retry_after, self.state))
+        return (type(self), (self.name, self.retry_after, self.state, self.last_failure))
 
     def __repr__(self) -> str:
+        cause = self.last_failure
+        shown = "" if cause is None else f", last_failure={cause!r}"
         return (
             f"{type(self).__name__}(name={self.name!r}, retry_after={self.retry_after!r},"
-            f" state={self.state!r})"
+            f" state={self.state!r}{shown})"
         )
+
+    def __str__(self) -> str:
+        cause = self.last_failure
+        shown = "" if cause is None else f"; opened by {shown_failure(cause)}"
+        return super().__str__() + shown
 
     def _what(self) -> str:
         return f"circuit breaker {self._who()} is {getattr(self.state, 'value', self.state)}"
+
+
+def shown_failure(exc: BaseException) -> str:
+    """``exc`` in a line: its type and message, cut short (a note, an error's text)."""
+    try:
+        message = str(exc)
+    except Exception:  # a __str__ that fails: the type says enough
+        message = ""
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 class BulkheadFullError(RejectedError):

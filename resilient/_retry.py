@@ -24,7 +24,7 @@ from resilient._core.configuration.registry import Configured
 from resilient._core.execution.deadline import remaining
 from resilient._core.execution.drivers import Attempt, AttemptForms, Attempts, LoopForms
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
-from resilient._errors import UsageError
+from resilient._errors import ResilienceError, UsageError, shown_failure
 from resilient.backoff import MAKERS, Backoff
 
 __all__ = ["Attempt", "Retry"]
@@ -387,7 +387,17 @@ def _note(exc: BaseException, note: str, replaces: str = "") -> None:
 class _Call(Attempts):
     """One call's attempts: created when its first attempt fails, gone when it ends."""
 
-    __slots__ = ("args", "fn", "kwargs", "previous", "retry", "started", "state", "trouble")
+    __slots__ = (
+        "args",
+        "fn",
+        "kwargs",
+        "previous",
+        "raised",
+        "retry",
+        "started",
+        "state",
+        "trouble",
+    )
 
     def __init__(
         self,
@@ -405,6 +415,9 @@ class _Call(Attempts):
         self.started = started
         self.previous: float | None = None  # the last wait, for decorrelated jitter
         self.trouble: str | None = None  # what went wrong with the wait strategy, if anything
+        # What each failed attempt raised, as (type, line): text, not the exceptions, whose
+        # tracebacks hold the frames that hold this object.
+        self.raised: list[tuple[type[BaseException], str]] = []
         self.state: Any = None  # tenacity's RetryCallState, built only if a strategy needs it
 
     # -- the decision ----------------------------------------------------------------
@@ -413,6 +426,10 @@ class _Call(Attempts):
         """After attempt ``self.attempt`` failed (``exc``, or a ``result`` to retry on):
         seconds to wait before the next one, or None to give up. No I/O."""
         retry = self.retry
+        if exc is not None:
+            # Our own errors by their type: a rejection's text changes as time passes.
+            ours = isinstance(exc, ResilienceError)
+            self.raised.append((type(exc), type(exc).__name__ if ours else shown_failure(exc)))
         mode = testmode.current()
         limit = retry._attempts
         if mode.enabled and mode.attempts is not None:
@@ -484,8 +501,23 @@ class _Call(Attempts):
             if self.trouble is not None:
                 _note(exc, self.trouble)
             gave_up = f"{self.retry._owner()}: gave up "
-            _note(exc, gave_up + why, replaces=gave_up)
+            _note(exc, gave_up + why + self._history(type(exc)), replaces=gave_up)
         return None  # "give up", as next_wait says it
+
+    def _history(self, last: type[BaseException]) -> str:
+        """What the attempts raised, when some raised another kind of error than the one
+        re-raised (a breaker that opened midway: the ConnectionErrors behind its
+        CircuitOpenError); nothing when the error itself tells."""
+        if all(kind is last for kind, _ in self.raised):
+            return ""
+        runs: list[list[Any]] = []  # [type, the first one's line, how many in a row]
+        for kind, line in self.raised:
+            if runs and runs[-1][0] is kind:
+                runs[-1][2] += 1
+            else:
+                runs.append([kind, line, 1])
+        told = ", then ".join(line if n == 1 else f"{line} (x{n})" for _, line, n in runs)
+        return f"; the attempts raised {told}"
 
     def _state(self, exc: BaseException | None, result: object) -> Any:
         return _Call.tenacity_state(self.retry, self, exc, result)

@@ -168,9 +168,9 @@ class TestOpen:
         clock.advance(7)
         assert error.retry_after == 0.0
         assert copy.retry_after == pytest.approx(6.0)
-        assert (
-            repr(error)
-            == "CircuitOpenError(name='svc', retry_after=0.0, state=<State.OPEN: 'open'>)"
+        assert repr(error) == (
+            "CircuitOpenError(name='svc', retry_after=0.0, state=<State.OPEN: 'open'>,"
+            f" last_failure={error.last_failure!r})"
         )
 
     def test_errors_made_by_hand_take_keywords_and_keep_their_values(self) -> None:
@@ -728,3 +728,47 @@ def test_successes_stop_judging_once_the_rate_is_back_under(clock: ManualClock) 
     assert b._state.pending  # 1 of 1 failed: over, but short of min_calls
     succeed(sync, b, 1)
     assert not b._state.pending
+
+
+class TestRootCause:
+    """A rejection carries the failure that opened the breaker (``last_failure``)."""
+
+    def test_the_rejections_of_an_open_spell_carry_the_failure_that_opened_it(
+        self, flavour: Flavour, clock: ManualClock
+    ) -> None:
+        b = breaker(clock)
+        fail(flavour, b, 3)
+        last = ConnectionError("refused by 10.0.0.7")
+        with pytest.raises(ConnectionError):
+            flavour.call(b, last)
+        assert b.state is State.OPEN
+        for _ in range(2):
+            with pytest.raises(CircuitOpenError) as info:
+                flavour.call(b, "never")
+            assert info.value.last_failure is last
+        assert str(info.value).endswith("; opened by ConnectionError: refused by 10.0.0.7")
+        copy = pickle.loads(pickle.dumps(info.value))
+        assert repr(copy.last_failure) == repr(last)
+
+    def test_a_failed_probe_reopens_with_its_own_failure(
+        self, flavour: Flavour, clock: ManualClock
+    ) -> None:
+        b = breaker(clock, half_open_calls=1)
+        trip(flavour, b)
+        clock.advance(10)
+        probe = TimeoutError("probe too slow")
+        with pytest.raises(TimeoutError):
+            flavour.call(b, probe)
+        assert b.state is State.OPEN
+        with pytest.raises(CircuitOpenError) as info:
+            flavour.call(b, "never")
+        assert info.value.last_failure is probe
+
+    def test_nothing_failed_nothing_to_carry(self, flavour: Flavour, clock: ManualClock) -> None:
+        b = breaker(clock)
+        b.force_open()
+        with pytest.raises(CircuitOpenError) as info:
+            flavour.call(b, "never")
+        assert info.value.last_failure is None
+        assert "opened by" not in str(info.value)
+        assert CircuitOpenError("x").last_failure is None

@@ -389,7 +389,12 @@ def test_fallback_around_retry_around_circuit_breaker(mode: str) -> None:
     (rejection,) = handler.seen
     assert isinstance(rejection, CircuitOpenError)
     assert rejection.retry_after == pytest.approx(9.0)
-    assert rejection.__notes__ == ["Retry: gave up after 3 attempts"]
+    # The rejection names what opened the breaker, and the note what each attempt raised.
+    assert repr(rejection.last_failure) == "ConnectionError('down')"
+    assert rejection.__notes__ == [
+        "Retry: gave up after 3 attempts; the attempts raised ConnectionError: down (x2),"
+        " then CircuitOpenError"
+    ]
 
     # Healthy again: the first attempt is rejected, the retry waits out the breaker's
     # hint (to t=11) and its probe succeeds.

@@ -151,7 +151,13 @@ class TestRetryAndBreaker:
         # Attempt 1 reached the downstream and opened the breaker; attempts 2 and 3 were
         # the breaker's rejections, retried, and the last one is what the caller gets.
         assert isinstance(err, CircuitOpenError)
-        assert err.__notes__ == ["Retry: gave up after 3 attempts"]
+        # The root cause travels with it: what opened the breaker, what each attempt met.
+        assert isinstance(err.last_failure, Boom)
+        assert "opened by Boom" in str(err)
+        assert err.__notes__ == [
+            "Retry: gave up after 3 attempts; the attempts raised Boom: 1,"
+            " then CircuitOpenError (x2)"
+        ]
         assert downstream.calls == 1
         m = b.metrics
         assert (m.state, m.calls, m.failures, m.rejected) == (State.OPEN, 1, 1, 2)

@@ -214,6 +214,17 @@ class TestAttempts:
         assert notes(info.value) == ["Retry: gave up after 3 attempts"]
         assert notes(script.raised[0]) == notes(script.raised[1]) == []
 
+    def test_the_note_names_what_earlier_attempts_raised_when_it_differs(
+        self, flavour: RetryFlavour, clock: RecordingClock
+    ) -> None:
+        script = Script(ConnectionError, ConnectionError, TimeoutError)
+        with pytest.raises(TimeoutError) as info:
+            flavour.run(Retry(3, clock=clock), script)
+        assert notes(info.value) == [
+            "Retry: gave up after 3 attempts; the attempts raised"
+            " ConnectionError: attempt 1 (x2), then TimeoutError: attempt 3"
+        ]
+
     def test_the_note_names_a_named_retry(self, flavour: RetryFlavour) -> None:
         script = Script(ConnectionError)
         with pytest.raises(ConnectionError) as info:
