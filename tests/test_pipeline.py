@@ -271,7 +271,7 @@ class TestTimeoutAndRetry:
         And when the loop stalls past both ends, so that both cancellations land in one
         iteration (a busy machine: this test once failed 1 run in 5 that way), the inner
         one still reports, and the outer passes its error on."""
-        breaker = CircuitBreaker(min_calls=1000)
+        breaker = CircuitBreaker(min_calls=1000, window_size=1000)
         inner, outer = Timeout(5), Timeout(0.05)
 
         async def hang() -> None:
