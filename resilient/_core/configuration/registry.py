@@ -230,7 +230,7 @@ def name_policies(named: Sequence[tuple[Configured, str]]) -> None:
             policy.name = new
         try:
             planned = _plan([policy for policy, _ in named], config.environment())
-        except ConfigError:
+        except BaseException:  # a bad variable, or a warning made an error
             for policy, _ in named:
                 policy.name = None
             raise
