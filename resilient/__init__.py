@@ -26,7 +26,7 @@ from resilient._errors import (
     UsageError,
 )
 from resilient._fallback import Fallback
-from resilient._pipeline import Pipeline
+from resilient._pipeline import Pipeline, Policy
 from resilient._retry import Attempt, Retry
 from resilient._timeout import Timeout, TimeoutMetrics, WorkersExhaustedError
 
@@ -63,6 +63,7 @@ __all__ = [
     "Fallback",
     "MonotonicClock",
     "Pipeline",
+    "Policy",
     "RejectedError",
     "ResilienceError",
     "Retry",

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any, Literal, NamedTuple, TypeVar
 
+from resilient._core.configuration import config
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.events import Listeners
@@ -281,6 +282,18 @@ PINNED = opt.Option(
 _PINS = {"auto": None, "forced_open": FORCED_OPEN, "disabled": DISABLED}
 
 
+def _min_calls_capped(settings: Settings) -> str:
+    """Why a min_calls given above a count window's size (by code or environment, or
+    one by each) cannot be met, and what is used instead."""
+    size = settings["window_size"]
+    given = "{}={!r}".format(*settings.blame("min_calls"))
+    window = "{}={!r}".format(*settings.blame("window_size"))
+    return (
+        f"{given} is above {window}: a count window never holds more than {size} calls,"
+        f" so min_calls={size} is used; set min_calls to at most window_size"
+    )
+
+
 class _Rules:
     """A breaker's configuration and the judgements made from it, replaced whole."""
 
@@ -308,12 +321,16 @@ class _Rules:
         self.window_type: str = settings["window_type"]
         self.window_size: float = settings["window_size"]
         min_calls: int = settings["min_calls"]
+        self.capped: str | None = None  # why min_calls was cut to the window's size
         if self.window_type == "count":
             if not isinstance(self.window_size, int):
                 option, value = settings.blame("window_size")
                 expected = next(o.expected for o in OPTIONS if o.name == "window_size")
                 raise ConfigError(option, value, expected, owner=owner)
-            min_calls = min(min_calls, self.window_size)
+            if min_calls > self.window_size:
+                if settings.sources["min_calls"] != "default":  # the default just fits
+                    self.capped = _min_calls_capped(settings)
+                min_calls = self.window_size
         self.min_calls = min_calls
         self.half_open_calls: int = settings["half_open_calls"]
         self.half_open_max_wait: float | None = settings["half_open_max_wait"]
@@ -450,7 +467,11 @@ class CircuitBreaker(Configured, GuardForms):
         self._register(settings)
 
     def _compile(self, settings: Settings) -> _Rules:
-        return _Rules(settings, self._owner())
+        rules = _Rules(settings, self._owner())
+        old: _Rules | None = getattr(self, "_rules", None)
+        if rules.capped is not None and (old is None or old.capped != rules.capped):
+            config.warn(f"{rules.owner}: {rules.capped}")  # once, not at every reload
+        return rules
 
     def _switch(self, compiled: _Rules) -> None:
         """Adopt new rules, keeping the state and, where its shape allows, the window.

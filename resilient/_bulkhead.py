@@ -412,5 +412,7 @@ class _TaskWaiter(_Waiter):
         self.event, self._wake = backend.event()
 
     def grant(self) -> bool:
-        self.granted = self._wake()
+        self.granted = True  # before the wake: the task may run before _wake returns
+        if not self._wake():
+            self.granted = False
         return self.granted

@@ -182,6 +182,11 @@ def _env(args: argparse.Namespace) -> int:
         " the default, your code, RESILIENT_DEFAULT_<KIND>_<OPTION>,"
         " RESILIENT_<NAME>_<KIND>_<OPTION>.\n"
     )
+    print(
+        "Pipeline(..., name='pay') names its unnamed policies by role: 'pay' for the only"
+        " one of its kind, 'pay.total' and 'pay.attempt' for two around the Retry"
+        " (RESILIENT_PAY_ATTEMPT_TIMEOUT_SECONDS); 'resilient config' lists them.\n"
+    )
     kind = object()
     for row in rows:
         if row["kind"] != kind:

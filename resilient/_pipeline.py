@@ -4,23 +4,52 @@
 ``Timeout(10)(Retry(3)(CircuitBreaker()(Timeout(2)(fn))))`` with every form a single
 policy has. The chain of wrappers is built once, when a function is decorated, so a
 call costs what its policies cost and nothing more: no list walked, no object made.
+
+Two members of one kind and one name would read the same variables and be configured
+alike, so a Pipeline refuses them; ``Pipeline(..., name="pay")`` names its unnamed
+members by role instead (docs/composition.md has the table).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack, ExitStack
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
+from resilient._core.configuration import config, registry
+from resilient._core.configuration import options as opt
+from resilient._core.configuration.registry import Configured
 from resilient._core.execution.drivers import Decorates, pop_block, push_block
 from resilient._errors import ConfigError
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "Policy"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What a Pipeline takes: a decorator with ``call`` and ``call_async`` forms.
+
+    Every resilient policy is one (CircuitBreaker, Retry, Timeout, Bulkhead, Fallback,
+    Pipeline), and so is any object with these three methods: a Pipeline guards a
+    function with it as its decorator would.
+    """
+
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
+
+    def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    async def call_async(
+        self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R: ...
+
+
+#: The start of the warning about a breaker outside a Retry, for a warnings filter.
+BREAKER_OUTSIDE_RETRY = "a CircuitBreaker outside a Retry"
 
 
 class Pipeline(Decorates):
@@ -29,39 +58,54 @@ class Pipeline(Decorates):
     A Pipeline inside a Pipeline is flattened. As ``with``/``async with`` every policy
     must support that form (a Retry does not: a block cannot run twice); the policies are
     entered outermost-first and left in reverse, each seeing what the inner ones raised.
+    ``name`` names the unnamed members by their role, so that each reads variables of
+    its own (``RESILIENT_PAY_RETRY_ATTEMPTS``, ``RESILIENT_PAY_ATTEMPT_TIMEOUT_SECONDS``).
     """
 
-    def __init__(self, *policies: Decorates) -> None:
-        flat: list[Decorates] = []
+    def __init__(self, *policies: Policy, name: str | None = None) -> None:
+        self.name = opt.check_name(name, "Pipeline")
+        flat: list[Policy] = []
         for policy in policies:
             if isinstance(policy, Pipeline):
                 flat.extend(policy.policies)
-            elif isinstance(policy, Decorates):
+            elif isinstance(policy, Decorates) or (
+                isinstance(policy, Policy) and not isinstance(policy, type)
+            ):
                 flat.append(policy)
             else:
                 raise ConfigError(
                     "policies",
                     policy,
-                    "resilient policies: CircuitBreaker, Retry, Timeout, Bulkhead, Fallback"
-                    " or a Pipeline, outermost first",
+                    "resilient policies: CircuitBreaker, Retry, Timeout, Bulkhead, Fallback,"
+                    " a Pipeline or another resilient.Policy, outermost first",
                     owner="Pipeline",
                 )
         if not flat:
             raise ConfigError("policies", (), "at least one policy", owner="Pipeline")
-        self.policies: tuple[Decorates, ...] = tuple(flat)
+        members = _configured(flat)
+        roles = _roles(members, self.name) if self.name is not None else {}
+        _refuse_shared_variables(flat, roles)
+        _warn_breaker_outside_retry(members)
+        registry.name_policies(list(roles.items()))
+        self.policies: tuple[Policy, ...] = tuple(flat)
 
     def __repr__(self) -> str:
-        return f"Pipeline({', '.join(map(repr, self.policies))})"
+        name = "" if self.name is None else f", name={self.name!r}"
+        return f"Pipeline({', '.join(map(repr, self.policies))}{name})"
+
+    # A policy of our own gives its wrapper straight; another one guards as it decorates.
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         for policy in reversed(self.policies):
-            fn = policy._wrap_sync(fn)
+            fn = policy._wrap_sync(fn) if isinstance(policy, Decorates) else policy(fn)
         return fn
 
     def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         wrapped: Callable[P, Awaitable[R]] = fn
         for policy in reversed(self.policies):
-            wrapped = policy._wrap_async(wrapped)
+            wrapped = (
+                policy._wrap_async(wrapped) if isinstance(policy, Decorates) else policy(wrapped)
+            )
         return _as_coroutine_function(wrapped)
 
     # -- context managers ---------------------------------------------------------------
@@ -112,3 +156,87 @@ def _as_coroutine_function(
     fn: Callable[P, Awaitable[R]],
 ) -> Callable[P, Coroutine[Any, Any, R]]:
     return fn  # type: ignore[return-value]  # every policy's async wrapper is one
+
+
+def _configured(policies: Sequence[Policy]) -> list[Configured]:
+    """The members that have variables, each once, outermost first."""
+    seen: dict[int, Configured] = {}
+    for policy in policies:
+        if isinstance(policy, Configured) and config.KINDS[policy.KIND]:
+            seen.setdefault(id(policy), policy)
+    return list(seen.values())
+
+
+def _roles(members: Sequence[Configured], name: str) -> dict[Configured, str]:
+    """The names ``Pipeline(..., name=name)`` gives its unnamed members.
+
+    The only member of its kind: ``name`` (the kind already tells the variables apart).
+    Two of a kind, one outside the only Retry and one inside it: ``name.total`` and
+    ``name.attempt``. Otherwise: ``name.1``, ``name.2``... outermost first.
+    """
+    by_kind: dict[str, list[Configured]] = {}
+    for member in members:
+        by_kind.setdefault(member.KIND, []).append(member)
+    retries = [i for i, member in enumerate(members) if member.KIND == "retry"]
+    roles: dict[Configured, str] = {}
+    for same in by_kind.values():
+        if len(same) == 1:
+            names = [name]
+        elif (
+            len(same) == 2
+            and len(retries) == 1
+            and members.index(same[0]) < retries[0] < members.index(same[1])
+        ):
+            names = [f"{name}.total", f"{name}.attempt"]
+        else:
+            names = [f"{name}.{n}" for n in range(1, len(same) + 1)]
+        roles.update((m, role) for m, role in zip(same, names, strict=True) if m.name is None)
+    return roles
+
+
+def _refuse_shared_variables(policies: Sequence[Policy], roles: dict[Configured, str]) -> None:
+    """Two members of one kind whose names spell alike would read the same variables:
+    ``RESILIENT_PAY_TIMEOUT_SECONDS`` would make a Timeout(10) and a Timeout(2) equal.
+    Refused, with the fix. (Unnamed ones read only the kind-wide variables: documented.)"""
+    first: dict[tuple[str, str], tuple[int, Configured]] = {}
+    for place, member in enumerate(policies, 1):
+        if not isinstance(member, Configured) or not config.KINDS[member.KIND]:
+            continue
+        name = roles.get(member, member.name)
+        if name is None:
+            continue
+        key = (member.KIND, config.env_name(name))
+        if key not in first:
+            first[key] = (place, member)
+            continue
+        where, other = first[key]
+        if other is member:
+            continue  # one object given twice: one set of variables, rightly
+        spelt = f"{config.PREFIX}{key[1]}_{member.KIND.upper()}_*"
+        raise ConfigError(
+            "name",
+            name,
+            f"a name of its own for each {member.KIND}: {other._owner()} (policy {where})"
+            f" and {member._owner()} (policy {place}) would both read"
+            f" {spelt} and be configured alike. Give them different names, or leave them"
+            " unnamed and name the Pipeline: Pipeline(..., name=...) names each by its role",
+            owner="Pipeline",
+        )
+
+
+def _warn_breaker_outside_retry(members: Sequence[Configured]) -> None:
+    kinds = [member.KIND for member in members]
+    if "breaker" not in kinds or "retry" not in kinds:
+        return
+    breaker = members[kinds.index("breaker")]
+    last_retry = members[len(kinds) - 1 - kinds[::-1].index("retry")]
+    if members.index(breaker) > members.index(last_retry):
+        return
+    config.warn(
+        f"{BREAKER_OUTSIDE_RETRY}: {breaker._owner()} is given before {last_retry._owner()},"
+        " so it counts one outcome per retried call: it opens only after several times"
+        " as many failed attempts, and until then every call sends all its attempts to a"
+        " failing downstream. Give the breaker after the Retry, inside it; if this order"
+        " is meant, silence this with warnings.filterwarnings('ignore',"
+        f" {BREAKER_OUTSIDE_RETRY!r}, resilient.ConfigWarning)"
+    )

@@ -13,7 +13,14 @@ import anyio
 import pytest
 import trio
 
-from resilient import BreakerMetrics, CircuitBreaker, CircuitOpenError, State, StateChange
+from resilient import (
+    BreakerMetrics,
+    CircuitBreaker,
+    CircuitOpenError,
+    ConfigWarning,
+    State,
+    StateChange,
+)
 from resilient.testing import ManualClock
 
 from .conftest import Flavour
@@ -87,10 +94,29 @@ class TestClosed:
         succeed(flavour, b, 1)  # 4 calls, 2 failures: 0.5
         assert b.state is State.OPEN
 
-    def test_min_calls_is_capped_at_count_window_size(self, clock: ManualClock) -> None:
-        b = CircuitBreaker(window_size=5, min_calls=50, clock=clock)
+    def test_min_calls_given_above_a_count_window_is_capped_with_a_warning(
+        self, clock: ManualClock
+    ) -> None:
+        with pytest.warns(ConfigWarning) as caught:
+            b = CircuitBreaker(window_size=5, min_calls=50, clock=clock)
+        assert [str(w.message) for w in caught] == [
+            "CircuitBreaker: min_calls=50 is above window_size=5: a count window never"
+            " holds more than 5 calls, so min_calls=5 is used; set min_calls to at most"
+            " window_size"
+        ]
+        assert caught[0].filename == __file__  # the line that made the breaker
+        assert (b.settings["min_calls"], b._rules.min_calls) == (50, 5)
         fail(Flavour("sync", "call"), b, 5)
         assert b.state is State.OPEN
+
+    def test_the_default_min_calls_fits_a_smaller_count_window_silently(
+        self, clock: ManualClock
+    ) -> None:
+        b = CircuitBreaker(window_size=5, clock=clock)  # min_calls: 20 by default
+        assert b._rules.min_calls == 5
+        assert (
+            CircuitBreaker(window_type="time", window_size=5, min_calls=50)._rules.min_calls == 50
+        )
 
     def test_window_slides_over_the_last_n_calls(self, clock: ManualClock) -> None:
         b = breaker(clock, window_size=4, min_calls=4, failure_rate=0.75)

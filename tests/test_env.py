@@ -1050,8 +1050,42 @@ def test_reload_shrinking_a_count_window_keeps_its_latest_records(
         with pytest.raises(ConnectionError):
             b.call(boom)
     env.setenv(var(name, "breaker", "window_size"), "4")
-    resilient.reload()
+    with pytest.warns(
+        ConfigWarning, match=r"^CircuitBreaker\('shrink-window-\d+'\): min_calls=50"
+    ):
+        resilient.reload()
     assert (b.metrics.calls, b.metrics.failures) == (4, 2)
+
+
+def test_min_calls_above_the_window_from_the_environment_is_a_warning_not_a_silent_cap(
+    env: pytest.MonkeyPatch,
+) -> None:
+    name = fresh("above")
+    env.setenv(var(name, "breaker", "min_calls"), "50")
+    with pytest.warns(ConfigWarning) as caught:
+        b = CircuitBreaker(name, window_size=10)
+    assert [str(w.message) for w in caught] == [
+        f"CircuitBreaker({name!r}): {var(name, 'breaker', 'min_calls')}='50' is above"
+        " window_size=10: a count window never holds more than 10 calls, so min_calls=10"
+        " is used; set min_calls to at most window_size"
+    ]
+    assert caught[0].filename == __file__
+    assert (b.settings["min_calls"], b._rules.min_calls) == (50, 10)
+    with warnings.catch_warnings():  # the same cap again: said once, not at every reload
+        warnings.simplefilter("error")
+        resilient.reload()
+    env.setenv(wide("breaker", "window_size"), "5")
+    with pytest.warns(ConfigWarning, match=r"is above RESILIENT_DEFAULT_BREAKER_WINDOW_SIZE='5'"):
+        resilient.reload()
+    assert b._rules.min_calls == 5
+
+
+def test_a_default_min_calls_above_a_window_from_the_environment_fits_it_silently(
+    env: pytest.MonkeyPatch,
+) -> None:
+    name = fresh("small")
+    env.setenv(var(name, "breaker", "window_size"), "4")
+    assert CircuitBreaker(name)._rules.min_calls == 4  # the default 20: no warning
 
 
 def test_reload_leaves_an_open_breaker_open(env: pytest.MonkeyPatch) -> None:

@@ -25,8 +25,10 @@ from resilient import (
     CircuitBreaker,
     CircuitOpenError,
     ConfigError,
+    ConfigWarning,
     Fallback,
     Pipeline,
+    Policy,
     Retry,
     State,
     Timeout,
@@ -129,6 +131,13 @@ def hangs_first(mode: str, release: threading.Event, attempts: list[float]) -> C
     return abody
 
 
+def breaker_outside_retry(*policies: Policy) -> Pipeline:
+    """A Pipeline in the order that draws a warning, made on purpose (the warning is
+    checked in test_pipeline_env.py)."""
+    with pytest.warns(ConfigWarning, match="^a CircuitBreaker outside a Retry: "):
+        return Pipeline(*policies)
+
+
 def breaker(**options: Any) -> CircuitBreaker:
     """A breaker that opens on one failure (for 10 s) unless told otherwise."""
     options = {"min_calls": 1, "window_size": 1, "open_for": 10, **options}
@@ -183,7 +192,7 @@ class TestRetryAndBreaker:
     def test_a_breaker_outside_retry_counts_one_outcome_per_retried_call(self, mode: str) -> None:
         b = breaker(min_calls=2, window_size=2)
         downstream = Downstream()
-        fn = Pipeline(b, Retry(3, clock=ManualClock()))(function(mode, downstream))
+        fn = breaker_outside_retry(b, Retry(3, clock=ManualClock()))(function(mode, downstream))
 
         seen = []
         for _ in range(3):
@@ -200,7 +209,7 @@ class TestRetryAndBreaker:
     def test_a_breaker_outside_retry_sees_a_recovered_call_as_a_success(self, mode: str) -> None:
         b = breaker(min_calls=2, window_size=2)
         downstream = Downstream(failures=2)
-        fn = Pipeline(b, Retry(3, clock=ManualClock()))(function(mode, downstream))
+        fn = breaker_outside_retry(b, Retry(3, clock=ManualClock()))(function(mode, downstream))
 
         assert run(mode, fn) == "ok"
         assert downstream.calls == 3
@@ -277,7 +286,7 @@ class TestTimeoutAndRetry:
         And when the loop stalls past both ends, so that both cancellations land in one
         iteration (a busy machine: this test once failed 1 run in 5 that way), the inner
         one still reports, and the outer passes its error on."""
-        breaker = CircuitBreaker(min_calls=1000)
+        breaker = CircuitBreaker(min_calls=1000, window_size=1000)
         inner, outer = Timeout(5), Timeout(0.05)
 
         async def hang() -> None:
@@ -486,7 +495,7 @@ class TestWithFormRefusals:
         b = breaker()
 
         with pytest.raises(TypeError, match="cannot be retried"):
-            enter(mode, Pipeline(b, Retry()))
+            enter(mode, breaker_outside_retry(b, Retry()))
         m = b.metrics
         assert (m.state, m.calls, m.failures) == (State.CLOSED, 0, 0)
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing_extensions import assert_type
 
-from resilient import Bulkhead, CircuitBreaker, Fallback, Pipeline, Retry, Timeout, backoff
+from resilient import (
+    Bulkhead,
+    CircuitBreaker,
+    Fallback,
+    Pipeline,
+    Policy,
+    Retry,
+    Timeout,
+    backoff,
+)
 
 breaker = CircuitBreaker("typing")
 timed = CircuitBreaker("t", window_type="time", window_size=0.5, slow_call_duration=0.1)
@@ -140,3 +149,17 @@ def shapes() -> None:
     Retry(timeout=10)  # type: ignore[call-arg]
     Timeout()  # type: ignore[call-arg]
     CircuitBreaker(record=[ConnectionError, "x"])  # type: ignore[list-item]
+
+
+# Pipeline takes any Policy: each resilient policy, a Pipeline, and nothing else.
+every: list[Policy] = [breaker, retry, fallback, timeout, bulkhead, pipeline]
+named = Pipeline(*every, name="typing")
+
+
+def plain_decorator(fn: object) -> object:
+    return fn
+
+
+Pipeline(retry, plain_decorator)  # type: ignore[arg-type]
+Pipeline(retry, 3)  # type: ignore[arg-type]
+Pipeline(retry, name=3)  # type: ignore[arg-type]

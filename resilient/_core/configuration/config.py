@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -45,6 +46,7 @@ __all__ = [
     "resolve",
     "unknown_variables",
     "variable",
+    "warn",
     "warn_unknown",
 ]
 
@@ -309,14 +311,25 @@ def _respellings(var: str) -> set[str]:
     return found
 
 
-def warn_unknown(unknown: Sequence[tuple[str, str | None]], *, stacklevel: int = 2) -> None:
+#: Where resilient's own code lives: a warning names the first caller outside it.
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.dirname(__file__))) + os.sep
+
+
+def warn(message: str) -> None:
+    """A ConfigWarning pointing at the user's line that led to it (made a policy or a
+    Pipeline, called reload), however deep in resilient it was found."""
+    frame = sys._getframe(1)
+    level = 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, ConfigWarning, stacklevel=level)
+
+
+def warn_unknown(unknown: Sequence[tuple[str, str | None]]) -> None:
     for var, suggestion in unknown:
         hint = f"; did you mean {suggestion}?" if suggestion else ""
-        warnings.warn(
-            f"{var} matches no option of any resilient policy{hint}",
-            ConfigWarning,
-            stacklevel=stacklevel + 1,
-        )
+        warn(f"{var} matches no option of any resilient policy{hint}")
 
 
 def markdown_table() -> str:

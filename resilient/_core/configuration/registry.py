@@ -18,7 +18,7 @@ import itertools
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from resilient._core.configuration import config, shapes
@@ -26,7 +26,7 @@ from resilient._core.configuration import options as opt
 from resilient._core.state import forking
 from resilient._errors import ConfigError
 
-__all__ = ["Configured", "Registry", "registry", "reload"]
+__all__ = ["Configured", "Registry", "name_policies", "registry", "reload"]
 
 
 class Registry:
@@ -129,7 +129,7 @@ class Configured:
         self.name = opt.check_name(name, type(self).__name__)
         settings = self._resolve(given)
         self._given = dict(given)
-        config.warn_unknown(self._near_misses(), stacklevel=3)
+        config.warn_unknown(_near_misses([self]))
         return settings
 
     def _resolve(
@@ -143,30 +143,6 @@ class Configured:
             owner=self._owner(),
             environ=environ,
         )
-
-    def _near_misses(self) -> list[tuple[str, str | None]]:
-        """Variables that look like a misspelt option or kind of this very policy.
-
-        A well-formed variable for another name is left alone: that policy may be made
-        later. ``reload()`` and ``resilient config --check`` report those. Cheap when no
-        ``RESILIENT_*`` variable is set, and never more than a scan of the environment."""
-        if self.name is None:
-            return []
-        suspects = [
-            var
-            for var in os.environ
-            if var.startswith(config.PREFIX)
-            and var != config.ENABLED
-            and not config.plausible(var)
-        ]
-        if not suspects:
-            return []
-        mine = [config.variable(self.KIND, o.name, self.name) for o in config.KINDS[self.KIND]]
-        return [
-            (var, close)
-            for var in sorted(suspects)
-            if (close := config.closest(var, mine)) is not None
-        ]
 
     def _register(self, settings: config.Settings) -> None:
         """The last step of ``__init__``: apply the settings, then become findable."""
@@ -186,6 +162,32 @@ class Configured:
     def _after_fork(self) -> None:
         """In a forked child, right after the fork: forget what belonged to the parent's
         other threads (locks they held, slots and permits they took). Most have none."""
+
+
+def _near_misses(policies: Iterable[Configured]) -> list[tuple[str, str | None]]:
+    """Variables that look like a misspelt option or kind of these very policies.
+
+    A well-formed variable for another name is left alone: that policy may be made
+    later. ``reload()`` and ``resilient config --check`` report those. Cheap when no
+    ``RESILIENT_*`` variable is set, and never more than a scan of the environment."""
+    named = [(policy.KIND, policy.name) for policy in policies if policy.name is not None]
+    if not named:
+        return []
+    suspects = [
+        var
+        for var in os.environ
+        if var.startswith(config.PREFIX) and var != config.ENABLED and not config.plausible(var)
+    ]
+    if not suspects:
+        return []
+    mine = [
+        config.variable(kind, o.name, name) for kind, name in named for o in config.KINDS[kind]
+    ]
+    return [
+        (var, close)
+        for var in sorted(suspects)
+        if (close := config.closest(var, mine)) is not None
+    ]
 
 
 #: Held by a reload from reading the environment to the last switch (never by a call).
@@ -215,19 +217,50 @@ def reload(environ: Mapping[str, str] | None = None) -> None:
         if environ is None:
             environ = config.environment()
         policies = registry._live()
-        planned: list[tuple[Configured, config.Settings, Any]] = []
-        errors: list[ConfigError] = []
-        for policy in policies:
-            assert policy._given is not None
-            try:
-                settings = policy._resolve(policy._given, environ)
-                planned.append((policy, settings, policy._compile(settings)))
-            except ConfigError as error:
-                errors.append(error)
-        if errors:
-            raise ConfigError.combine(errors)
-        for policy, settings, compiled in planned:
-            policy.settings = settings
-            policy._switch(compiled)
+        _apply(_plan(policies, environ))
     known = config.known_variables((p.KIND, p.name) for p in policies)
     config.warn_unknown(config.unknown_variables(known, environ))
+
+
+def name_policies(named: Sequence[tuple[Configured, str]]) -> None:
+    """Name unnamed policies (a Pipeline names its members), all or none: each reads its
+    own variables at once, as a reload would, and keeps its state. A bad variable
+    raises ConfigError and leaves every one of them unnamed and unchanged."""
+    if not named:
+        return
+    with _RELOADING:  # (no reload reads a name between these lines)
+        for policy, new in named:  # the variables read, and the errors' owner, follow it
+            policy.name = new
+        try:
+            planned = _plan([policy for policy, _ in named], config.environment())
+        except BaseException:  # a bad variable, or a warning made an error
+            for policy, _ in named:
+                policy.name = None
+            raise
+        _apply(planned)
+    config.warn_unknown(_near_misses([policy for policy, _ in named]))
+
+
+_Planned = list[tuple[Configured, config.Settings, Any]]
+
+
+def _plan(policies: Iterable[Configured], environ: Mapping[str, str]) -> _Planned:
+    """Each policy's settings from ``environ``, compiled; ConfigError for every bad one."""
+    planned: _Planned = []
+    errors: list[ConfigError] = []
+    for policy in policies:
+        assert policy._given is not None
+        try:
+            settings = policy._resolve(policy._given, environ)
+            planned.append((policy, settings, policy._compile(settings)))
+        except ConfigError as error:
+            errors.append(error)
+    if errors:
+        raise ConfigError.combine(errors)
+    return planned
+
+
+def _apply(planned: _Planned) -> None:
+    for policy, settings, compiled in planned:
+        policy.settings = settings
+        policy._switch(compiled)
