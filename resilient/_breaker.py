@@ -294,7 +294,7 @@ def _min_calls_capped(settings: Settings) -> str:
     )
 
 
-class _Rules:
+class _Plan:
     """A breaker's configuration and the judgements made from it, replaced whole."""
 
     def __init__(self, settings: Settings, owner: str) -> None:
@@ -434,7 +434,7 @@ class CircuitBreaker(Configured, GuardForms):
     ENV_OPTIONS = (PINNED,)
 
     _state: _Phase  # the one current phase; replaced whole by _swap, never edited
-    _rules: _Rules  # the configuration; replaced whole by a reload, never edited
+    _plan: _Plan  # the configuration; replaced whole by a reload, never edited
 
     def __init__(
         self,
@@ -466,14 +466,14 @@ class CircuitBreaker(Configured, GuardForms):
         self._fresh_on_lift = False  # reset() was called under an environment pin
         self._register(settings)
 
-    def _compile(self, settings: Settings) -> _Rules:
-        rules = _Rules(settings, self._owner())
-        old: _Rules | None = getattr(self, "_rules", None)
+    def _compile(self, settings: Settings) -> _Plan:
+        rules = _Plan(settings, self._owner())
+        old: _Plan | None = getattr(self, "_plan", None)
         if rules.capped is not None and (old is None or old.capped != rules.capped):
             config.warn(f"{rules.owner}: {rules.capped}")  # once, not at every reload
         return rules
 
-    def _switch(self, compiled: _Rules) -> None:
+    def _switch(self, compiled: _Plan) -> None:
         """Adopt new rules, keeping the state and, where its shape allows, the window.
 
         A pin from the environment (``STATE``, or ``RESILIENT_ENABLED=0``) overrides the
@@ -482,7 +482,7 @@ class CircuitBreaker(Configured, GuardForms):
         """
         c = compiled
         with self._lock:
-            self._rules = c  # (the phases made below read it)
+            self._plan = c  # (the phases made below read it)
             now = c.now()
             st: _Phase | None = getattr(self, "_state", None)
             env_pin = DISABLED if not c.enabled else _PINS[c.pinned]
@@ -525,7 +525,7 @@ class CircuitBreaker(Configured, GuardForms):
             if exc is None:
                 token.success()
             else:  # told apart by type, recorded without a clock: no _settle, no predicate
-                c = self._rules
+                c = self._plan
                 neither = c.neither
                 if neither is None:
                     self._settle(token, exc, result)
@@ -538,12 +538,12 @@ class CircuitBreaker(Configured, GuardForms):
                     return
                 token.success()
             if token.pending:
-                self._judge(self._rules, token, None)
+                self._judge(self._plan, token, None)
             return
         self._settle(token, exc, result)
 
     def _settle(self, token: _Token, exc: BaseException | None, result: object) -> None:
-        c = self._rules
+        c = self._plan
         now = c.now()
         if isinstance(token, tuple):
             st, started = token
@@ -561,7 +561,7 @@ class CircuitBreaker(Configured, GuardForms):
 
     def _report(
         self,
-        c: _Rules,
+        c: _Plan,
         st: _Phase,
         outcome: int | None,
         now: float,
@@ -594,7 +594,7 @@ class CircuitBreaker(Configured, GuardForms):
             self._publish()
 
     def _judge(
-        self, c: _Rules, st: _Phase, now: float | None, exc: BaseException | None = None
+        self, c: _Plan, st: _Phase, now: float | None, exc: BaseException | None = None
     ) -> None:
         """Open if the window's rates are over their thresholds (called off the happy path).
 
@@ -628,7 +628,7 @@ class CircuitBreaker(Configured, GuardForms):
                 st.pending = pending
                 self._arm(st)
 
-    def _probed(self, c: _Rules, st: _Phase, now: float) -> _Phase:
+    def _probed(self, c: _Plan, st: _Phase, now: float) -> _Phase:
         """Under the lock: what a HALF_OPEN spell whose probes have reported turns into."""
         over = c.over(Tally(st.reported, st.failures, st.slow))
         return self._opened(st, now, st.reopen_for, st.cause) if over else self._closed(c)
@@ -683,9 +683,7 @@ class CircuitBreaker(Configured, GuardForms):
             finally:
                 self._publishing.release()
 
-    def _closed(
-        self, c: _Rules, window: Window | None = None, was: _Phase | None = None
-    ) -> _Phase:
+    def _closed(self, c: _Plan, window: Window | None = None, was: _Phase | None = None) -> _Phase:
         """A CLOSED phase under ``c``: a fresh window, or ``window`` carried over into
         one of ``c``'s shape (``was``: the CLOSED phase it replaces, warm-up and all)."""
         window = c.new_window() if window is None else c.reshaped(window)
@@ -701,7 +699,7 @@ class CircuitBreaker(Configured, GuardForms):
         self, st: _Phase, now: float, wait: float, cause: BaseException | None = None
     ) -> _Phase:
         until = now + wait
-        c = self._rules
+        c = self._plan
         # The error is made by one C call and says how long is left when read.
         error = functools.partial(
             BaseException.__new__, CircuitOpenError, self.name, None, OPEN, until, c.clock, cause
@@ -726,10 +724,10 @@ class CircuitBreaker(Configured, GuardForms):
             error = functools.partial(
                 BaseException.__new__, CircuitOpenError, self.name, None, FORCED_OPEN
             )
-            refusal = Refusal(self._rules.now, math.inf, self._rejected.incr, error)
+            refusal = Refusal(self._plan.now, math.inf, self._rejected.incr, error)
         return _Phase(kind, window, since=now, refusal=refusal)
 
-    def _probing(self, c: _Rules, st: _Phase, now: float) -> _Phase:
+    def _probing(self, c: _Plan, st: _Phase, now: float) -> _Phase:
         # How long to reopen for is asked now, outside the lock, not when probes fail.
         reopen_for = c.open_duration(st.times_opened + 1)
         probing = _Phase(
@@ -740,7 +738,7 @@ class CircuitBreaker(Configured, GuardForms):
 
     def _admit(self, st: _Phase) -> _Token:
         """Admission off the fast path: a token, or CircuitOpenError."""
-        c = self._rules
+        c = self._plan
         while True:
             kind = st.kind
             if kind is OPEN:
@@ -786,7 +784,7 @@ class CircuitBreaker(Configured, GuardForms):
 
     @property
     def metrics(self) -> BreakerMetrics:
-        c = self._rules
+        c = self._plan
         st = self._state
         if st.kind is HALF_OPEN:
             with self._lock:
@@ -822,7 +820,7 @@ class CircuitBreaker(Configured, GuardForms):
         with self._lock:
             self._code_pin = kind  # only reset() undoes it
             if not self._pinned_by_env:  # the environment's pin wins until it is lifted
-                now = self._rules.now()
+                now = self._plan.now()
                 self._install(self._pinned(kind, self._state.window, now), now)
         self._publish()
 
@@ -842,7 +840,7 @@ class CircuitBreaker(Configured, GuardForms):
         Under a pin from the environment (``RESILIENT_ENABLED=0``, ``..._BREAKER_STATE``)
         the pin holds: the reset applies when the environment lifts it."""
         with self._lock:
-            c = self._rules
+            c = self._plan
             self._rejected = counter()
             self._code_pin = None
             self._fresh_on_lift = True

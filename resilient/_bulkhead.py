@@ -73,8 +73,10 @@ class BulkheadMetrics(NamedTuple):
     rejected: int  #: calls refused since the bulkhead was made
 
 
-class _Config:
-    """What a call reads: the guard's ``_state``, switched whole by a reload."""
+class _Plan:
+    """What a call reads, switched whole by a reload. A bulkhead keeps no state a call
+    must read besides its plan (the slots are its own), so the plan is also the gate the
+    drivers read (``_state``)."""
 
     __slots__ = ("fast", "max_concurrent", "max_wait", "max_waiting")
 
@@ -103,7 +105,8 @@ class Bulkhead(Configured, GuardForms):
 
     KIND = "bulkhead"
     OPTIONS = OPTIONS
-    _state: _Config
+    _plan: _Plan
+    _state: _Plan  # the same object: what the drivers read
 
     def __init__(
         self,
@@ -126,15 +129,15 @@ class Bulkhead(Configured, GuardForms):
         self._rejected = 0
         self._register(settings)
 
-    def _compile(self, settings: Settings) -> _Config:
-        return _Config(
+    def _compile(self, settings: Settings) -> _Plan:
+        return _Plan(
             settings["max_concurrent"],
             settings["max_wait"],
             settings["max_waiting"],
             settings.enabled,
         )
 
-    def _switch(self, compiled: _Config) -> None:
+    def _switch(self, compiled: _Plan) -> None:
         """Resize to the new ``max_concurrent`` without losing a call inside or waiting."""
         with self._lock:
             grow = compiled.max_concurrent - self._slots
@@ -156,19 +159,19 @@ class Bulkhead(Configured, GuardForms):
                     waiter = self._queue.popleft()
                     waiter.token = compiled
                     waiter.grant()
-            self._state = compiled
+            self._plan = self._state = compiled
 
     @property
     def max_concurrent(self) -> int:
-        return self._state.max_concurrent
+        return self._plan.max_concurrent
 
     @property
     def max_wait(self) -> float:
-        return self._state.max_wait
+        return self._plan.max_wait
 
     @property
     def max_waiting(self) -> int | None:
-        return self._state.max_waiting
+        return self._plan.max_waiting
 
     def __repr__(self) -> str:
         name = "" if self.name is None else f", name={self.name!r}"
@@ -201,7 +204,7 @@ class Bulkhead(Configured, GuardForms):
 
     # -- the guard protocol -----------------------------------------------------------
 
-    def _admit(self, state: _Config) -> object:
+    def _admit(self, state: _Plan) -> object:
         if self._take_free_slot():
             return forking.generation  # a slot of this process's accounting
         if state.max_wait:
@@ -283,7 +286,7 @@ class Bulkhead(Configured, GuardForms):
             if not self._hand_on():
                 permits.append(None)  # every waiter left was gone: the slot stays free
 
-    def _wait(self, state: _Config) -> object:
+    def _wait(self, state: _Plan) -> object:
         seconds = dl.limit(state.max_wait)[0]  # first: once queued, nothing else may raise
         waiter = self._enqueue(_ThreadWaiter(), state)
         if waiter.granted:
@@ -301,7 +304,7 @@ class Bulkhead(Configured, GuardForms):
             self._give_up(waiter)
         return waiter.token
 
-    async def _wait_async(self, state: _Config) -> object:
+    async def _wait_async(self, state: _Plan) -> object:
         seconds = dl.limit(state.max_wait)[0]
         waiter = self._enqueue(_TaskWaiter(), state)
         if waiter.granted:
@@ -323,7 +326,7 @@ class Bulkhead(Configured, GuardForms):
 
     # -- waiting ----------------------------------------------------------------------
 
-    def _enqueue(self, waiter: W, state: _Config) -> W:
+    def _enqueue(self, waiter: W, state: _Plan) -> W:
         """Queue ``waiter``, or grant it at once if a slot came free since ``_admit``
         looked; BulkheadFullError if ``max_waiting`` are waiting already."""
         with self._lock:

@@ -29,8 +29,14 @@ from resilient.backoff import MAKERS, Backoff
 
 __all__ = ["Attempt", "Retry"]
 
-WaitSpec = float | Callable[[int, BaseException | None], float] | Any
-OnSpec = opt.Exceptions
+#: A wait: a duration, a resilient.backoff strategy, a callable(attempt, exception) ->
+#: seconds, or a tenacity wait strategy (a callable of tenacity's RetryCallState).
+WaitSpec = (
+    opt.Duration | Backoff | Callable[[int, BaseException | None], float] | Callable[[Any], float]
+)
+#: What to retry: exception types, a predicate, or a tenacity retry strategy (a callable
+#: of tenacity's RetryCallState).
+OnSpec = opt.Exceptions | Callable[[Any], bool]
 
 
 _TENACITY_MODULES = {
@@ -226,7 +232,7 @@ OPTIONS = (
 _OPTION_NAMES = frozenset(option.name for option in OPTIONS)
 
 
-class _Engine:
+class _Plan:
     """A Retry's configuration and the decisions made from it, switched whole: a call
     takes the engine current when it starts and keeps it to its end, so a reload never
     mixes two configurations in one call."""
@@ -315,7 +321,7 @@ class Retry(Configured, LoopForms, AttemptForms):
 
     KIND = "retry"
     OPTIONS = OPTIONS
-    _plan: _Engine
+    _plan: _Plan
 
     def __init__(
         self,
@@ -323,10 +329,10 @@ class Retry(Configured, LoopForms, AttemptForms):
         *,
         wait: WaitSpec = 0.0,
         max_wait: opt.Duration = 60.0,
-        on: OnSpec | Any = Exception,
+        on: OnSpec = Exception,
         on_result: Callable[[Any], bool] | None = None,
         deadline: opt.Duration | None = None,
-        stop: Any = None,
+        stop: Callable[[Any], bool] | None = None,
         clock: Clock | None = None,
         name: str | None = None,
         budget: RetryBudget | None = None,
@@ -334,10 +340,10 @@ class Retry(Configured, LoopForms, AttemptForms):
         given = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
         self._register(self._configure(name, given))
 
-    def _compile(self, settings: Settings) -> _Engine:
-        return _Engine(settings, self._owner())
+    def _compile(self, settings: Settings) -> _Plan:
+        return _Plan(settings, self._owner())
 
-    def _switch(self, compiled: _Engine) -> None:
+    def _switch(self, compiled: _Plan) -> None:
         self._plan = compiled
 
     @property
@@ -401,7 +407,7 @@ class _Call(Attempts):
 
     def __init__(
         self,
-        retry: _Engine,
+        retry: _Plan,
         fn: Callable[..., Any] | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -524,7 +530,7 @@ class _Call(Attempts):
 
     @staticmethod
     def tenacity_state(
-        retry: _Engine, call: _Call | None, exc: BaseException | None, result: object
+        retry: _Plan, call: _Call | None, exc: BaseException | None, result: object
     ) -> Any:
         """tenacity's RetryCallState for this attempt, for tenacity's own strategies."""
         import tenacity

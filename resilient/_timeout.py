@@ -103,7 +103,7 @@ class TimeoutMetrics(NamedTuple):
 AHEAD = 0.001
 
 
-class _Config(NamedTuple):
+class _Plan(NamedTuple):
     """What a call reads, in one object so that a reload switches it whole."""
 
     seconds: float
@@ -124,7 +124,7 @@ class Timeout(Configured, Decorates):
 
     KIND = "timeout"
     OPTIONS = OPTIONS
-    _cfg: _Config
+    _plan: _Plan
 
     def __init__(
         self,
@@ -140,11 +140,11 @@ class Timeout(Configured, Decorates):
         self._expired = counter()
         self._register(settings)
 
-    def _compile(self, settings: Settings) -> _Config:
+    def _compile(self, settings: Settings) -> _Plan:
         seconds: float = settings["seconds"]
-        old = getattr(self, "_cfg", None)
+        old = getattr(self, "_plan", None)
         same_length = old is not None and old.seconds == seconds
-        return _Config(
+        return _Plan(
             seconds,
             old.expiries if old is not None and same_length else backend.Expiries(seconds),
             settings["thread_locals"],
@@ -152,12 +152,12 @@ class Timeout(Configured, Decorates):
             settings.enabled,
         )
 
-    def _switch(self, compiled: _Config) -> None:
-        self._cfg = compiled
+    def _switch(self, compiled: _Plan) -> None:
+        self._plan = compiled
 
     @property
     def seconds(self) -> float:
-        return self._cfg.seconds
+        return self._plan.seconds
 
     def __repr__(self) -> str:
         name = "" if self.name is None else f", name={self.name!r}"
@@ -174,7 +174,7 @@ class Timeout(Configured, Decorates):
 
     # -- deciding the limit ---------------------------------------------------------
 
-    def _limit(self, cfg: _Config) -> tuple[float, bool]:
+    def _limit(self, cfg: _Plan) -> tuple[float, bool]:
         """This call's limit and whether an enclosing deadline set it; raises if none is left.
 
         Under a deadline, end a moment (:data:`AHEAD`) before it: when the deadline is an
@@ -199,7 +199,7 @@ class Timeout(Configured, Decorates):
         timeout = self
 
         def timed(*args: P.args, **kwargs: P.kwargs) -> R:
-            cfg = timeout._cfg
+            cfg = timeout._plan
             if not cfg.enabled:
                 result = fn(*args, **kwargs)
                 if result.__class__ is CoroutineType:
@@ -237,7 +237,7 @@ class Timeout(Configured, Decorates):
         timeout = self
 
         async def timed(*args: P.args, **kwargs: P.kwargs) -> R:
-            cfg = timeout._cfg
+            cfg = timeout._plan
             if not cfg.enabled:
                 return await fn(*args, **kwargs)
             seconds, by_deadline = timeout._limit(cfg)
@@ -265,7 +265,7 @@ class Timeout(Configured, Decorates):
     # -- context managers -------------------------------------------------------------
 
     def __enter__(self) -> None:
-        cfg = self._cfg
+        cfg = self._plan
         if not cfg.enabled:
             push_block(self, None)
             return
@@ -304,7 +304,7 @@ class Timeout(Configured, Decorates):
         return begun, seconds, by_deadline
 
     async def __aenter__(self) -> None:
-        cfg = self._cfg
+        cfg = self._plan
         if not cfg.enabled:
             push_block(self, None)
             return

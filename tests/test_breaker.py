@@ -105,7 +105,7 @@ class TestClosed:
             " window_size"
         ]
         assert caught[0].filename == __file__  # the line that made the breaker
-        assert (b.settings["min_calls"], b._rules.min_calls) == (50, 5)
+        assert (b.settings["min_calls"], b._plan.min_calls) == (50, 5)
         fail(Flavour("sync", "call"), b, 5)
         assert b.state is State.OPEN
 
@@ -113,9 +113,9 @@ class TestClosed:
         self, clock: ManualClock
     ) -> None:
         b = CircuitBreaker(window_size=5, clock=clock)  # min_calls: 20 by default
-        assert b._rules.min_calls == 5
+        assert b._plan.min_calls == 5
         assert (
-            CircuitBreaker(window_type="time", window_size=5, min_calls=50)._rules.min_calls == 50
+            CircuitBreaker(window_type="time", window_size=5, min_calls=50)._plan.min_calls == 50
         )
 
     def test_window_slides_over_the_last_n_calls(self, clock: ManualClock) -> None:

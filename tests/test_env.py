@@ -1070,14 +1070,14 @@ def test_min_calls_above_the_window_from_the_environment_is_a_warning_not_a_sile
         " is used; set min_calls to at most window_size"
     ]
     assert caught[0].filename == __file__
-    assert (b.settings["min_calls"], b._rules.min_calls) == (50, 10)
+    assert (b.settings["min_calls"], b._plan.min_calls) == (50, 10)
     with warnings.catch_warnings():  # the same cap again: said once, not at every reload
         warnings.simplefilter("error")
         resilient.reload()
     env.setenv(wide("breaker", "window_size"), "5")
     with pytest.warns(ConfigWarning, match=r"is above RESILIENT_DEFAULT_BREAKER_WINDOW_SIZE='5'"):
         resilient.reload()
-    assert b._rules.min_calls == 5
+    assert b._plan.min_calls == 5
 
 
 def test_a_default_min_calls_above_a_window_from_the_environment_fits_it_silently(
@@ -1085,7 +1085,7 @@ def test_a_default_min_calls_above_a_window_from_the_environment_fits_it_silentl
 ) -> None:
     name = fresh("small")
     env.setenv(var(name, "breaker", "window_size"), "4")
-    assert CircuitBreaker(name)._rules.min_calls == 4  # the default 20: no warning
+    assert CircuitBreaker(name)._plan.min_calls == 4  # the default 20: no warning
 
 
 def test_reload_leaves_an_open_breaker_open(env: pytest.MonkeyPatch) -> None:

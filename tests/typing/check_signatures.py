@@ -70,6 +70,23 @@ async def use() -> None:
 
 
 retry = Retry(3, wait=backoff.exponential(), on=(ConnectionError, TimeoutError))
+
+
+def tenacity_strategies() -> None:
+    """tenacity's strategies are typed parameters too, with no Any in the signature."""
+    import tenacity
+
+    Retry(
+        wait=tenacity.wait_exponential() + tenacity.wait_random(0, 1),
+        on=tenacity.retry_if_exception_type(OSError),
+        stop=tenacity.stop_after_delay(10) | tenacity.stop_after_attempt(5),
+    )
+    Retry(wait=lambda attempt, exc: 0.1 * attempt, on=lambda exc: isinstance(exc, OSError))
+    Retry(wait="250ms", stop=lambda state: False)
+    Retry(wait=object())  # type: ignore[arg-type]
+    Retry(stop=3)  # type: ignore[arg-type]
+
+
 fallback = Fallback(0)
 
 

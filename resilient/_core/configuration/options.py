@@ -11,8 +11,9 @@ import functools
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from enum import Enum
 from types import BuiltinFunctionType, CodeType
-from typing import TYPE_CHECKING, Any, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Union
 
 from resilient._core.configuration import parse as text
 from resilient._core.configuration.parse import Invalid
@@ -55,15 +56,17 @@ Duration = Union[float, str, "timedelta"]  # Union: "timedelta" is only a forwar
 Exceptions = type[BaseException] | Sequence[type[BaseException]] | Callable[[BaseException], bool]
 
 
-class _Required:
-    __name__ = "required"
+class Required(Enum):
+    """The default of an option the caller must always give (a Timeout's ``seconds``):
+    an enum member, so a type checker tells it from every real default (PEP 484)."""
+
+    REQUIRED = "required"
 
     def __repr__(self) -> str:
         return "required"
 
 
-#: The default of an option the caller must always give (a Timeout's ``seconds``).
-REQUIRED: Any = _Required()
+REQUIRED: Final = Required.REQUIRED
 
 
 class Option(NamedTuple):

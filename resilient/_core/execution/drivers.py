@@ -36,8 +36,9 @@ import functools
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextvars import ContextVar
+from enum import Enum
 from types import CodeType, CoroutineType, TracebackType
-from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Final, NamedTuple, ParamSpec, Protocol, TypeVar, overload
 
 from resilient._core.configuration.options import (
     CO_ASYNC_GENERATOR,
@@ -95,22 +96,21 @@ class Refusal(NamedTuple):
     error: Callable[[], BaseException]
 
 
-class _NoResult:
+class Signal(Enum):
+    """What the drivers and guards pass besides values: enum members, so a type checker
+    tells each from every value (PEP 484's way to type a sentinel)."""
+
+    #: What a ``with`` block "returns" to ``_exit``: nothing a result predicate may judge.
+    NO_RESULT = "NO_RESULT"
+    #: What ``_admit`` returns when the caller must queue (``_wait``/``_wait_async``).
+    MUST_WAIT = "MUST_WAIT"
+
     def __repr__(self) -> str:
-        return "NO_RESULT"
+        return self.value
 
 
-#: What a ``with`` block "returns" to ``_exit``: nothing a result predicate may judge.
-NO_RESULT: Any = _NoResult()
-
-
-class _MustWait:
-    def __repr__(self) -> str:
-        return "MUST_WAIT"
-
-
-#: What ``_admit`` returns when the caller must queue (``_wait``/``_wait_async``).
-MUST_WAIT: Any = _MustWait()
+NO_RESULT: Final = Signal.NO_RESULT
+MUST_WAIT: Final = Signal.MUST_WAIT
 
 # The open ``with`` blocks of this context, innermost last, as (owner, entry) pairs. One
 # variable for every owner: a Context holds its variables for good, so one per owner
