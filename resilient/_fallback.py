@@ -8,14 +8,13 @@ CircuitOpenError is the classic case); cancellation and interpreter exits pass t
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.options import is_async_callable
 from resilient._core.configuration.registry import Configured
-from resilient._core.execution.drivers import ANSWER, Attempts, LoopForms
+from resilient._core.execution.drivers import ANSWER, Attempts, BlockForms, Later, LoopForms
 from resilient._errors import ConfigError, UsageError
 
 __all__ = ["Fallback"]
@@ -99,7 +98,7 @@ class _Value(_Recovery):
         return self.fallback._value
 
 
-class Fallback(Configured, LoopForms):
+class Fallback(Configured, BlockForms, LoopForms):
     """Return ``value``, or ``handler(exc)``, when the call raises an exception matching ``on``.
 
     Give exactly one of ``value`` and ``handler``. With ``with_args=True`` the handler
@@ -169,39 +168,27 @@ class Fallback(Configured, LoopForms):
 
     # A block has no value to replace: the forms swallow the exception, after the handler.
 
-    def __enter__(self) -> None:
+    _BLOCK_TOKENS = False  # a block keeps nothing between its entry and its exit
+
+    def _enter_block(self, asynchronous: bool) -> object:
         return None
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        if not isinstance(exc, Exception) or not self._plan.decides(exc):
-            return False
-        if self._async_handler:
-            raise UsageError("Fallback's handler is async: use 'async with'") from exc
-        self._plan.calls(None, (), {}, 0.0).answer(exc, None)
-        return True
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
+    def _exit_block(self, token: Any, exc: BaseException | None, asynchronous: bool) -> object:
         if not isinstance(exc, Exception) or not self._plan.decides(exc):
             return False
         calls = self._plan.calls(None, (), {}, 0.0)
+        if not asynchronous and self._async_handler:
+            raise UsageError("Fallback's handler is async: use 'async with'") from exc
         answer = calls.answer(exc, None)
-        if calls.awaits and isinstance(answer, Awaitable):
-            await answer
+        if asynchronous and calls.awaits and isinstance(answer, Awaitable):
+            return Later(_swallowed(answer))
         return True
 
     def __repr__(self) -> str:
         what = f"handler={self._handler!r}" if self._handler is not None else f"{self._value!r}"
         return f"Fallback({what})"
+
+
+async def _swallowed(answer: Awaitable[Any]) -> bool:
+    await answer
+    return True

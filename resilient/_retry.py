@@ -22,7 +22,13 @@ from resilient._core.configuration import testmode
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.registry import Configured
 from resilient._core.execution.deadline import remaining
-from resilient._core.execution.drivers import Attempt, AttemptForms, Attempts, LoopForms
+from resilient._core.execution.drivers import (
+    Attempt,
+    AttemptForms,
+    Attempts,
+    BlockForms,
+    LoopForms,
+)
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
 from resilient._errors import ResilienceError, UsageError, shown_failure
 from resilient.backoff import MAKERS, Backoff
@@ -310,7 +316,7 @@ class _Plan:
         return _Call(self, fn, args, kwargs, started)
 
 
-class Retry(Configured, LoopForms, AttemptForms):
+class Retry(Configured, BlockForms, LoopForms, AttemptForms):
     """Call again after a failure: ``@retry`` on ``def``/``async def``, ``retry.call(...)``,
     ``await retry.call_async(...)``, or the block form ``for attempt in retry: with attempt:``
     (``async for`` in async code).
@@ -355,23 +361,18 @@ class Retry(Configured, LoopForms, AttemptForms):
 
     # -- the block form: ``for attempt in retry: with attempt: ...`` (AttemptForms) --
 
-    def __enter__(self) -> None:
+    _BLOCK_TOKENS = False
+
+    def _enter_block(self, asynchronous: bool) -> object:
+        if asynchronous:
+            raise UsageError(
+                "an async with-block runs once and cannot be retried: write"
+                " 'async for attempt in retry: with attempt: ...'"
+            )
         raise UsageError(
             "a with-block runs once and cannot be retried: write"
             " 'for attempt in retry: with attempt: ...' (or 'async for' in async code)"
         )
-
-    def __exit__(self, *exc_info: object) -> None:  # pragma: no cover - __enter__ raises
-        return None
-
-    async def __aenter__(self) -> None:
-        raise UsageError(
-            "an async with-block runs once and cannot be retried: write"
-            " 'async for attempt in retry: with attempt: ...'"
-        )
-
-    async def __aexit__(self, *exc_info: object) -> None:  # pragma: no cover
-        return None
 
 
 def _attempts(n: int) -> str:

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import copy_context
-from types import TracebackType
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from resilient._core.configuration import options as opt
@@ -26,10 +25,10 @@ from resilient._core.configuration.registry import Configured
 from resilient._core.execution import backend, workers
 from resilient._core.execution import deadline as dl
 from resilient._core.execution.drivers import (
+    BlockForms,
     CoroutineType,
     Decorates,
-    pop_block,
-    push_block,
+    Later,
     returned_coroutine,
 )
 from resilient._core.state.primitives import counter
@@ -113,7 +112,7 @@ class _Plan(NamedTuple):
     enabled: bool
 
 
-class Timeout(Configured, Decorates):
+class Timeout(Configured, BlockForms, Decorates):
     """At most ``seconds`` for each call, or TimeoutExpired (a :class:`TimeoutError`).
 
     As a decorator or through ``call``/``call_async``, on ``def`` and ``async def``.
@@ -189,6 +188,15 @@ class Timeout(Configured, Decorates):
             raise self._expire(0.0, " (the enclosing deadline had passed: not started)")
         return seconds, by_deadline
 
+    def _scope(self, plan: _Plan, seconds: float, by_deadline: bool) -> tuple[Any, Any]:
+        """The cancel scope of an async call or block, and the deadline token it pushed:
+        none when an enclosing deadline set the limit (``under`` it: when both fire in
+        one loop iteration, this one still reports)."""
+        if by_deadline:
+            return backend.after(seconds, under=dl.current()), None
+        scope = plan.expiries.open()  # the usual case; inner calls see its end as deadline
+        return scope, dl.push(scope)
+
     def _expire(self, seconds: float, detail: str) -> TimeoutExpired:
         self._expired.incr()
         return TimeoutExpired(self.name, seconds, detail)
@@ -241,11 +249,7 @@ class Timeout(Configured, Decorates):
             if not cfg.enabled:
                 return await fn(*args, **kwargs)
             seconds, by_deadline = timeout._limit(cfg)
-            if by_deadline:
-                scope, token = backend.after(seconds, under=dl.current()), None
-            else:  # the usual case; inner calls see this call's end as their deadline
-                scope = cfg.expiries.open()
-                token = dl.push(scope)
+            scope, token = timeout._scope(cfg, seconds, by_deadline)
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
@@ -262,74 +266,40 @@ class Timeout(Configured, Decorates):
 
         return timed
 
-    # -- context managers -------------------------------------------------------------
+    # -- with blocks (BlockForms) -----------------------------------------------------
+    #
+    # An async block is cancelled at its limit, as a decorated call is. A sync block
+    # cannot be interrupted: it runs to its end under a deadline that resilient-aware
+    # calls inside respect, and raises TimeoutExpired on exit if it overran.
 
-    def __enter__(self) -> None:
-        cfg = self._plan
-        if not cfg.enabled:
-            push_block(self, None)
-            return
-        seconds, by_deadline = self._limit(cfg)
+    def _enter_block(self, asynchronous: bool) -> object:
+        plan = self._plan
+        if not plan.enabled:
+            return None
+        seconds, by_deadline = self._limit(plan)
+        if asynchronous:
+            return (*self._scope(plan, seconds, by_deadline), seconds, by_deadline)
         token = None if by_deadline else dl.scoped(seconds)
-        push_block(self, (time.monotonic(), seconds, by_deadline, token))
+        return (time.monotonic(), token, seconds, by_deadline)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        block = self._leave()
-        if block is None:
-            return
-        started, seconds, by_deadline = block
-        took = time.monotonic() - started
+    def _exit_block(self, block: Any, exc: BaseException | None, asynchronous: bool) -> object:
+        if block is None:  # entered while switched off
+            return False
+        begun, token, seconds, by_deadline = block
+        if token is not None:
+            dl.unscoped(token)
+        if asynchronous:
+            if begun.close(exc):
+                raise self._expire(seconds, _why(by_deadline)) from exc
+            return Later(backend.redeliver()) if begun.redeliver else False
+        took = time.monotonic() - begun
         if exc is None and took > seconds:
             raise self._expire(
                 seconds,
                 f"{_why(by_deadline)}: the block took {took:.3g}s (a sync block cannot be"
                 " interrupted, so it ran to its end)",
             )
-
-    def _leave(self) -> tuple[Any, float, bool] | None:
-        """Close this Timeout's innermost open block: its deadline undone, what the exit
-        needs returned (how it began, its limit, whether a deadline set it); None for a
-        block entered while switched off."""
-        block = pop_block(self)
-        if block is None:
-            return None
-        begun, seconds, by_deadline, token = block
-        if token is not None:
-            dl.unscoped(token)
-        return begun, seconds, by_deadline
-
-    async def __aenter__(self) -> None:
-        cfg = self._plan
-        if not cfg.enabled:
-            push_block(self, None)
-            return
-        seconds, by_deadline = self._limit(cfg)
-        if by_deadline:
-            scope, token = backend.after(seconds), None
-        else:
-            scope = cfg.expiries.open()
-            token = dl.push(scope)
-        push_block(self, (scope, seconds, by_deadline, token))
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        block = self._leave()
-        if block is None:
-            return
-        scope, seconds, by_deadline = block
-        if scope.close(exc):
-            raise self._expire(seconds, _why(by_deadline)) from exc
-        if scope.redeliver:
-            await backend.redeliver()
+        return False
 
 
 def _why(by_deadline: bool) -> str:

@@ -55,9 +55,11 @@ __all__ = [
     "Attempt",
     "AttemptForms",
     "Attempts",
+    "BlockForms",
     "CoroutineType",
     "Decorates",
     "GuardForms",
+    "Later",
     "LoopForms",
     "Plan",
     "Refusal",
@@ -285,7 +287,67 @@ def _awaiting(fn: Callable[P, Any]) -> Callable[P, Coroutine[Any, Any, Any]]:
     return awaited
 
 
-class GuardForms(Decorates):
+class Later(NamedTuple):
+    """What an async block form awaits before it goes on: a queued admission, an async
+    handler, a checkpoint. (A sync form never meets one.)"""
+
+    awaitable: Awaitable[Any]
+
+
+class BlockForms:
+    """Mixin: ``with policy:`` and ``async with policy:``, written once.
+
+    A policy gives ``_enter_block(asynchronous)``, the token of a block that begins (for
+    an async block, or a :class:`Later` whose awaited value is the token), and
+    ``_exit_block(token, exc, asynchronous)``, True to swallow ``exc`` (or a Later whose
+    awaited value says so). Tokens are kept per block, nested and across contexts, by
+    :func:`push_block`/:func:`pop_block`; a policy whose blocks need none sets
+    ``_BLOCK_TOKENS = False``.
+    """
+
+    _BLOCK_TOKENS = True
+
+    def _enter_block(self, asynchronous: bool) -> object:
+        raise NotImplementedError
+
+    def _exit_block(self, token: Any, exc: BaseException | None, asynchronous: bool) -> object:
+        raise NotImplementedError
+
+    def __enter__(self) -> None:
+        token = self._enter_block(False)
+        if self._BLOCK_TOKENS:
+            push_block(self, token)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        token = pop_block(self) if self._BLOCK_TOKENS else None
+        return bool(self._exit_block(token, exc, False))
+
+    async def __aenter__(self) -> None:
+        token = self._enter_block(True)
+        if token.__class__ is Later:
+            token = await token.awaitable
+        if self._BLOCK_TOKENS:
+            push_block(self, token)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        token = pop_block(self) if self._BLOCK_TOKENS else None
+        outcome = self._exit_block(token, exc, True)
+        if outcome.__class__ is Later:
+            outcome = await outcome.awaitable
+        return bool(outcome)
+
+
+class GuardForms(BlockForms, Decorates):
     """Mixin: every form of a guard, from its ``_state``, ``_admit`` and ``_exit``.
 
     Per-call state (the token) lives on the stack of the call, or for the
@@ -314,35 +376,16 @@ class GuardForms(Decorates):
 
     # -- context manager ------------------------------------------------------------
 
-    def __enter__(self) -> None:
+    def _enter_block(self, asynchronous: bool) -> object:
         state: Any = self._state
         token = state if state.fast else self._admit(state)
         if token is MUST_WAIT:
-            token = self._wait(state)
-        push_block(self, token)
+            return Later(self._wait_async(state)) if asynchronous else self._wait(state)
+        return token
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._exit(pop_block(self), exc, NO_RESULT)
-
-    async def __aenter__(self) -> None:
-        state: Any = self._state
-        token = state if state.fast else self._admit(state)
-        if token is MUST_WAIT:
-            token = await self._wait_async(state)
-        push_block(self, token)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
+    def _exit_block(self, token: Any, exc: BaseException | None, asynchronous: bool) -> object:
+        self._exit(token, exc, NO_RESULT)
+        return False
 
 
 # The two drivers: admit, run, report. Every form of every guard goes through one of
