@@ -173,19 +173,28 @@ class Expiries:
         self._last: tuple[object, Any] = (None, None)  # (loop, watch): one tuple, read whole
 
     def open(self) -> Scope:
-        run = trio_token()
-        if run is not None:
+        # trio_token() and _asyncio_task(), inlined: this runs on every async call of a
+        # Timeout, where a Python frame is a tenth of the budget.
+        modules = sys.modules
+        trio = modules.get("trio")
+        if trio is not None and trio.lowlevel.in_trio_task():
+            run = trio.lowlevel.current_trio_token()
             last, watch = self._last
             if last is not run:
                 watch = self._watch(run, _TrioWatch)
-            return _ScopeExpiry(watch, sys.modules["trio"].CancelScope())
-        running = _asyncio_task()
-        if running is not None:
-            loop, task = running
-            last, watch = self._last
-            if last is not loop:
-                watch = self._watch(loop, _LoopWatch)
-            return _TaskExpiry(watch, task)
+            return _ScopeExpiry(watch, trio.CancelScope())
+        asyncio = modules.get("asyncio")
+        if asyncio is not None and _TASKS_COUNT_CANCELS:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop runs in this thread
+                loop = None
+            task = asyncio.current_task(loop) if loop is not None else None
+            if task is not None:
+                last, watch = self._last
+                if last is not loop:
+                    watch = self._watch(loop, _LoopWatch)
+                return _TaskExpiry(watch, task)
         return _anyio_scope(self._seconds)
 
     def _watch(self, loop: Any, kind: Callable[[Any, float, Any], _Watch]) -> _Watch:
