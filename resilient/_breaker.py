@@ -40,7 +40,7 @@ from resilient._core.state.window import (
     count_window,
     time_window,
 )
-from resilient._errors import CircuitOpenError, ConfigError, UsageError
+from resilient._errors import CircuitOpenError, ConfigError, UsageError, detached
 
 __all__ = ["BreakerMetrics", "CircuitBreaker", "State", "StateChange"]
 
@@ -587,8 +587,8 @@ class CircuitBreaker(Configured, GuardForms):
                 st.reported += 1
                 st.failures += outcome in (FAILURE, SLOW_FAILURE)
                 st.slow += outcome in (SLOW_SUCCESS, SLOW_FAILURE)
-                if outcome in (FAILURE, SLOW_FAILURE):
-                    st.cause = exc
+                if outcome in (FAILURE, SLOW_FAILURE) and exc is not None:
+                    st.cause = detached(exc) or st.cause
                 if st.reported >= c.half_open_calls:  # the last probe decides, once
                     self._install(self._probed(c, st, now), now)
             self._publish()
@@ -700,6 +700,8 @@ class CircuitBreaker(Configured, GuardForms):
     ) -> _Phase:
         until = now + wait
         c = self._plan
+        if cause is not None:
+            cause = detached(cause)  # kept all spell long: without the failed call's frames
         # The error is made by one C call and says how long is left when read.
         error = functools.partial(
             BaseException.__new__, CircuitOpenError, self.name, None, OPEN, until, c.clock, cause

@@ -313,6 +313,9 @@ class Bulkhead(Configured, GuardForms):
         try:
             scope = backend.after(seconds)
             await waiter.event.wait()
+        except GeneratorExit:  # closed (by the collector), not cancelled: its loop may be
+            self._leave(waiter)  # gone, so only the queue is left, and a late slot passed on
+            raise
         except BaseException as exc:
             if scope is None or not scope.close(exc):  # not our time limit: leave the
                 self._leave(waiter)  # queue, passing on a slot handed over meanwhile

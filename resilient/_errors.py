@@ -127,13 +127,16 @@ class CircuitOpenError(RejectedError):
     @property
     def last_failure(self) -> BaseException | None:
         """The failure that opened the breaker (the last one it recorded before the open
-        spell began): the root cause behind the rejection. None when no failure opened
-        it (``force_open()``, slow calls that returned)."""
+        spell began): the root cause behind the rejection, as a copy of that exception
+        (its type, args and attributes) without its traceback, so an open breaker keeps
+        no frame of the failed call alive. None when no failure opened it
+        (``force_open()``, slow calls that returned), and in a pickled copy: an exception
+        may hold what cannot cross to another process."""
         args = self.args
         return args[5] if len(args) > 5 else None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.name, self.retry_after, self.state, self.last_failure))
+        return (type(self), (self.name, self.retry_after, self.state))
 
     def __repr__(self) -> str:
         cause = self.last_failure
@@ -150,6 +153,24 @@ class CircuitOpenError(RejectedError):
 
     def _what(self) -> str:
         return f"circuit breaker {self._who()} is {getattr(self.state, 'value', self.state)}"
+
+
+def detached(exc: BaseException) -> BaseException | None:
+    """A copy of ``exc`` to keep for a while: its type, args and attributes, none of its
+    traceback, context or cause (which hold the frames of the call that raised it). Made
+    by the class's ``__new__`` alone (its ``__init__`` may want other arguments); None if
+    the class will not be copied so: the root cause is then not kept, and the call's own
+    error goes on untouched."""
+    cls = type(exc)
+    try:
+        copy: BaseException = cls.__new__(cls, *exc.args)
+        copy.args = exc.args
+        state = getattr(exc, "__dict__", None)
+        if state:
+            copy.__dict__.update(state)
+    except Exception:
+        return None
+    return copy
 
 
 def shown_failure(exc: BaseException) -> str:

@@ -375,6 +375,10 @@ class Retry(Configured, BlockForms, LoopForms, AttemptForms):
         )
 
 
+#: How many runs of one kind of error a giving-up note tells apart.
+_RUNS = 8
+
+
 def _attempts(n: int) -> str:
     return "1 attempt" if n == 1 else f"{n} attempts"
 
@@ -422,9 +426,11 @@ class _Call(Attempts):
         self.started = started
         self.previous: float | None = None  # the last wait, for decorrelated jitter
         self.trouble: str | None = None  # what went wrong with the wait strategy, if anything
-        # What each failed attempt raised, as (type, line): text, not the exceptions, whose
-        # tracebacks hold the frames that hold this object.
-        self.raised: list[tuple[type[BaseException], str]] = []
+        # What the failed attempts raised, as runs of one type: [type, the first one's
+        # line, how many]; text, not the exceptions, whose tracebacks hold the frames
+        # that hold this object; at most _RUNS runs (then only counted), so a call of a
+        # million attempts keeps a few lines, and formats one per run.
+        self.raised: list[list[Any]] = []
         self.state: Any = None  # tenacity's RetryCallState, built only if a strategy needs it
 
     # -- the decision ----------------------------------------------------------------
@@ -434,9 +440,7 @@ class _Call(Attempts):
         seconds to wait before the next one, or None to give up. No I/O."""
         retry = self.retry
         if exc is not None:
-            # Our own errors by their type: a rejection's text changes as time passes.
-            ours = isinstance(exc, ResilienceError)
-            self.raised.append((type(exc), type(exc).__name__ if ours else shown_failure(exc)))
+            self._raised(exc)
         mode = testmode.current()
         limit = retry._attempts
         if mode.enabled and mode.attempts is not None:
@@ -511,19 +515,27 @@ class _Call(Attempts):
             _note(exc, gave_up + why + self._history(type(exc)), replaces=gave_up)
         return None  # "give up", as next_wait says it
 
+    def _raised(self, exc: BaseException) -> None:
+        runs = self.raised
+        kind = type(exc)
+        if runs and runs[-1][0] is kind:
+            runs[-1][2] += 1
+        elif len(runs) < _RUNS:
+            # Our own errors by their type: a rejection's text changes as time passes.
+            line = kind.__name__ if isinstance(exc, ResilienceError) else shown_failure(exc)
+            runs.append([kind, line, 1])
+        else:  # too many changes of kind to tell: counted in the last run
+            runs[-1][0] = None
+            runs[-1][1] = "others"
+            runs[-1][2] += 1
+
     def _history(self, last: type[BaseException]) -> str:
         """What the attempts raised, when some raised another kind of error than the one
         re-raised (a breaker that opened midway: the ConnectionErrors behind its
         CircuitOpenError); nothing when the error itself tells."""
-        if all(kind is last for kind, _ in self.raised):
+        if all(kind is last for kind, _, _ in self.raised):
             return ""
-        runs: list[list[Any]] = []  # [type, the first one's line, how many in a row]
-        for kind, line in self.raised:
-            if runs and runs[-1][0] is kind:
-                runs[-1][2] += 1
-            else:
-                runs.append([kind, line, 1])
-        told = ", then ".join(line if n == 1 else f"{line} (x{n})" for _, line, n in runs)
+        told = ", then ".join(line if n == 1 else f"{line} (x{n})" for _, line, n in self.raised)
         return f"; the attempts raised {told}"
 
     def _state(self, exc: BaseException | None, result: object) -> Any:

@@ -771,10 +771,51 @@ class TestRootCause:
         for _ in range(2):
             with pytest.raises(CircuitOpenError) as info:
                 flavour.call(b, "never")
-            assert info.value.last_failure is last
+            cause = info.value.last_failure
+            assert type(cause) is ConnectionError
+            assert cause.args == last.args
+            # A copy without the traceback: the open spell keeps no frame of the call.
+            assert cause is not last
+            assert cause.__traceback__ is None
+            assert last.__traceback__ is not None  # the caller's own is untouched
         assert str(info.value).endswith("; opened by ConnectionError: refused by 10.0.0.7")
-        copy = pickle.loads(pickle.dumps(info.value))
-        assert repr(copy.last_failure) == repr(last)
+        copy = pickle.loads(pickle.dumps(info.value))  # (an exception may not pickle)
+        assert (copy.name, copy.state, copy.last_failure) == ("svc", State.OPEN, None)
+
+    def test_an_open_breaker_keeps_nothing_of_the_failed_call_alive(
+        self, clock: ManualClock
+    ) -> None:
+        import gc
+        import weakref
+
+        class Payload:
+            pass
+
+        class Locked(Exception):
+            def __init__(self, *, code: int) -> None:  # keyword-only: no plain copy
+                super().__init__(code)
+                self.code = code
+                self.lock = threading.Lock()  # no pickling either
+
+        b = breaker(clock, min_calls=1)
+        alive: list[weakref.ref[Payload]] = []
+
+        def failing() -> None:
+            payload = Payload()  # a local of the failed call's frame
+            alive.append(weakref.ref(payload))
+            raise Locked(code=503)
+
+        with pytest.raises(Locked):
+            b.call(failing)
+        gc.collect()
+        assert b.state is State.OPEN
+        assert alive[0]() is None
+        with pytest.raises(CircuitOpenError) as info:
+            b.call(failing)
+        cause = info.value.last_failure
+        assert isinstance(cause, Locked)
+        assert cause.code == 503
+        assert pickle.loads(pickle.dumps(info.value)).last_failure is None
 
     def test_a_failed_probe_reopens_with_its_own_failure(
         self, flavour: Flavour, clock: ManualClock
@@ -788,7 +829,7 @@ class TestRootCause:
         assert b.state is State.OPEN
         with pytest.raises(CircuitOpenError) as info:
             flavour.call(b, "never")
-        assert info.value.last_failure is probe
+        assert repr(info.value.last_failure) == repr(probe)
 
     def test_nothing_failed_nothing_to_carry(self, flavour: Flavour, clock: ManualClock) -> None:
         b = breaker(clock)

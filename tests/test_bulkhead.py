@@ -590,16 +590,28 @@ def test_50_threads_never_have_more_than_5_inside(switch_often: None) -> None:
     finished = itertools.count()
     done = threading.Event()
     reads: list[BulkheadMetrics] = []
+    first = itertools.count()
+    all_in = threading.Barrier(CAP)  # the first CAP calls meet inside: the cap is reached
+    queued = threading.Event()  # ... and stay until the reader has seen calls queue
 
     def body() -> int:
         with gauge:
+            if next(first) < CAP:
+                all_in.wait(timeout=LONG)
+                queued.wait(timeout=LONG)
             time.sleep(0)  # let another thread run while inside
             return 1
 
     def worker(t: int) -> int:
         if t == CROWD:  # the reader
-            while not done.is_set() and len(reads) < 20_000:
-                reads.append(b.metrics)
+            while not done.is_set():  # (bounded: the first calls wait LONG at most)
+                metrics = b.metrics
+                if metrics.waiting:
+                    queued.set()
+                if len(reads) < 20_000:
+                    reads.append(metrics)
+                elif queued.is_set():
+                    break
             return 0
         form = FORMS[t % len(FORMS)]
         total = sum(call_sync(form, b, body) for _ in range(CALLS_PER_THREAD))
@@ -675,9 +687,13 @@ def test_max_wait_zero_admitted_plus_rejected_is_exact_under_50_threads(
 ) -> None:
     b = Bulkhead(CAP)
     gauge = Gauge()
+    first = itertools.count()
+    refused = threading.Event()  # the first CAP calls stay inside until a call is refused
 
     def body() -> None:
         with gauge:
+            if next(first) < CAP:
+                refused.wait(timeout=LONG)
             time.sleep(0)
 
     def worker(t: int) -> Counter[str]:
@@ -689,6 +705,7 @@ def test_max_wait_zero_admitted_plus_rejected_is_exact_under_50_threads(
                 seen["admitted"] += 1
             except BulkheadFullError:
                 seen["rejected"] += 1
+                refused.set()
         return seen
 
     seen = sum(run_threads(CROWD, worker), Counter())

@@ -497,3 +497,47 @@ class TestTheHandlerSeesTheCall:
         with pytest.raises(KeyError) as info:
             price("Z-9")
         assert info.value.__context__ is BOOM
+
+
+class TestTheHandlerRunsWhileTheFailureIsHandled:
+    """As in an except block: a bare ``raise``, ``sys.exc_info()``, logging.exception()
+    and the chain of an error the handler raises all see the failure."""
+
+    @pytest.mark.parametrize("backend", ["sync", "asyncio", "trio"])
+    def test_exc_info_bare_raise_and_chaining(self, backend: str) -> None:
+        import sys
+
+        def seen(exc: Exception) -> Any:
+            return sys.exc_info()[1]
+
+        def reraises(exc: Exception) -> Any:
+            raise
+
+        def wraps(exc: Exception) -> Any:
+            try:
+                return {}["cached"]
+            except KeyError:
+                raise LookupError("no cached value")  # noqa: B904 - chained implicitly
+
+        def run(fallback: Fallback) -> Any:
+            if backend == "sync":
+
+                def body() -> None:
+                    raise BOOM
+
+                return fallback.call(body)
+
+            async def abody() -> None:
+                await anyio.lowlevel.checkpoint()
+                raise BOOM
+
+            return anyio.run(fallback.call_async, abody, backend=backend)
+
+        assert run(Fallback(handler=seen)) is BOOM
+        with pytest.raises(ConnectionError) as info:
+            run(Fallback(handler=reraises))
+        assert info.value is BOOM
+        with pytest.raises(LookupError) as chained:
+            run(Fallback(handler=wraps))
+        assert isinstance(chained.value.__context__, KeyError)
+        assert chained.value.__context__.__context__ is BOOM

@@ -225,6 +225,19 @@ class TestAttempts:
             " ConnectionError: attempt 1 (x2), then TimeoutError: attempt 3"
         ]
 
+    def test_the_note_keeps_a_few_runs_however_many_attempts(self) -> None:
+        kinds = [KeyError, ValueError] * 500
+
+        def flaky() -> None:
+            raise kinds.pop()("x")
+
+        with pytest.raises(KeyError) as info:
+            Retry(1000).call(flaky)
+        (note,) = notes(info.value)
+        assert note.startswith("Retry: gave up after 1000 attempts; the attempts raised")
+        assert note.count(", then ") == 7  # eight runs told; the rest counted as others
+        assert note.endswith("others (x993)")
+
     def test_the_note_names_a_named_retry(self, flavour: RetryFlavour) -> None:
         script = Script(ConnectionError)
         with pytest.raises(ConnectionError) as info:
@@ -1512,3 +1525,25 @@ class TestReviewFindings:
         with early:
             assert testmode.current() == testmode.TestMode(True, 1)
         assert testmode.current() == testmode.TestMode(False, None)
+
+
+class TestBlockFormEdges:
+    def test_async_with_attempt_works_like_with(self) -> None:
+        script = Script(ConnectionError, "ok")
+
+        async def main() -> Any:
+            async for attempt in Retry(3):
+                async with attempt:
+                    return script()
+            return None
+
+        assert anyio.run(main) == "ok"
+        assert script.calls == 2
+
+    def test_an_attempt_kept_past_the_loop_retries_nothing(self) -> None:
+        kept = []
+        for attempt in Retry(3):
+            with attempt:
+                kept.append(attempt)
+        with pytest.raises(ConnectionError), kept[0]:
+            raise ConnectionError("after the loop")

@@ -117,7 +117,10 @@ class Configured:
         super().__init_subclass__(**kwargs)
         if "KIND" in cls.__dict__:
             config.KINDS[cls.KIND] = (*cls.OPTIONS, *cls.ENV_OPTIONS)
-        if "__init__" in cls.__dict__:  # a wrongly shaped call answers with the right one
+        # A wrongly shaped call answers with the right one: for our own policies, whose
+        # shapes the hints know (a user's subclass has a shape of its own, and its own
+        # TypeErrors; it still gets ours through super().__init__).
+        if "__init__" in cls.__dict__ and cls.__module__.startswith("resilient."):
             shapes.shaped(cls)
 
     def _owner(self) -> str:

@@ -556,13 +556,6 @@ class LoopForms(Decorates):
         return _async_loop(self, fn)
 
 
-def _while_handling(error: BaseException, exc: BaseException | None) -> None:
-    """``error`` came up while answering for ``exc``: chain them, as an except block would
-    (the answer is made outside one, so that later attempts do not chain)."""
-    if error.__context__ is None and error is not exc:
-        error.__context__ = exc
-
-
 def _sync_loop(policy: LoopForms, fn: Callable[P, R]) -> Callable[P, R]:
     def looped(*args: P.args, **kwargs: P.kwargs) -> R:
         plan = policy._plan
@@ -590,11 +583,12 @@ def _sync_loop(policy: LoopForms, fn: Callable[P, R]) -> Callable[P, R]:
                         if exc is not None:
                             raise exc
                         return result  # type: ignore[no-any-return]
-                    try:
+                    if exc is None:
                         return calls.answer(exc, result)  # type: ignore[no-any-return]
-                    except BaseException as error:
-                        _while_handling(error, exc)
-                        raise
+                    try:  # answered while handling it, as in an except block: a bare
+                        raise exc  # raise, logger.exception(), chaining all see it
+                    except BaseException:
+                        return calls.answer(exc, result)  # type: ignore[no-any-return]
                 finally:  # no frame -> traceback -> exception -> frame cycle for the GC
                     exc = None
             if wait > 0:
@@ -614,6 +608,13 @@ def _sync_loop(policy: LoopForms, fn: Callable[P, R]) -> Callable[P, R]:
                 return result  # type: ignore[no-any-return]
 
     return looped
+
+
+async def _answer(calls: Attempts, exc: BaseException | None, result: object) -> Any:
+    answer = calls.answer(exc, result)
+    if calls.awaits and isinstance(answer, Awaitable):
+        answer = await answer
+    return answer
 
 
 def _async_loop(
@@ -642,14 +643,12 @@ def _async_loop(
                         if exc is not None:
                             raise exc
                         return result  # type: ignore[no-any-return]
-                    try:
-                        answer = calls.answer(exc, result)
-                        if calls.awaits and isinstance(answer, Awaitable):
-                            answer = await answer
-                    except BaseException as error:
-                        _while_handling(error, exc)
-                        raise
-                    return answer  # type: ignore[no-any-return]
+                    if exc is None:
+                        return await _answer(calls, exc, result)  # type: ignore[no-any-return]
+                    try:  # answered while handling it, as in an except block: a bare
+                        raise exc  # raise, logger.exception(), chaining all see it
+                    except BaseException:
+                        return await _answer(calls, exc, result)  # type: ignore[no-any-return]
                 finally:  # no frame -> traceback -> exception -> frame cycle for the GC
                     exc = None
             if wait > 0:
@@ -700,6 +699,18 @@ class Attempt:
         return self
 
     def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return self._blocks.ended(exc)
+
+    # ``async with attempt:`` works too (the same block: nothing in it awaits).
+    async def __aenter__(self) -> Attempt:
+        return self
+
+    async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
@@ -763,7 +774,10 @@ class _Blocks:
 
     def ended(self, exc: BaseException | None) -> bool:
         """An attempt's block ended: True to swallow ``exc`` and go round again."""
-        if exc is None or not isinstance(exc, Exception) or not self.plan.decides(exc):
+        if self.done or exc is None or not isinstance(exc, Exception):
+            self.done = True  # (an attempt kept past the loop's end retries nothing)
+            return False
+        if not self.plan.decides(exc):
             self.done = True
             return False
         if self.calls is None:
