@@ -21,7 +21,7 @@ from resilient._core.configuration import options as opt
 from resilient._core.configuration import testmode
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.registry import Configured
-from resilient._core.execution.deadline import remaining
+from resilient._core.execution.deadline import AHEAD, remaining
 from resilient._core.execution.drivers import (
     Attempt,
     AttemptForms,
@@ -471,8 +471,8 @@ class _Call(Attempts):
             state.upcoming_sleep = wait  # as tenacity does: stop_before_delay reads it
             if retry._stop(state):
                 return self._give_up(exc, f"after {_attempts(self.attempt)}: stop strategy")
-        left = remaining()
-        if left is not None and wait >= left:  # the context's deadline (resilient.deadline)
+        left = remaining()  # the context's deadline (resilient.deadline, a Timeout's end):
+        if left is not None and wait + AHEAD >= left:  # no time for another attempt
             return self._give_up(exc, f"after {_attempts(self.attempt)}: the deadline in force")
         if retry._deadline is not None:
             now = retry._clock.monotonic()

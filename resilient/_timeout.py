@@ -98,10 +98,6 @@ class TimeoutMetrics(NamedTuple):
     rejected: int  #: sync calls refused because ``abandoned`` was at ``max_abandoned``
 
 
-#: How long before an enclosing deadline a Timeout limited by it ends.
-AHEAD = 0.001
-
-
 class _Plan(NamedTuple):
     """What a call reads, in one object so that a reload switches it whole."""
 
@@ -176,14 +172,14 @@ class Timeout(Configured, BlockForms, Decorates):
     def _limit(self, cfg: _Plan) -> tuple[float, bool]:
         """This call's limit and whether an enclosing deadline set it; raises if none is left.
 
-        Under a deadline, end a moment (:data:`AHEAD`) before it: when the deadline is an
+        Under a deadline, end a moment (:data:`deadline.AHEAD`) before it: when the deadline is an
         enclosing Timeout's, this one then reports first, so that what sits between the
         two (a breaker, a retry) sees a TimeoutExpired rather than a cancellation that
         it must not count.
         """
         seconds, by_deadline = dl.limit(cfg.seconds)
         if by_deadline:
-            seconds -= AHEAD
+            seconds -= dl.AHEAD
         if seconds <= 0.0:
             raise self._expire(0.0, " (the enclosing deadline had passed: not started)")
         return seconds, by_deadline

@@ -106,6 +106,23 @@ def test_retry_stops_before_a_wait_that_cannot_fit_the_deadline() -> None:
     assert info.value.__notes__ == ["Retry: gave up after 3 attempts: the deadline in force"]
 
 
+def test_retry_starts_no_attempt_in_the_last_moment_before_the_deadline() -> None:
+    """With less left than an inner Timeout would need to start (it ends a moment early,
+    so that it reports rather than the enclosing one), no attempt is started."""
+    clock = ManualClock()
+    calls: list[float] = []
+
+    def down() -> None:
+        calls.append(clock.monotonic())
+        clock.advance(0.9995)  # 0.5 ms left
+        raise ConnectionError
+
+    with deadline(1.0, clock=clock), pytest.raises(ConnectionError) as info:
+        Retry(5, clock=clock).call(down)
+    assert calls == [0.0]
+    assert info.value.__notes__ == ["Retry: gave up after 1 attempt: the deadline in force"]
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_the_nearer_of_retrys_own_deadline_and_the_contexts_wins(backend: str) -> None:
     clock = ManualClock()

@@ -23,7 +23,21 @@ from resilient._core.execution.drivers import pop_block, push_block
 from resilient._core.state.clock import SYSTEM_CLOCK, MonotonicClock
 from resilient._errors import ConfigError
 
-__all__ = ["Ends", "current", "deadline", "limit", "push", "remaining", "scoped", "unscoped"]
+__all__ = [
+    "AHEAD",
+    "Ends",
+    "current",
+    "deadline",
+    "limit",
+    "push",
+    "remaining",
+    "scoped",
+    "unscoped",
+]
+
+#: How long before an enclosing deadline a Timeout limited by it ends (so that it, not
+#: the enclosing one, reports); a Retry starts no attempt with less than this left.
+AHEAD = 0.001
 
 
 class Ends(Protocol):
