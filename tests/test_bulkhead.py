@@ -852,9 +852,13 @@ def test_threads_that_give_up_waiting_lose_no_slot(switch_often: None) -> None:
     b = Bulkhead(3, max_wait=LONG)
     gauge = Gauge()
     threads, calls = 30, 100
+    first = itertools.count()
+    refused = threading.Event()  # the first 3 calls stay inside until a wait runs out
 
     def body() -> None:
         with gauge:
+            if next(first) < 3:
+                refused.wait(timeout=LONG)
             time.sleep(0)
 
     def worker(t: int) -> Counter[str]:
@@ -867,6 +871,7 @@ def test_threads_that_give_up_waiting_lose_no_slot(switch_often: None) -> None:
                     seen["admitted"] += 1
                 except BulkheadFullError:
                     seen["rejected"] += 1
+                    refused.set()
         return seen
 
     seen = sum(run_threads(threads, worker), Counter())
@@ -1509,9 +1514,13 @@ def test_one_bulkhead_caps_threads_an_asyncio_loop_and_a_trio_run_together(
     b = Bulkhead(4, max_wait=LONG)
     gauge = Gauge()
     threads, thread_calls, tasks, task_calls = 8, 150, 100, 5
+    first = itertools.count()
+    all_in = threading.Barrier(4)  # the first 4 thread calls meet inside: the cap is reached
 
     def sync_body() -> int:
         with gauge:
+            if next(first) < 4:
+                all_in.wait(timeout=LONG)
             time.sleep(0)
             return 1
 
