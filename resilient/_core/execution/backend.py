@@ -6,14 +6,12 @@ Nothing here imports asyncio, trio or anyio at import time: a task of a loop exi
 once its library is imported, so the running loop is looked up through ``sys.modules``,
 and a sync-only program never pays for an event loop library.
 
-**Detection.** Where a Timeout opens its scope (on every call), an asyncio task first,
-then trio (only if imported). Answering "no" costs an exception either way: asyncio's
-``get_running_loop`` raises RuntimeError, and trio's ``in_trio_task`` is a ``hasattr``
-on a thread-local, which raises and catches an AttributeError. Trio's costs twice
-asyncio's (some 400 ns against 200 here), and a trio Timeout costs three times an
-asyncio one, so this order keeps the penalty small where both are imported (as in the
-benchmarks). A trio task in guest mode on an asyncio loop runs in no asyncio task, so it
-falls through to trio.
+**Detection.** An asyncio task first, then trio (only if imported). Answering "no"
+costs an exception either way (some 200 ns for asyncio's ``get_running_loop``, 400 ns
+for trio's ``in_trio_task``, a ``hasattr`` on a thread-local), which a program with both
+imported would pay on every call of a Timeout: so a Timeout whose last call ran in trio
+asks trio first. A trio task in guest mode on an asyncio loop runs in no asyncio task,
+so it falls through to trio.
 
 **Cancellation.** A *scope* is opened in the current task and closed with
 ``scope.close(exc)``, which answers whether ``exc`` is the scope's own cancellation (the
@@ -178,6 +176,11 @@ class Expiries:
         self._last: tuple[object, Any] = (None, None)  # (loop, watch): one tuple, read whole
 
     def open(self) -> Scope:
+        last, watch = self._last
+        if watch.__class__ is _TrioWatch:  # its last call ran in trio: ask trio first
+            scope = self._in_trio()
+            if scope is not None:
+                return scope
         # _asyncio_task(), inline: this runs on every call, where two frames cost 5 %.
         asyncio: Any = sys.modules.get("asyncio")
         try:
@@ -186,17 +189,19 @@ class Expiries:
             loop = None
         task = None if loop is None else asyncio.current_task(loop)
         if task is not None:
-            last, watch = self._last
             if last is not loop:
                 watch = self._watch(loop, _LoopWatch)
             return _TaskExpiry(watch, task)
+        return self._in_trio() or _anyio_scope(self._seconds)
+
+    def _in_trio(self) -> Scope | None:
         run = trio_token()
-        if run is not None:
-            last, watch = self._last
-            if last is not run:
-                watch = self._watch(run, _TrioWatch)
-            return _ScopeExpiry(watch, sys.modules["trio"].CancelScope())
-        return _anyio_scope(self._seconds)
+        if run is None:
+            return None
+        last, watch = self._last
+        if last is not run:
+            watch = self._watch(run, _TrioWatch)
+        return _ScopeExpiry(watch, sys.modules["trio"].CancelScope())
 
     def _watch(self, loop: Any, kind: Callable[[Any, float, Any], _Watch]) -> _Watch:
         watch = self._watches.get(loop)
