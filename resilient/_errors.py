@@ -179,7 +179,12 @@ def shown_failure(exc: BaseException) -> str:
         message = str(exc)
     except Exception:  # a __str__ that fails: the type says enough
         message = ""
-    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return failure_line(type(exc).__name__, message)
+
+
+def failure_line(kind: str, message: str | None) -> str:
+    """A failure's type and message in one line of at most 100 characters."""
+    text = f"{kind}: {message}" if message else kind
     text = " ".join(text.split())
     return text if len(text) <= 100 else text[:97] + "..."
 

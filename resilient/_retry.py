@@ -11,6 +11,7 @@ never on the shared :class:`Retry`.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from resilient._core.execution.drivers import (
     LoopForms,
 )
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
-from resilient._errors import ResilienceError, UsageError, shown_failure
+from resilient._errors import ResilienceError, UsageError, failure_line
 from resilient.backoff import MAKERS, Backoff
 
 __all__ = ["Attempt", "Retry"]
@@ -274,6 +275,8 @@ class _Plan:
         )
         self.begins = self._enabled and (self._timed or self._budget is not None)
         self._retrying_stub: Any = None
+        # calls(), as a C-level partial: a failed first attempt pays no frame for it.
+        self.calls = functools.partial(_Call, self)  # type: ignore[method-assign]
 
     def _owner(self) -> str:
         return self.owner
@@ -313,7 +316,7 @@ class _Plan:
         kwargs: dict[str, Any],
         started: float,
     ) -> _Call:
-        return _Call(self, fn, args, kwargs, started)
+        return _Call(self, fn, args, kwargs, started)  # (see __init__: bound in C there)
 
 
 class Retry(Configured, BlockForms, LoopForms, AttemptForms):
@@ -379,6 +382,23 @@ class Retry(Configured, BlockForms, LoopForms, AttemptForms):
 _RUNS = 8
 
 
+def _line(kind: type[BaseException] | None, args: tuple[Any, ...]) -> str:
+    """An attempt's error in a note, from its type and args: as its own str() would
+    say it (made again, by the class's __new__), our own errors by their type alone (a
+    rejection's text changes as time passes)."""
+    if kind is None:
+        return "others"
+    if issubclass(kind, ResilienceError):
+        return kind.__name__
+    try:
+        again = kind.__new__(kind, *args)
+        again.args = args
+        message = str(again)
+    except Exception:  # a class that will not be made so: its args say it
+        message = ", ".join(map(repr, args))
+    return failure_line(kind.__name__, message)
+
+
 def _attempts(n: int) -> str:
     return "1 attempt" if n == 1 else f"{n} attempts"
 
@@ -418,7 +438,8 @@ class _Call(Attempts):
         kwargs: dict[str, Any],
         started: float,
     ) -> None:
-        super().__init__()
+        self.attempt = 1  # (Attempts.__init__, inlined: a failure's budget is tight too)
+        self.idle = 0.0
         self.retry = retry
         self.fn = fn
         self.args = args
@@ -439,9 +460,16 @@ class _Call(Attempts):
         """After attempt ``self.attempt`` failed (``exc``, or a ``result`` to retry on):
         seconds to wait before the next one, or None to give up. No I/O."""
         retry = self.retry
-        if exc is not None:
-            self._raised(exc)
-        mode = testmode.current()
+        if exc is not None:  # what the attempts raised, in runs of one kind
+            runs = self.raised
+            if runs and runs[-1][0] is exc.__class__:
+                runs[-1][2] += 1
+            elif len(runs) < _RUNS:  # args, not text: made only if a note is written
+                runs.append([exc.__class__, exc.args, 1])
+            else:  # too many changes of kind to tell: counted in the last run
+                runs[-1][0] = None
+                runs[-1][2] += 1
+        mode = testmode._mode  # (testmode.current(), a frame less on every failure)
         limit = retry._attempts
         if mode.enabled and mode.attempts is not None:
             limit = min(limit, mode.attempts)
@@ -449,7 +477,10 @@ class _Call(Attempts):
             return self._give_up(None, "")  # not a failure tenacity's strategy retries
         if self.attempt >= limit:
             return self._give_up(exc, f"after {_attempts(self.attempt)}")
-        wait = own = min(self._wait_after(exc), retry._max_wait)
+        wait = retry._wait  # a fixed wait (cut to max_wait when compiled), or a strategy's
+        if wait.__class__ is not float:
+            wait = min(self._wait_after(exc), retry._max_wait)
+        own = wait
         hint = getattr(exc, "retry_after", None)
         if (
             isinstance(hint, (int, float))
@@ -515,27 +546,15 @@ class _Call(Attempts):
             _note(exc, gave_up + why + self._history(type(exc)), replaces=gave_up)
         return None  # "give up", as next_wait says it
 
-    def _raised(self, exc: BaseException) -> None:
-        runs = self.raised
-        kind = type(exc)
-        if runs and runs[-1][0] is kind:
-            runs[-1][2] += 1
-        elif len(runs) < _RUNS:
-            # Our own errors by their type: a rejection's text changes as time passes.
-            line = kind.__name__ if isinstance(exc, ResilienceError) else shown_failure(exc)
-            runs.append([kind, line, 1])
-        else:  # too many changes of kind to tell: counted in the last run
-            runs[-1][0] = None
-            runs[-1][1] = "others"
-            runs[-1][2] += 1
-
     def _history(self, last: type[BaseException]) -> str:
         """What the attempts raised, when some raised another kind of error than the one
         re-raised (a breaker that opened midway: the ConnectionErrors behind its
         CircuitOpenError); nothing when the error itself tells."""
         if all(kind is last for kind, _, _ in self.raised):
             return ""
-        told = ", then ".join(line if n == 1 else f"{line} (x{n})" for _, line, n in self.raised)
+        told = ", then ".join(
+            _line(kind, args) + ("" if n == 1 else f" (x{n})") for kind, args, n in self.raised
+        )
         return f"; the attempts raised {told}"
 
     def _state(self, exc: BaseException | None, result: object) -> Any:
