@@ -157,15 +157,20 @@ class CircuitOpenError(RejectedError):
 
 def detached(exc: BaseException) -> BaseException | None:
     """A copy of ``exc`` to keep for a while: its type, args and attributes, none of its
-    traceback, context or cause (which hold the frames of the call that raised it). Made
-    by the class's ``__new__`` alone (its ``__init__`` may want other arguments); None if
-    the class will not be copied so: the root cause is then not kept, and the call's own
-    error goes on untouched."""
-    cls = type(exc)
+    traceback, context or cause (which hold the frames of the call that raised it); None
+    if the class will not be made again (the root cause is then not kept, and the call's
+    own error goes on untouched)."""
+    return remade(type(exc), exc.args, getattr(exc, "__dict__", None))
+
+
+def remade(
+    kind: type[BaseException], args: tuple[Any, ...], state: dict[str, Any] | None = None
+) -> BaseException | None:
+    """An exception of ``kind`` made again from its args (and attributes), by the class's
+    ``__new__`` alone: its ``__init__`` may want other arguments. None if it will not be."""
     try:
-        copy: BaseException = cls.__new__(cls, *exc.args)
-        copy.args = exc.args
-        state = getattr(exc, "__dict__", None)
+        copy = kind.__new__(kind, *args)
+        copy.args = args
         if state:
             copy.__dict__.update(state)
     except Exception:

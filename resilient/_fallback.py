@@ -14,7 +14,7 @@ from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.options import is_async_callable
 from resilient._core.configuration.registry import Configured
-from resilient._core.execution.drivers import ANSWER, Attempts, BlockForms, Later, LoopForms
+from resilient._core.execution.drivers import ANSWER, Attempts, BlockForms, Later, LoopForms, Plan
 from resilient._errors import ConfigError, UsageError
 
 __all__ = ["Fallback"]
@@ -25,33 +25,18 @@ R = TypeVar("R")
 _MISSING: Any = object()
 
 
-class _Plan:
+class _Plan(Plan):
     """What a call reads, switched whole by a reload: a loop that never goes round."""
 
     __slots__ = ("_on", "enabled", "fallback")
-
-    begins = False
-    checks_results = False
 
     def __init__(self, fallback: Fallback, enabled: bool) -> None:
         self.fallback = fallback
         self.enabled = enabled
         self._on = fallback._on
 
-    def begin(self) -> float:  # pragma: no cover - begins is False
-        return 0.0
-
     def decides(self, exc: Exception) -> bool:
         return self.enabled and not isinstance(exc, UsageError) and bool(self._on(exc))
-
-    def result_fails(self, calls: Attempts | None, result: object) -> bool:  # pragma: no cover
-        return False
-
-    def sleep(self, seconds: float) -> None:  # pragma: no cover - never waits
-        pass
-
-    async def sleep_async(self, seconds: float) -> None:  # pragma: no cover
-        pass
 
     def calls(
         self,

@@ -29,9 +29,10 @@ from resilient._core.execution.drivers import (
     Attempts,
     BlockForms,
     LoopForms,
+    Plan,
 )
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
-from resilient._errors import ResilienceError, UsageError, failure_line
+from resilient._errors import ResilienceError, UsageError, failure_line, remade
 from resilient.backoff import MAKERS, Backoff
 
 __all__ = ["Attempt", "Retry"]
@@ -239,7 +240,7 @@ OPTIONS = (
 _OPTION_NAMES = frozenset(option.name for option in OPTIONS)
 
 
-class _Plan:
+class _Plan(Plan):
     """A Retry's configuration and the decisions made from it, switched whole: a call
     takes the engine current when it starts and keeps it to its end, so a reload never
     mixes two configurations in one call."""
@@ -308,15 +309,6 @@ class _Plan:
 
     async def sleep_async(self, seconds: float) -> None:
         await self._clock.sleep_async(seconds)
-
-    def calls(
-        self,
-        fn: Callable[..., Any] | None,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        started: float,
-    ) -> _Call:
-        return _Call(self, fn, args, kwargs, started)  # (see __init__: bound in C there)
 
 
 class Retry(Configured, BlockForms, LoopForms, AttemptForms):
@@ -390,12 +382,11 @@ def _line(kind: type[BaseException] | None, args: tuple[Any, ...]) -> str:
         return "others"
     if issubclass(kind, ResilienceError):
         return kind.__name__
+    again = remade(kind, args)
     try:
-        again = kind.__new__(kind, *args)
-        again.args = args
-        message = str(again)
-    except Exception:  # a class that will not be made so: its args say it
-        message = ", ".join(map(repr, args))
+        message = str(again) if again is not None else ", ".join(map(repr, args))
+    except Exception:  # a __str__ that fails: the type says enough
+        message = ""
     return failure_line(kind.__name__, message)
 
 

@@ -483,30 +483,36 @@ def _async_driver(
 ANSWER: float = -1.0
 
 
-class Plan(Protocol):
+class Plan:
     """A looping policy's configuration, read whole at the start of a call (a reload
-    never mixes two in one call). All of it is read on the happy path: keep it cheap."""
+    never mixes two in one call). All of it is read on the happy path: keep it cheap.
+    A policy gives ``decides`` and ``calls``; the rest defaults to a loop that neither
+    notes its start, nor judges results, nor waits (Fallback's)."""
+
+    __slots__ = ()
 
     #: whether ``begin()`` must run before a first attempt (it reads a clock, counts)
-    begins: bool
+    begins = False
     #: whether a returned value may be a failure (``result_fails``)
-    checks_results: bool
+    checks_results = False
 
     def begin(self) -> float:
         """Before a first attempt: when it started (0.0 when nothing measures from it)."""
-        ...
+        return 0.0
 
     def decides(self, exc: Exception) -> bool:
         """Whether ``exc`` is this policy's to decide on; if not it passes at once."""
-        ...
+        raise NotImplementedError
 
     def result_fails(self, calls: Attempts | None, result: object) -> bool:
         """Whether a returned value is a failure (``calls`` is None on a first attempt)."""
-        ...
+        return False
 
-    def sleep(self, seconds: float) -> None: ...
+    def sleep(self, seconds: float) -> None:
+        raise NotImplementedError  # a plan whose attempts wait says how
 
-    async def sleep_async(self, seconds: float) -> None: ...
+    async def sleep_async(self, seconds: float) -> None:
+        raise NotImplementedError
 
     def calls(
         self,
@@ -516,7 +522,7 @@ class Plan(Protocol):
         started: float,
     ) -> Attempts:
         """The per-call decisions, made when a first attempt has failed."""
-        ...
+        raise NotImplementedError
 
 
 class Attempts:
