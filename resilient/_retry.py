@@ -32,7 +32,7 @@ from resilient._core.execution.drivers import (
     Plan,
 )
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
-from resilient._errors import ResilienceError, UsageError, failure_line, remade
+from resilient._errors import ResilienceError, UsageError, failure_line, logger, remade
 from resilient.backoff import MAKERS, Backoff
 
 __all__ = ["Attempt", "Retry"]
@@ -207,6 +207,15 @@ OPTIONS = (
         " value is returned.",
     ),
     opt.Option(
+        "retry_after",
+        None,
+        opt.predicate,
+        "None or a callable(outcome) -> seconds or None",
+        "Reads the downstream's hint of when to come back from a failed attempt's"
+        " outcome: the value on_result refused (a 429 or 503 response) or the exception."
+        " None from it, or no callable: an exception's own retry_after attribute.",
+    ),
+    opt.Option(
         "deadline",
         None,
         opt.optional(opt.duration(allow_zero=False)),
@@ -256,6 +265,8 @@ class _Plan(Plan):
         self._on = settings["on"]
         self._on_tenacity = _is_tenacity(self._on, "retry_base")
         self._on_result: Callable[[Any], bool] | None = settings["on_result"]
+        self._retry_after: Callable[[Any], float | None] | None = settings["retry_after"]
+        self._hint_fallback = opt.Fallback("retry_after", owner)
         self._deadline: float | None = settings["deadline"]
         self._stop = settings["stop"]
         self._clock: Clock = settings["clock"] or SYSTEM_CLOCK
@@ -332,6 +343,7 @@ class Retry(Configured, BlockForms, LoopForms, AttemptForms):
         max_wait: opt.Duration = 60.0,
         on: OnSpec = Exception,
         on_result: Callable[[Any], bool] | None = None,
+        retry_after: Callable[[Any], float | None] | None = None,
         deadline: opt.Duration | None = None,
         stop: Callable[[Any], bool] | None = None,
         clock: Clock | None = None,
@@ -472,7 +484,10 @@ class _Call(Attempts):
         if wait.__class__ is not float:
             wait = min(self._wait_after(exc), retry._max_wait)
         own = wait
-        hint = getattr(exc, "retry_after", None)
+        if retry._retry_after is None:
+            hint = getattr(exc, "retry_after", None)
+        else:
+            hint = self._hint(exc, result)
         if (
             isinstance(hint, (int, float))
             and not isinstance(hint, bool)
@@ -507,6 +522,30 @@ class _Call(Attempts):
             return self._give_up(exc, f"after {_attempts(self.attempt)}: retry budget spent")
         self.previous = own  # decorrelated jitter grows from its own last wait, not a hint
         return wait
+
+    def _hint(self, exc: BaseException | None, result: object) -> object:
+        """The downstream's hint, read by the ``retry_after`` callable from the outcome;
+        an exception's own attribute when the callable has none. A callable that fails
+        gives no hint: logged once, noted on the error, never raised in its place."""
+        retry = self.retry
+        assert retry._retry_after is not None
+        outcome = exc if exc is not None else result
+        try:
+            hint: object = retry._retry_after(outcome)
+        except Exception as error:
+            hint = None
+            fallback = retry._hint_fallback
+            why = (
+                f"{retry.owner}: its retry_after callable failed after attempt"
+                f" {self.attempt} ({error!r}); no hint used"
+            )
+            self.trouble = why
+            if not fallback._logged:
+                fallback._logged = True
+                logger().warning(why)
+        if hint is None and exc is not None:
+            hint = getattr(exc, "retry_after", None)
+        return hint
 
     def _wait_after(self, exc: BaseException | None) -> float:
         wait = self.retry._wait

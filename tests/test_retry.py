@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import pytest
@@ -689,6 +689,76 @@ class TestHints:
         assert info.value.retry_after is None
         assert clock.waits(flavour) == [1.0, 1.0]
         assert script.calls == 0
+
+
+class Busy(NamedTuple):
+    """A returned answer that says when to come back (a 429 or 503 response)."""
+
+    after: float | None
+
+
+def busy(result: object) -> bool:
+    return isinstance(result, Busy)
+
+
+def after(outcome: object) -> float | None:
+    return outcome.after if isinstance(outcome, Busy) else None
+
+
+class TestHintsFromResults:
+    """``retry_after=``: the hint read from a returned value, as from an exception."""
+
+    def test_a_returned_hint_is_waited(
+        self, fn_flavour: RetryFlavour, clock: RecordingClock
+    ) -> None:
+        script = Script(Busy(7), Busy(None), "ok")
+        retry = Retry(3, wait=1, on_result=busy, retry_after=after, clock=clock)
+        assert fn_flavour.run(retry, script) == "ok"
+        assert clock.waits(fn_flavour) == [7.0, 1.0]
+
+    def test_a_returned_hint_beyond_max_wait_returns_that_answer_at_once(
+        self, fn_flavour: RetryFlavour, clock: RecordingClock
+    ) -> None:
+        script = Script(Busy(3600), "never")
+        retry = Retry(5, on_result=busy, retry_after=after, clock=clock)
+        assert fn_flavour.run(retry, script) == Busy(3600)
+        assert (script.calls, clock.sleeps) == (1, [])
+
+    def test_a_returned_hint_past_the_deadline_returns_that_answer_at_once(
+        self, fn_flavour: RetryFlavour, clock: RecordingClock
+    ) -> None:
+        script = Script(Busy(10), "never")
+        retry = Retry(5, on_result=busy, retry_after=after, deadline=5, clock=clock)
+        assert fn_flavour.run(retry, script) == Busy(10)
+        assert (script.calls, clock.sleeps) == (1, [])
+
+    def test_the_callable_reads_exceptions_too_and_their_own_hint_is_the_fallback(
+        self, flavour: RetryFlavour, clock: RecordingClock
+    ) -> None:
+        def from_text(outcome: object) -> float | None:
+            return 4.0 if "four" in str(outcome) else None
+
+        script = Script(ValueError("four"), Throttled(2), "ok")
+        assert flavour.run(Retry(3, retry_after=from_text, clock=clock), script) == "ok"
+        assert clock.waits(flavour) == [4.0, 2.0]
+
+    def test_a_failing_callable_gives_no_hint_and_never_hides_the_error(
+        self, flavour: RetryFlavour, clock: RecordingClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        def broken(outcome: object) -> float:
+            raise KeyError("retry-after")
+
+        script = Script(Throttled(5), ConnectionError)
+        with pytest.raises(ConnectionError) as info:
+            flavour.run(Retry(3, wait=1, retry_after=broken, clock=clock), script)
+        assert clock.waits(flavour) == [5.0, 1.0]  # the exception's own hint still counts
+        assert any("its retry_after callable failed" in n for n in notes(info.value))
+        failures = [r for r in caplog.records if "retry_after callable" in r.getMessage()]
+        assert len(failures) == 1  # logged once per configuration
+
+    def test_a_bad_callable_is_a_config_error(self) -> None:
+        with pytest.raises(ConfigError, match="retry_after"):
+            Retry(retry_after=3)  # type: ignore[arg-type]
 
 
 class TestStop:
