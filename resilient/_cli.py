@@ -292,7 +292,7 @@ def _unmatched(bad: set[str]) -> tuple[list[dict[str, Any]], list[tuple[str, str
     """The set variables no live policy reads, in two lists: those that name a kind and
     an option that exist (valid: a policy made later, by a factory say, reads them; the
     bad ones are left to the errors), and the unknown ones with a "did you mean"."""
-    known = config.known_variables((p.KIND, p.name) for p in registry._live())
+    known = config.known_variables((p.KIND, n) for p in registry._live() for n in p._read_names())
     pending: list[dict[str, Any]] = []
     unknown: list[tuple[str, str | None]] = []
     for var, suggestion in config.unknown_variables(known):

@@ -319,3 +319,28 @@ def test_registering_and_dropping_from_threads_while_listing(switch_often: None)
     listed = [p for p in registry.policies() if p.name.startswith(stem)]
     assert sorted(map(id, listed)) == sorted(map(id, kept))  # the kept ones, and only them
     assert len(kept) == 3 * 10
+
+
+def test_a_family_member_reads_its_own_then_its_familys_then_the_default_variables(
+    env: pytest.MonkeyPatch,
+) -> None:
+    """A transport's per-host breakers: RESILIENT_<FAMILY>_BREAKER_* configures them all,
+    RESILIENT_<MEMBER>_BREAKER_* one of them; reload() follows the same order and warns
+    of neither."""
+    env.setenv("RESILIENT_DEFAULT_BREAKER_OPEN_FOR", "7")
+    env.setenv("RESILIENT_FAMTEST_BREAKER_OPEN_FOR", "9")
+    env.setenv("RESILIENT_FAMTEST_A_EXAMPLE_443_BREAKER_OPEN_FOR", "11")
+    a = CircuitBreaker._in_family("famtest", name="famtest.a.example:443")
+    b = CircuitBreaker._in_family("famtest", name="famtest.b.example:443")
+    loner = CircuitBreaker("famtest-loner")
+    assert isinstance(a, CircuitBreaker)
+    assert [p.settings["open_for"] for p in (a, b, loner)] == [11.0, 9.0, 7.0]
+    assert b.settings.sources["open_for"] == "RESILIENT_FAMTEST_BREAKER_OPEN_FOR"
+    env.setenv("RESILIENT_FAMTEST_BREAKER_OPEN_FOR", "13")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the family's variable is known: no warning
+        resilient.reload()
+    assert [p.settings["open_for"] for p in (a, b, loner)] == [11.0, 13.0, 7.0]
+    assert registry.get("famtest.b.example:443") is b

@@ -113,9 +113,11 @@ def resolve(
     name: str | None,
     owner: str,
     environ: Mapping[str, str] | None = None,
+    family: str | None = None,
 ) -> Settings:
     """Defaults, then ``given`` (validated: a bad keyword raises at once), then the
-    environment (every bad variable reported together)."""
+    environment (every bad variable reported together): the policy's own variable, else
+    its ``family``'s (one transport's per-host breakers), else the kind's default."""
     env = os.environ if environ is None else environ
     values = opt.resolve(options, given, owner)
     # A signature's default arrives like any keyword; a value equal to the declared
@@ -127,7 +129,7 @@ def resolve(
     texts: dict[str, str] = {}
     errors: list[ConfigError] = []
     for option in options:
-        names = [variable(kind, option.name, name)] if name is not None else []
+        names = [variable(kind, option.name, n) for n in (name, family) if n is not None]
         for var in (*names, default_variable(kind, option.name)):
             if var not in env:
                 continue
@@ -140,7 +142,7 @@ def resolve(
             else:
                 sources[option.name] = var
                 texts[option.name] = raw
-            break  # the policy's own variable wins; a bad one never falls back
+            break  # the nearest variable wins; a bad one never falls back
     enabled = True
     if ENABLED in env:
         try:

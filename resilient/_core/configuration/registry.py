@@ -109,6 +109,9 @@ class Configured:
     ENV_OPTIONS: ClassVar[tuple[opt.Option, ...]] = ()
 
     name: str | None
+    #: a name whose variables apply where the policy's own are not set: the family of
+    #: policies one owner makes alike (a transport's per-host breakers)
+    _family: str | None = None
     _given: Mapping[str, Any] | None = None
     _born = 0  # the registry's order of making
     settings: config.Settings
@@ -122,6 +125,19 @@ class Configured:
         # TypeErrors; it still gets ours through super().__init__).
         if "__init__" in cls.__dict__ and cls.__module__.startswith("resilient."):
             shapes.shaped(cls)
+
+    @classmethod
+    def _in_family(cls, family: str, /, **kwargs: Any) -> Any:
+        """A policy made as ``cls(**kwargs)`` that also reads the variables of ``family``
+        (``RESILIENT_<FAMILY>_<KIND>_*``) where its own are not set."""
+        policy = cls.__new__(cls)
+        policy._family = family
+        policy.__init__(**kwargs)  # type: ignore[misc]
+        return policy
+
+    def _read_names(self) -> tuple[str, ...]:
+        """The names whose variables this policy reads, its own first."""
+        return tuple(n for n in (self.name, self._family) if n is not None)
 
     def _owner(self) -> str:
         kind = type(self).__name__
@@ -145,6 +161,7 @@ class Configured:
             name=self.name,
             owner=self._owner(),
             environ=environ,
+            family=self._family,
         )
 
     def _register(self, settings: config.Settings) -> None:
@@ -173,7 +190,7 @@ def _near_misses(policies: Iterable[Configured]) -> list[tuple[str, str | None]]
     A well-formed variable for another name is left alone: that policy may be made
     later. ``reload()`` and ``resilient config --check`` report those. Cheap when no
     ``RESILIENT_*`` variable is set, and never more than a scan of the environment."""
-    named = [(policy.KIND, policy.name) for policy in policies if policy.name is not None]
+    named = [(policy.KIND, name) for policy in policies for name in policy._read_names()]
     if not named:
         return []
     suspects = [
@@ -221,7 +238,7 @@ def reload(environ: Mapping[str, str] | None = None) -> None:
             environ = config.environment()
         policies = registry._live()
         _apply(_plan(policies, environ))
-    known = config.known_variables((p.KIND, p.name) for p in policies)
+    known = config.known_variables((p.KIND, n) for p in policies for n in p._read_names())
     config.warn_unknown(config.unknown_variables(known, environ))
 
 

@@ -532,6 +532,9 @@ class Attempts:
 
     #: whether an async call awaits what ``answer`` gives, when it is awaitable
     awaits = False
+    #: whether a returned value that is retried must be let go of first (``release``):
+    #: an HTTP response holds a connection until it is closed
+    releases = False
 
     def __init__(self) -> None:
         #: the attempt that has just ended; the driver counts it up before each new one
@@ -548,6 +551,12 @@ class Attempts:
     def answer(self, exc: BaseException | None, result: object) -> Any:
         """The value that replaces a failure, after :data:`ANSWER`."""
         raise NotImplementedError
+
+    def release(self, result: object) -> None:
+        """Let go of a returned value that failed and is retried (when ``releases``)."""
+
+    async def release_async(self, result: object) -> None:
+        self.release(result)
 
 
 class LoopForms(Decorates):
@@ -597,6 +606,8 @@ def _sync_loop(policy: LoopForms, fn: Callable[P, R]) -> Callable[P, R]:
                         return calls.answer(exc, result)  # type: ignore[no-any-return]
                 finally:  # no frame -> traceback -> exception -> frame cycle for the GC
                     exc = None
+            if exc is None and calls.releases:
+                calls.release(result)
             if wait > 0:
                 plan.sleep(wait)
                 calls.idle += wait
@@ -657,6 +668,8 @@ def _async_loop(
                         return await _answer(calls, exc, result)  # type: ignore[no-any-return]
                 finally:  # no frame -> traceback -> exception -> frame cycle for the GC
                     exc = None
+            if exc is None and calls.releases:
+                await calls.release_async(result)
             if wait > 0:
                 await plan.sleep_async(wait)
                 calls.idle += wait
