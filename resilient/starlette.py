@@ -2,10 +2,10 @@
 
 An open breaker or a full bulkhead raises a :class:`resilient.RejectedError` that nothing
 in a web app catches: unhandled, it becomes a 500, which tells clients and load balancers
-that the app is broken, not that it sheds load on purpose. ``install(app)`` registers
-:func:`rejected` for ``RejectedError``, which covers ``CircuitOpenError``,
-``BulkheadFullError``, ``WorkersExhaustedError`` and every subclass (Starlette finds a
-handler by the exception's MRO)::
+that the app is broken, not that it sheds load on purpose. ``install(app)`` registers a
+handler for ``RejectedError`` (or give :func:`rejected`, the handler itself), which covers
+``CircuitOpenError``, ``BulkheadFullError``, ``WorkersExhaustedError`` and every subclass
+(Starlette finds a handler by the exception's MRO)::
 
     install(app)                                             # at startup
     FastAPI(exception_handlers={RejectedError: rejected})    # or at construction
@@ -37,18 +37,21 @@ from resilient._errors import ConfigError, RejectedError, UsageError
 __all__ = ["install", "rejected", "rejection_handler"]
 
 #: What Starlette and FastAPI take as an exception handler (FastAPI wants a coroutine).
-Handler = Callable[[Request, Exception], Coroutine[Any, Any, Response]]
+_Handler = Callable[[Request, Exception], Coroutine[Any, Any, Response]]
 
 #: Who a bad option is reported for.
-OWNER = "resilient.starlette"
+_OWNER = "resilient.starlette"
 
 #: WebSocket close code 1013, "Try Again Later" (IANA's WebSocket close code registry).
-TRY_AGAIN_LATER = 1013
+_TRY_AGAIN_LATER = 1013
+
+#: The ASGI extension with which a server can send an HTTP answer to a WebSocket handshake.
+_DENIAL = "websocket.http.response"
 
 
 def rejection_handler(
     *, status_code: int = 503, detail: str | Callable[[RejectedError], str] | None = None
-) -> Handler:
+) -> _Handler:
     """A handler that answers a rejection with ``status_code`` and a ``Retry-After`` header.
 
     ``status_code`` is 503 by default for every rejection: the app is fine and sheds load,
@@ -65,8 +68,9 @@ def rejection_handler(
     ``Retry-After`` is the error's ``retry_after`` in whole seconds rounded up (RFC 9110
     wants an integer, and a client told 0 while 0.2 s are left would be refused again);
     left out when the policy cannot know (a forced-open breaker, probes in flight, a
-    bulkhead). A WebSocket already accepted can no longer get an HTTP answer: it is closed
-    with code 1013, Try Again Later, and the detail as the reason.
+    bulkhead). A WebSocket refused before it is accepted gets the same answer to its
+    handshake, if the server can send one; else, and once accepted, it is closed with code
+    1013, Try Again Later, and the detail as the reason.
     """
     if (
         isinstance(status_code, bool)
@@ -74,14 +78,17 @@ def rejection_handler(
         or not 400 <= status_code <= 599
     ):
         raise ConfigError(
-            "status_code", status_code, "an HTTP error status, an int from 400 to 599", owner=OWNER
+            "status_code",
+            status_code,
+            "an HTTP error status, an int from 400 to 599",
+            owner=_OWNER,
         )
     if detail is not None and not isinstance(detail, str) and not callable(detail):
         raise ConfigError(
             "detail",
             detail,
             "None (the kind and name of the policy), a str, or a callable(RejectedError) -> str",
-            owner=OWNER,
+            owner=_OWNER,
         )
     try:
         phrase = HTTPStatus(status_code).phrase.lower()
@@ -99,17 +106,14 @@ def rejection_handler(
                 f"a resilient.starlette handler got {type(exc).__name__}: register it for"
                 " resilient.RejectedError (or a subclass) only"
             ) from exc
-        seconds = whole_seconds(exc.retry_after)  # read once: an open breaker's shrinks
+        seconds = _whole_seconds(exc.retry_after)  # read once: an open breaker's shrinks
         headers = {} if seconds is None else {"Retry-After": str(seconds)}
         message = text(exc)
+        answer = JSONResponse({"detail": message}, status_code, headers)
         if isinstance(request, WebSocket):
-            state = request.application_state
-            if state is WebSocketState.CONNECTED:
-                return _Close(message)
-            if state is not WebSocketState.CONNECTING:
-                return _Close(None)  # closed or answered already: nothing left to send
-        # Before a WebSocket is accepted, Starlette sends this as the handshake's answer.
-        return JSONResponse({"detail": message}, status_code, headers)
+            await _refuse(request, answer, message)
+            return _Answered()
+        return answer
 
     return handle
 
@@ -146,7 +150,7 @@ def install(
     app.add_exception_handler(RejectedError, handler)
 
 
-def whole_seconds(retry_after: float | None) -> int | None:
+def _whole_seconds(retry_after: float | None) -> int | None:
     """``retry_after`` as Retry-After's delta-seconds: an integer, rounded up, so that a
     client that waits as told finds the policy admitting; None if unknown (or infinite)."""
     if retry_after is None or not math.isfinite(retry_after):
@@ -154,16 +158,24 @@ def whole_seconds(retry_after: float | None) -> int | None:
     return max(0, math.ceil(retry_after))
 
 
-class _Close(Response):
-    """Closes an accepted WebSocket with 1013, Try Again Later, instead of an HTTP answer
-    (``reason`` None: the socket is closed already, and nothing is sent)."""
-
-    def __init__(self, reason: str | None) -> None:
-        super().__init__()
+async def _refuse(websocket: WebSocket, answer: Response, reason: str) -> None:
+    """Refuse a WebSocket session in the handler itself: older Starlette (0.37) ignores what
+    a handler returns for one. Before it is accepted, the HTTP answer goes back as the
+    handshake's response (if the server has the denial extension; else it is closed, and
+    the server answers 403). Once accepted, it can only be closed: with 1013, Try Again
+    Later."""
+    state = websocket.application_state
+    if state is WebSocketState.CONNECTING and _DENIAL in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(answer)
+    elif state in (WebSocketState.CONNECTING, WebSocketState.CONNECTED):
         # A close frame's reason is at most 123 bytes of UTF-8.
-        self.reason = None if reason is None else reason.encode()[:123].decode(errors="ignore")
+        await websocket.close(_TRY_AGAIN_LATER, reason.encode()[:123].decode(errors="ignore"))
+    # Closed or answered already: nothing is left to send.
+
+
+class _Answered(Response):
+    """What a handler returns for a WebSocket it answered itself: newer Starlette sends what
+    the handler returns, and there is nothing more to send."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.reason is not None:
-            message = {"type": "websocket.close", "code": TRY_AGAIN_LATER, "reason": self.reason}
-            await send(message)
+        pass

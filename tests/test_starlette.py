@@ -288,13 +288,18 @@ def test_a_handler_registered_for_another_error_says_so() -> None:
         get(app)
 
 
-async def websocket_session(app: Starlette, accept: bool) -> list[Message]:
+async def websocket_session(
+    app: Starlette, accept: bool, close: bool = False, denial: bool = True
+) -> list[Message]:
     """The messages ``app`` sends in a WebSocket session whose endpoint raises a rejection
-    (after accepting the socket, or before)."""
+    (after accepting the socket, and closing it, or before), on a server that has the
+    denial response extension (or not)."""
 
     async def endpoint(websocket: WebSocket) -> None:
         if accept:
             await websocket.accept()
+        if close:
+            await websocket.close()
         raise CircuitOpenError("feed", 2.5, State.OPEN)
 
     app.router.routes.append(WebSocketRoute("/ws", endpoint))
@@ -310,7 +315,7 @@ async def websocket_session(app: Starlette, accept: bool) -> list[Message]:
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 80),
         "subprotocols": [],
-        "extensions": {"websocket.http.response": {}},
+        "extensions": {"websocket.http.response": {}} if denial else {},
     }
     incoming: list[Message] = [{"type": "websocket.connect"}]
     sent: list[Message] = []
@@ -337,6 +342,21 @@ def test_a_websocket_refused_before_accept_gets_the_503_as_its_answer() -> None:
     assert (b"retry-after", b"3") in sent[0]["headers"]
 
 
+def test_a_websocket_refused_before_accept_on_a_server_without_denials_is_closed() -> None:
+    """The server then answers the handshake with 403 (ASGI's rule for a close before
+    accept): not a 503, but a refusal the client sees at once."""
+    app = Starlette()
+    install(app)
+    sent = anyio.run(websocket_session, app, False, False, False)
+    assert sent == [
+        {
+            "type": "websocket.close",
+            "code": 1013,
+            "reason": "service unavailable: circuit breaker 'feed' is open",
+        }
+    ]
+
+
 def test_an_accepted_websocket_is_closed_with_try_again_later() -> None:
     app = Starlette()
     install(app)
@@ -350,6 +370,14 @@ def test_an_accepted_websocket_is_closed_with_try_again_later() -> None:
     ]
 
 
+def test_a_websocket_closed_already_is_sent_nothing_more() -> None:
+    app = Starlette()
+    install(app)
+    sent = anyio.run(websocket_session, app, True, True)
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.close"]
+    assert sent[-1]["code"] == 1000  # the endpoint's own close
+
+
 def test_a_long_close_reason_is_cut_to_what_a_close_frame_holds() -> None:
     app = Starlette()
     install(app, detail="é" * 100)  # 200 bytes of UTF-8
@@ -358,6 +386,31 @@ def test_a_long_close_reason_is_cut_to_what_a_close_frame_holds() -> None:
 
 
 def test_the_public_names() -> None:
+    """Its own names, that is: what it imports is public too, as in any module."""
     assert resilient.starlette.__all__ == ["install", "rejected", "rejection_handler"]
-    public = {n for n in vars(resilient.starlette) if not n.startswith("_")}
-    assert set(resilient.starlette.__all__) <= public
+    own = {
+        name
+        for name, value in vars(resilient.starlette).items()
+        if not name.startswith("_") and getattr(value, "__module__", "") == "resilient.starlette"
+    }
+    assert own == set(resilient.starlette.__all__)
+
+
+def test_a_rejection_inside_a_task_group_is_not_matched_as_the_docs_warn() -> None:
+    """docs/clients.md says so: the group wraps it, and no handler for RejectedError
+    matches an ExceptionGroup (Starlette looks the handler up by the raised class)."""
+
+    async def refuse() -> None:
+        raise BulkheadFullError("db")
+
+    async def endpoint(request: Request) -> Response:
+        async with anyio.create_task_group() as group:
+            group.start_soon(refuse)
+        return PlainTextResponse("never")
+
+    app = Starlette(routes=[Route("/", endpoint)])
+    install(app)
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - an ExceptionGroup
+        get(app)
+    assert type(caught.value).__name__ == "ExceptionGroup"
+    assert caught.group_contains(BulkheadFullError)
