@@ -26,6 +26,8 @@ NEVER = (
     "trio",
     "anyio",
     "tenacity",
+    "httpx",
+    "starlette",
     "importlib.metadata",
     "inspect",
     "dataclasses",

@@ -11,6 +11,12 @@ Optional modules are imported inside functions only, never by ``import resilient
   tenacity's RetryCallState) is given to Retry; the ``tenacity`` extra installs it.
 - trio, only from code that runs inside a trio run: the program brought trio, so no extra.
 
+Integration modules are the exception: a public module named after its library
+(``resilient/starlette.py``, ``resilient/httpx.py``) imports that library eagerly, since
+only ``import resilient.starlette`` loads it. Each has an extra of the same name, and
+nothing else in resilient/ imports the library eagerly (tests/test_imports.py checks that
+``import resilient`` loads none of them).
+
 ``sys.modules.get("x")`` and ``sys.modules["x"]`` are not imports: they find a module only
 if the program already imported it, so they need no dependency. Each name looked up this
 way must still be a runtime dependency or listed in OPTIONAL, so a new lookup is noticed.
@@ -34,6 +40,15 @@ PACKAGE = Path(resilient.__file__).parent
 
 #: Optional third-party modules and the extra that installs each (None: none needed).
 OPTIONAL: dict[str, str | None] = {"tenacity": "tenacity", "trio": None}
+
+#: Integration modules (``resilient/<name>.py``, with an extra called <name>) and the one
+#: library each imports eagerly; one whose file does not exist yet is skipped.
+INTEGRATIONS: dict[str, str] = {"httpx": "httpx", "starlette": "starlette"}
+
+
+def integrations() -> dict[str, str]:
+    """The integration modules present in the package, and their libraries."""
+    return {name: lib for name, lib in INTEGRATIONS.items() if (PACKAGE / f"{name}.py").exists()}
 
 
 def pyproject() -> dict[str, Any]:
@@ -121,19 +136,55 @@ class Imports(ast.NodeVisitor):
         self.generic_visit(node)
 
 
-@pytest.fixture(scope="module")
-def imports() -> Imports:
+def file_imports(path: Path) -> Imports:
     found = Imports()
+    found.visit(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+    return found
+
+
+@pytest.fixture(scope="module")
+def imports_by_file() -> dict[Path, Imports]:
     files = sorted(PACKAGE.rglob("*.py"))
     assert PACKAGE / "_core" / "state" / "window.py" in files
-    for path in files:
-        found.visit(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+    return {path: file_imports(path) for path in files}
+
+
+@pytest.fixture(scope="module")
+def imports(imports_by_file: dict[Path, Imports]) -> Imports:
+    """What the package imports, less what its integration modules import eagerly."""
+    integration_files = {PACKAGE / f"{name}.py" for name in integrations()}
+    found = Imports()
+    for path, each in imports_by_file.items():
+        if path not in integration_files:
+            found.eager |= each.eager
+        found.lazy |= each.lazy
+        found.looked_up |= each.looked_up
     return found
 
 
 def test_the_runtime_dependencies_are_what_the_package_imports(imports: Imports) -> None:
     declared = requirement_names(pyproject()["project"]["dependencies"])
-    assert declared == (imports.eager | imports.lazy) - OPTIONAL.keys()
+    libraries = set(integrations().values())  # the integration test holds their imports
+    assert declared == (imports.eager | imports.lazy) - OPTIONAL.keys() - libraries
+
+
+def test_integration_modules_import_their_library_and_have_its_extra(
+    imports_by_file: dict[Path, Imports], imports: Imports
+) -> None:
+    """``resilient/<name>.py`` imports <lib> (and the runtime dependencies) eagerly, the
+    extra <name> installs <lib>, and no other module imports <lib> eagerly."""
+    found = integrations()
+    assert "starlette" in found  # the rule is exercised by one at least
+    declared = requirement_names(pyproject()["project"]["dependencies"])
+    extras = pyproject()["project"]["optional-dependencies"]
+    for name, lib in found.items():
+        eager = imports_by_file[PACKAGE / f"{name}.py"].eager
+        assert lib in eager, f"resilient/{name}.py does not import {lib}"
+        assert eager - declared <= {lib}, f"resilient/{name}.py imports another library"
+        assert lib in requirement_names(extras.get(name, [])), f"no extra {name!r} with {lib}"
+        assert f"resilient-toolkit[{name}]" in extras["test"], "the tests need it"
+        assert lib not in declared, f"{lib} is an extra, not a runtime dependency"
+        assert lib not in imports.eager, f"a module other than resilient/{name}.py imports {lib}"
 
 
 def test_optional_modules_are_imported_lazily_and_only_they_are_optional(
