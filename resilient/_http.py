@@ -80,12 +80,20 @@ def _http_date(value: str) -> float | None:
     from calendar import timegm
 
     year, month, day, hour, minute, second = parts[:6]
-    if not (1 <= month <= 12 and 1 <= day <= 31 and 1 <= year <= 9999):
+    offset = parts[9] or 0
+    if not (
+        1 <= year <= 9999
+        and 1 <= month <= 12
+        and 1 <= day <= 31
+        and 0 <= hour <= 23
+        and 0 <= minute <= 59
+        and 0 <= second <= 60  # a leap second
+        and abs(offset) < 24 * 3600
+    ):
         return None
     try:
         seconds = float(timegm((year, month, day, hour, minute, second, 0, 0, 0)))
     except (OverflowError, ValueError):
         return None
-    offset = parts[9] or 0
     seconds -= offset
     return seconds if math.isfinite(seconds) else None
