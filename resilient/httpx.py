@@ -205,10 +205,44 @@ class _Exchange(_Call):
         return super().next_wait(exc, result)
 
     def release(self, result: object) -> None:
-        result.close()  # type: ignore[attr-defined]
+        response: httpx.Response = result  # type: ignore[assignment]
+        try:
+            if _drainable(response):
+                read = 0
+                for chunk in response.iter_raw():
+                    read += len(chunk)
+                    if read > DRAIN_BYTES:
+                        break
+        except httpx.HTTPError:
+            pass  # the connection is closed instead: the retry goes on
+        finally:
+            response.close()
 
     async def release_async(self, result: object) -> None:
-        await result.aclose()  # type: ignore[attr-defined]
+        response: httpx.Response = result  # type: ignore[assignment]
+        try:
+            if _drainable(response):
+                read = 0
+                async for chunk in response.aiter_raw():
+                    read += len(chunk)
+                    if read > DRAIN_BYTES:
+                        break
+        except httpx.HTTPError:
+            pass
+        finally:
+            await response.aclose()
+
+
+#: How much of a retried answer's body is read to keep its connection for the next
+#: attempt (an error page is small); a longer one closes the connection instead.
+DRAIN_BYTES = 64 * 1024
+
+
+def _drainable(response: httpx.Response) -> bool:
+    """Whether reading the rest of a retried answer is cheaper than a new connection:
+    its declared length is small (an undeclared one is read up to DRAIN_BYTES)."""
+    length = response.headers.get("content-length")
+    return length is None or (length.isdigit() and int(length) <= DRAIN_BYTES)
 
 
 class _Retrying(Retry):
