@@ -1,0 +1,658 @@
+"""Resilient httpx transports: ``httpx.AsyncClient(transport=AsyncResilientTransport())``.
+
+Each request goes through, outermost first: an optional bulkhead, the total timeout, the
+retry, a circuit breaker of its own host, and the attempt timeout (the shape of .NET's
+standard HTTP resilience handler), then the wrapped transport. The rules that decide are
+HTTP's (``resilient._http``): which answers are failures, and which requests may be sent
+again, judged by how far a failed one got (its commit point), not by its method alone.
+
+Install with ``pip install "resilient-toolkit[httpx]"``; docs/clients.md has the tables.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import Token
+from types import EllipsisType
+from typing import Any, Generic, TypeVar
+
+import httpx
+
+import resilient
+from resilient import _http
+from resilient._breaker import CircuitBreaker
+from resilient._bulkhead import Bulkhead
+from resilient._core.configuration import options as opt
+from resilient._core.configuration.config import Settings
+from resilient._core.execution.deadline import Ends, limit, remaining, scoped, unscoped
+from resilient._errors import ConfigError, RejectedError, remade
+from resilient._retry import Retry, _Call, _note
+from resilient._retry import _Plan as _RetryPlan
+
+__all__ = [
+    "AsyncResilientTransport",
+    "BulkheadFullError",
+    "CircuitOpenError",
+    "ResilientTransport",
+    "TimeoutExpired",
+    "retry_after",
+]
+
+
+# -- errors an httpx caller already catches ----------------------------------------------
+
+
+class CircuitOpenError(resilient.CircuitOpenError, httpx.TransportError):
+    """The host's circuit breaker refused the request: nothing was sent. Also an
+    ``httpx.TransportError``, so ``except httpx.HTTPError`` handlers see it."""
+
+    _request: httpx.Request | None = None
+
+
+class BulkheadFullError(resilient.BulkheadFullError, httpx.TransportError):
+    """The transport's bulkhead had no free slot in time: nothing was sent."""
+
+    _request: httpx.Request | None = None
+
+
+class TimeoutExpired(resilient.TimeoutExpired, httpx.TimeoutException):
+    """The request's time (its total timeout, or an enclosing ``resilient.deadline``)
+    was spent before it could be sent."""
+
+    _request: httpx.Request | None = None
+
+
+_AS_HTTPX: dict[type[BaseException], type[RejectedError]] = {
+    resilient.CircuitOpenError: CircuitOpenError,
+    resilient.BulkheadFullError: BulkheadFullError,
+}
+
+
+def _as_httpx(exc: RejectedError, request: httpx.Request) -> BaseException:
+    """The same rejection, as the class that is also an httpx error."""
+    kind = _AS_HTTPX.get(type(exc))
+    again = remade(kind, exc.args) if kind is not None else None
+    if again is None:
+        return exc
+    again._request = request  # type: ignore[attr-defined]
+    notes = getattr(exc, "__notes__", None)
+    if notes:
+        again.__notes__ = list(notes)  # type: ignore[attr-defined]
+    return again.with_traceback(exc.__traceback__)
+
+
+# -- what is a failure, and what may be sent again -----------------------------------------
+
+#: Failures of the exchange itself, counted by the breaker and weighed by the retry:
+#: timeouts, broken connections, a server that breaks the protocol (a reset mid-answer).
+#: Not a bad URL, an unsupported scheme or a proxy's refusal: no retry mends those.
+EXCHANGE_FAILURES: tuple[type[Exception], ...] = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+)
+
+#: Failures before any byte of the request left: safe to send again, whatever the method.
+NEVER_SENT: tuple[type[Exception], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    RejectedError,
+    TimeoutExpired,
+)
+
+
+def retry_after(outcome: object) -> float | None:
+    """Seconds a 429 or 503 answer asks the caller to wait (``retry-after-ms``, or
+    ``Retry-After`` as seconds or an HTTP-date), from a response or an
+    ``httpx.HTTPStatusError``; None when it asks nothing readable. For
+    ``Retry(retry_after=resilient.httpx.retry_after)`` around your own httpx calls."""
+    response = outcome.response if isinstance(outcome, httpx.HTTPStatusError) else outcome
+    if not isinstance(response, httpx.Response):
+        return None
+    if response.status_code not in _http.HINTED_STATUSES:
+        return None
+    return _http.hint_seconds(response.headers, time.time())
+
+
+class _Rules:
+    """One transport's classification, read by its retry's plan and its breakers."""
+
+    __slots__ = ("failure_statuses", "max_replay_bytes", "owner")
+
+    def __init__(self, failure_statuses: frozenset[int], max_replay_bytes: int, owner: str):
+        self.failure_statuses = failure_statuses
+        self.max_replay_bytes = max_replay_bytes
+        self.owner = owner
+
+    def failed(self, response: object) -> bool:
+        """A breaker's ``failure_result``: an answer that says the host is in trouble."""
+        return (
+            isinstance(response, httpx.Response) and response.status_code in self.failure_statuses
+        )
+
+    def unsafe(self, request: httpx.Request, exc: BaseException | None, result: object) -> str:
+        """Why this failed request must not be sent again ("" when it may)."""
+        try:
+            size = len(request.content)
+        except httpx.RequestNotRead:
+            return "its body is streamed, so it is sent once"
+        if size > self.max_replay_bytes:
+            return (
+                f"its body ({size} bytes) is larger than max_replay_bytes"
+                f" ({self.max_replay_bytes}), so it is sent once"
+            )
+        if exc is not None:
+            if isinstance(exc, NEVER_SENT):
+                return ""
+            what = type(exc).__name__
+        else:
+            status = result.status_code  # type: ignore[attr-defined]
+            if status in _http.UNPROCESSED_STATUSES:
+                return ""
+            what = f"a {status} answer"
+        method = request.method
+        if method in _http.IDEMPOTENT_METHODS or "idempotency-key" in request.headers:
+            return ""
+        return (
+            f"{method} may have reached the server ({what}) and is not idempotent;"
+            " an Idempotency-Key header lets it be retried"
+        )
+
+
+class _Sending(_RetryPlan):
+    """The transport's retry plan: the given Retry's decisions, after HTTP's own."""
+
+    rules: _Rules
+
+    def __init__(self, settings: Settings, owner: str, rules: _Rules) -> None:
+        super().__init__(settings, owner)
+        self.rules = rules
+        self.checks_results = self._enabled  # answers are judged, by status
+        self._user_results = self._on_result is not None or self._on_judges_results
+        self.calls = self._exchange  # type: ignore[method-assign]
+
+    def decides(self, exc: Exception) -> bool:
+        return isinstance(exc, (*EXCHANGE_FAILURES, RejectedError)) and super().decides(exc)
+
+    def result_fails(self, calls: Any, result: object) -> bool:
+        if result.status_code in self.rules.failure_statuses:  # type: ignore[attr-defined]
+            return True
+        return self._user_results and super().result_fails(calls, result)
+
+    def _exchange(
+        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], started: float
+    ) -> _Exchange:
+        return _Exchange(self, fn, args, kwargs, started)
+
+
+class _Exchange(_Call):
+    """One request's attempts: HTTP's rules first, then the Retry's own decision."""
+
+    __slots__ = ()
+    releases = True  # a retried answer is closed: its connection goes back to the pool
+
+    def next_wait(self, exc: BaseException | None, result: object) -> float | None:
+        plan: _Sending = self.retry  # type: ignore[assignment]
+        why = plan.rules.unsafe(self.args[0], exc, result)
+        if why:
+            if exc is not None:
+                _note(exc, f"{plan.owner}: not retried: {why}")
+            return None
+        return super().next_wait(exc, result)
+
+    def release(self, result: object) -> None:
+        response: httpx.Response = result  # type: ignore[assignment]
+        try:
+            if _drainable(response):
+                read = 0
+                for chunk in response.iter_raw():
+                    read += len(chunk)
+                    if read > DRAIN_BYTES:
+                        break
+        except httpx.HTTPError:
+            pass  # the connection is closed instead: the retry goes on
+        finally:
+            response.close()
+
+    async def release_async(self, result: object) -> None:
+        response: httpx.Response = result  # type: ignore[assignment]
+        try:
+            if _drainable(response):
+                read = 0
+                async for chunk in response.aiter_raw():
+                    read += len(chunk)
+                    if read > DRAIN_BYTES:
+                        break
+        except httpx.HTTPError:
+            pass
+        finally:
+            await response.aclose()
+
+
+#: How much of a retried answer's body is read to keep its connection for the next
+#: attempt (an error page is small); a longer one closes the connection instead.
+DRAIN_BYTES = 64 * 1024
+
+
+def _drainable(response: httpx.Response) -> bool:
+    """Whether reading the rest of a retried answer is cheaper than a new connection:
+    its declared length is small (an undeclared one is read up to DRAIN_BYTES)."""
+    length = response.headers.get("content-length")
+    return length is None or (length.isdigit() and int(length) <= DRAIN_BYTES)
+
+
+class _Retrying(Retry):
+    """The transport's own Retry: the options of the one given, the plan of HTTP."""
+
+    _rules: _Rules
+
+    def _owner(self) -> str:
+        return f"Retry({self.name!r})"  # as users know it (its name is never None)
+
+    def _compile(self, settings: Settings) -> _Sending:
+        return _Sending(settings, self._owner(), self._rules)
+
+
+def _code_given(policy: Any) -> dict[str, Any]:
+    """The options a policy was given in code (not its defaults, not the environment's)."""
+    sources = policy.settings.sources
+    return {k: v for k, v in policy._given.items() if sources.get(k) == "code"}
+
+
+# -- one circuit breaker per host ----------------------------------------------------------
+
+S = TypeVar("S", bound=Callable[..., Any])
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _origin(url: httpx.URL) -> str:
+    """``host:port`` of a URL, the scheme's default port filled in."""
+    host = url.host
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    port = url.port or _DEFAULT_PORTS.get(url.scheme, 0)
+    return f"{host}:{port}"
+
+
+class _Hosts(Generic[S]):
+    """The per-host breakers of one transport, made from a template when a host is first
+    seen, the least recently used dropped past ``limit`` (its state goes with it)."""
+
+    def __init__(
+        self,
+        template: CircuitBreaker,
+        family: str,
+        limit: int,
+        rules: _Rules,
+        guard: Callable[[CircuitBreaker], S],
+    ) -> None:
+        given = _code_given(template)
+        given.pop("name", None)
+        if "record" not in given:
+            given["record"] = EXCHANGE_FAILURES
+        if "failure_result" not in given:
+            given["failure_result"] = rules.failed
+        self._given = given
+        self._template = template
+        self._family = family
+        self._limit = limit
+        self._guard = guard
+        self._lock = threading.Lock()
+        # origin -> (breaker, guarded send), in order of use; and a URL's (scheme,
+        # netloc) -> origin, so a request finds its breaker without parsing its host
+        self._made: OrderedDict[str, tuple[CircuitBreaker, S]] = OrderedDict()
+        self._origins: dict[tuple[str, bytes], str] = {}
+
+    def send_for(self, url: httpx.URL) -> S:
+        key = (url.scheme, url.netloc)
+        with self._lock:
+            origin = self._origins.get(key)
+            if origin is not None:
+                entry = self._made.get(origin)
+                if entry is not None:
+                    self._made.move_to_end(origin)
+                    return entry[1]
+        origin = _origin(url)
+        entry = self._entry(origin)
+        with self._lock:
+            self._origins[key] = origin
+        return entry[1]
+
+    def breaker(self, origin: str) -> CircuitBreaker:
+        return self._entry(origin)[0]
+
+    def all(self) -> dict[str, CircuitBreaker]:
+        with self._lock:
+            return {origin: entry[0] for origin, entry in self._made.items()}
+
+    def _entry(self, origin: str) -> tuple[CircuitBreaker, S]:
+        with self._lock:
+            entry = self._made.get(origin)
+            if entry is not None:
+                self._made.move_to_end(origin)
+                return entry
+        # Made outside the lock (it reads the environment); two threads seeing a new
+        # host at once may each make one: the first stored wins, the other is dropped.
+        breaker: CircuitBreaker = CircuitBreaker._in_family(
+            self._family, name=f"{self._family}.{origin}", **self._given
+        )
+        for listener in self._template._listeners._fns:
+            breaker.add_listener(listener)
+        made = (breaker, self._guard(breaker))
+        with self._lock:
+            entry = self._made.setdefault(origin, made)
+            self._made.move_to_end(origin)
+            while len(self._made) > self._limit:
+                dropped, _ = self._made.popitem(last=False)
+                for key in [k for k, o in self._origins.items() if o == dropped]:
+                    del self._origins[key]
+        return entry
+
+
+# -- the transports ------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _positive_or_none(option: str, value: object, owner: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds: float = opt.duration(allow_zero=False)(value)
+    except opt.Invalid:
+        raise ConfigError(option, value, "seconds > 0 (250ms, 2s), or None", owner=owner) from None
+    return seconds
+
+
+class _Transport(Generic[T]):
+    """What the sync and async transports share: checking the options, the rules, the
+    per-host breakers and the retry; each adds only how it sends."""
+
+    _ASYNC = False
+
+    def __init__(
+        self,
+        transport: T | None,
+        *,
+        name: str,
+        retry: Retry | None,
+        breaker: CircuitBreaker | None,
+        attempt_timeout: opt.Duration | None,
+        total_timeout: opt.Duration | None,
+        max_replay_bytes: int,
+        failure_statuses: Iterable[int] | None,
+        max_hosts: int,
+        bulkhead: Bulkhead | None,
+    ) -> None:
+        kind = type(self).__name__
+        owner = f"{kind}({name!r})"
+        opt.check_name(name, kind)
+        if name is None:
+            raise ConfigError("name", name, "a string with at least one ASCII letter or digit")
+        base = httpx.AsyncBaseTransport if self._ASYNC else httpx.BaseTransport
+        if transport is not None and not isinstance(transport, base):
+            raise ConfigError(
+                "transport",
+                transport,
+                f"None or an {base.__module__}.{base.__name__}",
+                owner=owner,
+            )
+        if retry is not None and not isinstance(retry, Retry):
+            raise ConfigError("retry", retry, "a resilient.Retry, or None", owner=owner)
+        if breaker is not None and not isinstance(breaker, CircuitBreaker):
+            expected = "a resilient.CircuitBreaker (the per-host template), or None"
+            raise ConfigError("breaker", breaker, expected, owner=owner)
+        if bulkhead is not None and not isinstance(bulkhead, Bulkhead):
+            raise ConfigError("bulkhead", bulkhead, "a resilient.Bulkhead, or None", owner=owner)
+        self._attempt_timeout = _positive_or_none("attempt_timeout", attempt_timeout, owner)
+        self._total_timeout = _positive_or_none("total_timeout", total_timeout, owner)
+        if (
+            self._attempt_timeout is not None
+            and self._total_timeout is not None
+            and self._attempt_timeout > self._total_timeout
+        ):
+            raise ConfigError(
+                "attempt_timeout",
+                attempt_timeout,
+                f"at most total_timeout ({self._total_timeout:g}s): an attempt cannot"
+                " outlast the request",
+                owner=owner,
+            )
+        if (
+            not isinstance(max_replay_bytes, int)
+            or isinstance(max_replay_bytes, bool)
+            or max_replay_bytes < 0
+        ):
+            expected = "a whole number of bytes >= 0 (0: never resend a body)"
+            raise ConfigError("max_replay_bytes", max_replay_bytes, expected, owner=owner)
+        statuses = _http.FAILURE_STATUSES if failure_statuses is None else failure_statuses
+        try:
+            failing = frozenset(statuses)
+            ok = all(isinstance(s, int) and 100 <= s <= 599 for s in failing)
+        except TypeError:
+            ok = False
+        if not ok:
+            expected = "None (408, 429 and 5xx but 501 and 505), or HTTP status codes 100-599"
+            raise ConfigError("failure_statuses", failure_statuses, expected, owner=owner)
+        if not isinstance(max_hosts, int) or isinstance(max_hosts, bool) or max_hosts < 1:
+            expected = "a whole number >= 1 (hosts whose breakers are kept)"
+            raise ConfigError("max_hosts", max_hosts, expected, owner=owner)
+
+        self.name = name
+        self._owner = owner
+        self._rules = _Rules(failing, max_replay_bytes, owner)
+        self._bulkhead = bulkhead
+        self._hosts: _Hosts[Any] | None = (
+            None
+            if breaker is None
+            else _Hosts(breaker, name, max_hosts, self._rules, self._guarded)
+        )
+        self._retry: _Retrying | None = None
+        if retry is not None:
+            given = _code_given(retry)
+            given["name"] = retry.name or name
+            given.setdefault("retry_after", retry_after)
+            made = _Retrying.__new__(_Retrying)
+            made._rules = self._rules
+            made.__init__(**given)  # type: ignore[misc]
+            self._retry = made
+
+    def _guarded(self, breaker: CircuitBreaker) -> Any:
+        raise NotImplementedError
+
+    @property
+    def retry(self) -> Retry | None:
+        """The transport's own Retry, made from the one given (named after the transport
+        unless that one has a name): ``RESILIENT_<NAME>_RETRY_*`` retunes it."""
+        return self._retry
+
+    @property
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """The per-host breakers made so far, by ``host:port``."""
+        return {} if self._hosts is None else self._hosts.all()
+
+    def breaker_for(self, host: str | httpx.URL) -> CircuitBreaker:
+        """The breaker of ``host`` ("api.example.com:443", or a URL), made now if this
+        transport has not talked to it yet (to watch it, or force it open, ahead)."""
+        if self._hosts is None:
+            raise LookupError(f"{self._owner} has no circuit breaker (breaker=None)")
+        if isinstance(host, str) and "://" not in host:
+            if ":" not in host.rpartition("]")[2]:
+                raise ValueError(f"host:port expected (as 'api.example.com:443'), not {host!r}")
+            return self._hosts.breaker(host)
+        return self._hosts.breaker(_origin(httpx.URL(host)))
+
+    def _scoped(self) -> Token[Ends | None] | None:
+        """The total timeout as the deadline in force, unless an enclosing one ends first."""
+        total = self._total_timeout
+        if total is None:
+            return None
+        seconds, enclosing = limit(total)
+        return None if enclosing else scoped(seconds)
+
+    def _capped(self, request: httpx.Request) -> None:
+        """Cap each of httpx's timeouts (connect, read, write, pool) to the time this
+        attempt may take: the attempt timeout, or what is left of the total timeout and
+        of any enclosing deadline, if less."""
+        cap = self._attempt_timeout
+        left = remaining()
+        if left is not None and (cap is None or left < cap):
+            if left <= 0:
+                raise TimeoutExpired(
+                    self.name, self._total_timeout, "; its time was spent before it was sent"
+                )
+            cap = left
+        if cap is None:
+            return
+        extensions = request.extensions
+        timeouts = extensions.get("timeout")
+        if timeouts:
+            capped = {k: cap if v is None or v > cap else v for k, v in timeouts.items()}
+        else:
+            capped = {"connect": cap, "read": cap, "write": cap, "pool": cap}
+        request.extensions = {**extensions, "timeout": capped}
+
+    def __repr__(self) -> str:
+        return f"<{self._owner}>"
+
+
+class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
+    """A resilient httpx transport: ``httpx.Client(transport=ResilientTransport(name=...))``."""
+
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        name: str = "http",
+        retry: Retry | EllipsisType | None = ...,
+        breaker: CircuitBreaker | EllipsisType | None = ...,
+        attempt_timeout: opt.Duration | None = 10.0,
+        total_timeout: opt.Duration | None = 30.0,
+        max_replay_bytes: int = 1048576,
+        failure_statuses: Iterable[int] | None = None,
+        max_hosts: int = 1000,
+        bulkhead: Bulkhead | None = None,
+    ) -> None:
+        super().__init__(
+            transport,
+            name=name,
+            retry=_default_retry() if retry is ... else retry,
+            breaker=_default_breaker() if breaker is ... else breaker,
+            attempt_timeout=attempt_timeout,
+            total_timeout=total_timeout,
+            max_replay_bytes=max_replay_bytes,
+            failure_statuses=failure_statuses,
+            max_hosts=max_hosts,
+            bulkhead=bulkhead,
+        )
+        self._inner = httpx.HTTPTransport() if transport is None else transport
+        send: Callable[[httpx.Request], httpx.Response] = self._attempt
+        if self._retry is not None:
+            send = self._retry._wrap_sync(send)
+        if self._bulkhead is not None:
+            send = self._bulkhead._wrap_sync(send)
+        self._send = send
+
+    def _guarded(self, breaker: CircuitBreaker) -> Any:
+        return breaker._wrap_sync(self._inner.handle_request)
+
+    def _attempt(self, request: httpx.Request) -> httpx.Response:
+        self._capped(request)
+        if self._hosts is None:
+            return self._inner.handle_request(request)
+        return self._hosts.send_for(request.url)(request)  # type: ignore[no-any-return]
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        token = self._scoped()
+        try:
+            return self._send(request)
+        except RejectedError as exc:
+            raise _as_httpx(exc, request) from exc.__cause__
+        finally:
+            if token is not None:
+                unscoped(token)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class AsyncResilientTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport):
+    """A resilient async httpx transport, on asyncio and trio:
+    ``httpx.AsyncClient(transport=AsyncResilientTransport(name=...))``."""
+
+    _ASYNC = True
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        name: str = "http",
+        retry: Retry | EllipsisType | None = ...,
+        breaker: CircuitBreaker | EllipsisType | None = ...,
+        attempt_timeout: opt.Duration | None = 10.0,
+        total_timeout: opt.Duration | None = 30.0,
+        max_replay_bytes: int = 1048576,
+        failure_statuses: Iterable[int] | None = None,
+        max_hosts: int = 1000,
+        bulkhead: Bulkhead | None = None,
+    ) -> None:
+        super().__init__(
+            transport,
+            name=name,
+            retry=_default_retry() if retry is ... else retry,
+            breaker=_default_breaker() if breaker is ... else breaker,
+            attempt_timeout=attempt_timeout,
+            total_timeout=total_timeout,
+            max_replay_bytes=max_replay_bytes,
+            failure_statuses=failure_statuses,
+            max_hosts=max_hosts,
+            bulkhead=bulkhead,
+        )
+        self._inner = httpx.AsyncHTTPTransport() if transport is None else transport
+        send: Callable[[httpx.Request], Awaitable[httpx.Response]] = self._attempt
+        if self._retry is not None:
+            send = self._retry._wrap_async(send)
+        if self._bulkhead is not None:
+            send = self._bulkhead._wrap_async(send)
+        self._send = send
+
+    def _guarded(self, breaker: CircuitBreaker) -> Any:
+        return breaker._wrap_async(self._inner.handle_async_request)
+
+    async def _attempt(self, request: httpx.Request) -> httpx.Response:
+        self._capped(request)
+        if self._hosts is None:
+            return await self._inner.handle_async_request(request)
+        return await self._hosts.send_for(request.url)(request)  # type: ignore[no-any-return]
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        token = self._scoped()
+        try:
+            return await self._send(request)
+        except RejectedError as exc:
+            raise _as_httpx(exc, request) from exc.__cause__
+        finally:
+            if token is not None:
+                unscoped(token)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _default_retry() -> Retry:
+    """3 attempts (the first and 2 retries), exponential backoff from 2 s with full
+    jitter, at most 30 s, as the standard handler; a server's Retry-After on top."""
+    from resilient.backoff import exponential
+
+    return Retry(3, wait=exponential(2.0, cap=30.0))
+
+
+def _default_breaker() -> CircuitBreaker:
+    """A template for the per-host breakers: the library's defaults (half the calls of a
+    window of 100 failing, at least 20 calls seen; open 30 s)."""
+    return CircuitBreaker()

@@ -1,0 +1,624 @@
+"""resilient.httpx against a real HTTP server on 127.0.0.1 (tests/faultserver.py): sync,
+asyncio and trio, no mock of httpx anywhere.
+
+Each scenario is written once as an async function of a ``Client`` (the sync flavour's
+calls block inside it), and run in every mode. Breakers and retries take a ManualClock
+where their waits would otherwise cost time; the timeouts that are the point of a test are
+short, and everything waited for on the server side has a bounded wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import gc
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+import resilient
+import resilient.httpx as rh
+from resilient import Bulkhead, CircuitBreaker, ConfigError, Retry, State, registry
+from resilient.testing import ManualClock, set_testing
+
+from .faultserver import Blackhole, FaultServer, Reply, no_leaks, refused_url
+
+MODES = ("sync", "asyncio", "trio")
+
+
+class Client:
+    """One httpx client of the mode's kind over a resilient transport, awaitable alike."""
+
+    def __init__(self, mode: str, **options: Any) -> None:
+        self.mode = mode
+        options.setdefault("retry", Retry(3, wait=0.0))
+        options.setdefault("breaker", None)
+        if mode == "sync":
+            self.transport: Any = rh.ResilientTransport(**options)
+            self.client: Any = httpx.Client(transport=self.transport)
+        else:
+            self.transport = rh.AsyncResilientTransport(**options)
+            self.client = httpx.AsyncClient(transport=self.transport)
+
+    async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        if self.mode == "sync":
+            return self.client.request(method, url, **kwargs)  # type: ignore[no-any-return]
+        return await self.client.request(method, url, **kwargs)  # type: ignore[no-any-return]
+
+    async def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("GET", url, **kwargs)
+
+    async def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("POST", url, **kwargs)
+
+    async def close(self) -> None:
+        if self.mode == "sync":
+            self.client.close()
+        else:
+            await self.client.aclose()
+
+
+def run(mode: str, scenario: Callable[[], Awaitable[Any]]) -> Any:
+    return anyio.run(scenario, backend="asyncio" if mode == "sync" else mode)
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    with FaultServer() as s:
+        yield s
+
+
+def notes(exc: BaseException) -> str:
+    return "\n".join(getattr(exc, "__notes__", []))
+
+
+RETRY_AFTER = "Retry-After"
+
+
+# -- per-host breakers ---------------------------------------------------------------------
+
+
+def test_a_hosts_breaker_opens_and_recovers_and_the_other_host_is_untouched(mode: str) -> None:
+    clock = ManualClock()
+    template = CircuitBreaker(
+        min_calls=2, window_size=2, open_for=30, half_open_calls=1, clock=clock
+    )
+
+    async def scenario() -> None:
+        with FaultServer() as bad, FaultServer() as good:
+            client = Client(mode, name="hosts", retry=None, breaker=template)
+            bad.script(Reply(503), Reply(500))
+            assert (await client.get(bad.url)).status_code == 503
+            assert (await client.get(bad.url)).status_code == 500
+            with pytest.raises(httpx.TransportError) as info:
+                await client.get(bad.url + "/more")
+            rejection = info.value
+            assert isinstance(rejection, rh.CircuitOpenError)
+            assert isinstance(rejection, resilient.CircuitOpenError)
+            assert rejection.retry_after == 30.0
+            assert rejection.request.url == bad.url + "/more"
+            assert bad.count() == 2  # the rejected request never left
+
+            for _ in range(3):
+                assert (await client.get(good.url)).status_code == 200
+            good_breaker = client.transport.breaker_for(f"127.0.0.1:{good.port}")
+            bad_breaker = client.transport.breaker_for(bad.url)
+            assert (good_breaker.state, bad_breaker.state) == (State.CLOSED, State.OPEN)
+            assert bad_breaker.name == f"hosts.127.0.0.1:{bad.port}"
+            assert registry.get(bad_breaker.name) is bad_breaker
+
+            clock.advance(30)  # the open spell ends: one probe, which succeeds
+            assert (await client.get(bad.url)).status_code == 200
+            assert bad_breaker.state is State.CLOSED
+            assert set(client.transport.breakers) == {
+                f"127.0.0.1:{bad.port}",
+                f"127.0.0.1:{good.port}",
+            }
+            await client.close()
+
+    run(mode, scenario)
+
+
+def test_connection_errors_and_timeouts_are_failures_and_404_is_not(mode: str) -> None:
+    clock = ManualClock()
+    template = CircuitBreaker(failure_rate=1.0, min_calls=3, window_size=3, clock=clock)
+
+    async def scenario() -> None:
+        with FaultServer() as server:
+            client = Client(mode, retry=None, breaker=template, attempt_timeout=0.2)
+            server.script(Reply(404), Reply(501), Reply(505), Reply(400))
+            for _ in range(4):
+                await client.get(server.url)
+            breaker = client.transport.breaker_for(server.url)
+            assert breaker.metrics.failures == 0
+            server.script(Reply(action="reset"), Reply(action="hang"), Reply(429))
+            for _ in range(2):
+                with pytest.raises(httpx.HTTPError):
+                    await client.get(server.url)
+            assert (await client.get(server.url)).status_code == 429
+            assert breaker.state is State.OPEN
+            server.release()
+            await client.close()
+
+    run(mode, scenario)
+
+
+def test_variables_configure_every_host_or_one(mode: str, env: pytest.MonkeyPatch) -> None:
+    env.setenv("RESILIENT_FLEET_BREAKER_OPEN_FOR", "45")
+
+    async def scenario() -> None:
+        with FaultServer() as a, FaultServer() as b:
+            env.setenv(f"RESILIENT_FLEET_127_0_0_1_{b.port}_BREAKER_OPEN_FOR", "90")
+            client = Client(mode, name="fleet", breaker=CircuitBreaker(open_for=10))
+            await client.get(a.url)
+            await client.get(b.url)
+            breakers = client.transport.breakers
+            assert breakers[f"127.0.0.1:{a.port}"].settings["open_for"] == 45.0
+            assert breakers[f"127.0.0.1:{b.port}"].settings["open_for"] == 90.0
+            env.setenv("RESILIENT_FLEET_BREAKER_OPEN_FOR", "50")
+            resilient.reload()
+            assert breakers[f"127.0.0.1:{a.port}"].settings["open_for"] == 50.0
+            await client.close()
+
+    run(mode, scenario)
+
+
+def test_the_least_recently_used_hosts_breaker_is_dropped_past_max_hosts() -> None:
+    transport = rh.ResilientTransport(
+        httpx.MockTransport(lambda request: httpx.Response(200)), name="lru", max_hosts=2
+    )
+    with httpx.Client(transport=transport) as client:
+        for host in ("a", "b", "a", "c"):
+            client.get(f"https://{host}.example/")
+    assert set(transport.breakers) == {"a.example:443", "c.example:443"}
+    gc.collect()
+    with pytest.raises(KeyError):
+        registry.get("lru.b.example:443")
+    assert registry.get("lru.a.example:443").state is State.CLOSED
+
+
+def test_the_template_gives_its_listeners_and_code_options_but_not_its_name() -> None:
+    changes: list[Any] = []
+    template = CircuitBreaker("tmpl", min_calls=1, window_size=1, open_for=7)
+    template.add_listener(changes.append)
+    transport = rh.ResilientTransport(
+        httpx.MockTransport(lambda request: httpx.Response(502)),
+        name="listened",
+        retry=None,
+        breaker=template,
+    )
+    with httpx.Client(transport=transport) as client:
+        client.get("https://x.example/")
+    breaker = transport.breaker_for("x.example:443")
+    assert breaker.settings["open_for"] == 7.0
+    assert [c.new for c in changes] == [State.OPEN]
+    assert changes[0].breaker.name == "listened.x.example:443"
+    assert template.state is State.CLOSED  # the template itself guards nothing
+
+
+def test_many_threads_over_many_hosts_keep_the_bound_and_lose_no_request(
+    switch_often: None,
+) -> None:
+    transport = rh.ResilientTransport(
+        httpx.MockTransport(lambda request: httpx.Response(200, text=request.url.host)),
+        name="hammer",
+        max_hosts=8,
+    )
+    answers: list[str] = []
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            with httpx.Client(transport=transport) as client:
+                for i in range(60):
+                    host = f"h{(n * 7 + i) % 20}.example"
+                    answers.append(client.get(f"https://{host}/").text)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert len(answers) == 12 * 60
+    assert len(transport.breakers) <= 8
+
+
+# -- retries: Retry-After, exhaustion, the commit point -------------------------------------
+
+
+def _date(seconds_from_now: float) -> str:
+    return email.utils.formatdate(time.time() + seconds_from_now, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("headers", "low", "high"),
+    [
+        (((RETRY_AFTER, "3"),), 3.0, 3.0),
+        (((RETRY_AFTER, "1.5"),), 1.5, 1.5),
+        ((("retry-after-ms", "2500"),), 2.5, 2.5),
+        (((RETRY_AFTER, "@date+40"),), 38.0, 40.0),  # an HTTP-date: whole seconds
+        (((RETRY_AFTER, "@date-40"),), 0.25, 0.25),  # in the past: 0, then the backoff
+        (((RETRY_AFTER, "1m0s"),), 0.25, 0.25),  # unreadable: the backoff
+        (((RETRY_AFTER, "9" * 40),), 0.25, 0.25),  # overflowing: the backoff
+    ],
+    ids=["seconds", "fraction", "ms", "date", "past-date", "unreadable", "overflow"],
+)
+def test_retry_after_in_each_form_is_honoured(
+    mode: str, server: FaultServer, headers: Any, low: float, high: float
+) -> None:
+    if headers[0][1].startswith("@date"):
+        headers = ((RETRY_AFTER, _date(float(headers[0][1][5:]))),)
+    clock = ManualClock()
+
+    async def scenario() -> None:
+        client = Client(mode, retry=Retry(3, wait=0.25, clock=clock), total_timeout=None)
+        server.script(Reply(503, headers=headers))
+        response = await client.get(server.url)
+        assert response.status_code == 200
+        assert low <= clock.monotonic() <= high
+        await client.close()
+
+    run(mode, scenario)
+
+
+def test_a_hint_longer_than_the_time_left_returns_that_answer_at_once(
+    mode: str, server: FaultServer
+) -> None:
+    clock = ManualClock()
+
+    async def scenario() -> None:
+        client = Client(
+            mode, retry=Retry(5, wait=0.1, clock=clock), attempt_timeout=5, total_timeout=5
+        )
+        server.script(Reply(429, headers=((RETRY_AFTER, "20"),)))
+        response = await client.post(server.url)
+        assert response.status_code == 429
+        assert response.headers[RETRY_AFTER] == "20"
+        assert response.read() == b"ok" if mode == "sync" else True
+        assert (server.count(), clock.monotonic()) == (1, 0.0)
+        await client.close()
+        # beyond max_wait (60 s): the same, with no total at all
+        client = Client(mode, retry=Retry(5, clock=clock), total_timeout=None)
+        server.script(Reply(503, headers=((RETRY_AFTER, "3600"),)))
+        assert (await client.get(server.url)).status_code == 503
+        assert (server.count(), clock.monotonic()) == (2, 0.0)
+        await client.close()
+
+    run(mode, scenario)
+
+
+def test_when_retries_run_out_the_last_answer_is_returned_and_the_others_closed(
+    mode: str, server: FaultServer
+) -> None:
+    async def scenario() -> None:
+        client = Client(mode, retry=Retry(3))
+        server.script(Reply(503, body=b"one"), Reply(502, body=b"two"), Reply(504, body=b"three"))
+        response = await client.get(server.url)
+        assert (response.status_code, response.content) == (504, b"three")
+        # each retried answer was closed, so its connection went back to the pool: every
+        # attempt went over one connection
+        assert {seen.connection for seen in server.seen()} == {1}
+        await client.close()
+        server.wait_connections(0)
+
+    run(mode, scenario)
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "reply", "sent"),
+    [
+        ("GET", {}, Reply(503), 3),
+        ("PUT", {}, Reply(500), 3),
+        ("DELETE", {}, Reply(action="reset"), 3),
+        ("POST", {}, Reply(503), 1),  # may have been carried out: not again
+        ("PATCH", {}, Reply(action="reset"), 1),
+        ("POST", {"Idempotency-Key": "k-1"}, Reply(503), 3),
+        ("POST", {"Idempotency-Key": "k-2"}, Reply(action="reset"), 3),
+        ("POST", {}, Reply(429), 3),  # refused unprocessed: safe for any method
+        ("POST", {}, Reply(408), 3),
+        ("GET", {}, Reply(501), 1),  # not a failure at all
+    ],
+)
+def test_what_is_retried_follows_the_commit_point(
+    mode: str, server: FaultServer, method: str, headers: dict[str, str], reply: Reply, sent: int
+) -> None:
+    async def scenario() -> None:
+        client = Client(mode)
+        server.script(reply, reply, reply)
+        try:
+            await client.request(method, server.url, headers=headers, content=b"{}")
+        except httpx.HTTPError as error:
+            assert reply.action == "reset"
+            if sent == 1:
+                assert "not retried" in notes(error)
+                assert f"{method} may have reached the server" in notes(error)
+            else:
+                assert "gave up after 3 attempts" in notes(error)
+        assert server.count() == sent
+        await client.close()
+
+    run(mode, scenario)
+
+
+def test_a_post_is_retried_after_a_connect_error(mode: str) -> None:
+    async def scenario() -> None:
+        client = Client(mode)
+        with pytest.raises(httpx.ConnectError) as info:
+            await client.post(refused_url(), content=b"charge")
+        assert "Retry('http'): gave up after 3 attempts" in notes(info.value)
+        await client.close()
+
+    run(mode, scenario)
+
+
+def test_a_post_is_not_retried_after_a_read_timeout_unless_it_has_a_key(mode: str) -> None:
+    async def scenario() -> None:
+        with Blackhole() as hole:
+            client = Client(mode, attempt_timeout=0.2)
+            with pytest.raises(httpx.ReadTimeout) as info:
+                await client.post(hole.url, content=b"charge")
+            assert "not retried: POST may have reached the server (ReadTimeout)" in notes(
+                info.value
+            )
+            assert hole.accepted == 1
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post(hole.url, content=b"charge", headers={"Idempotency-Key": "x"})
+            assert hole.accepted == 4  # three attempts, each on a new connection
+            await client.close()
+
+    run(mode, scenario)
+
+
+def test_a_streamed_body_is_sent_once(mode: str, server: FaultServer) -> None:
+    async def scenario() -> None:
+        client = Client(mode)
+        if mode == "sync":
+            body: Any = iter([b"part one, ", b"part two"])
+        else:
+
+            async def parts() -> AsyncIterator[bytes]:
+                yield b"part one, "
+                yield b"part two"
+
+            body = parts()
+        headers = {"Idempotency-Key": "upload-1"}  # retryable, but for its body
+        server.script(Reply(503))
+        response = await client.request("PUT", server.url, content=body, headers=headers)
+        assert response.status_code == 503
+        assert [s.body for s in server.seen()] == [b"part one, part two"]
+        server.script(Reply(action="reset"))
+        with pytest.raises(httpx.HTTPError) as info:
+            await client.request(
+                "PUT", server.url, content=iter([b"x"]) if mode == "sync" else parts()
+            )
+        assert "not retried: its body is streamed, so it is sent once" in notes(info.value)
+        assert server.count() == 2
+        await client.close()
+
+    run(mode, scenario)
+
+
+def test_a_body_over_max_replay_bytes_is_sent_once(mode: str, server: FaultServer) -> None:
+    async def scenario() -> None:
+        client = Client(mode, max_replay_bytes=10)
+        server.script(Reply(action="reset"), Reply(action="reset"))
+        with pytest.raises(httpx.HTTPError) as info:
+            await client.request("PUT", server.url, content=b"x" * 11)
+        assert "its body (11 bytes) is larger than max_replay_bytes (10)" in notes(info.value)
+        assert server.count() == 1
+        assert (await client.request("PUT", server.url, content=b"y" * 10)).status_code == 200
+        assert [s.body for s in server.seen()[1:]] == [b"y" * 10, b"y" * 10]  # resent whole
+        await client.close()
+
+    run(mode, scenario)
+
+
+# -- time --------------------------------------------------------------------------------
+
+
+def test_a_hung_request_ends_at_the_deadline(mode: str, server: FaultServer) -> None:
+    async def scenario() -> None:
+        client = Client(mode)
+        server.script(Reply(action="hang"))
+        with pytest.raises(httpx.ReadTimeout) as info:
+            with resilient.deadline(0.3):
+                await client.get(server.url)
+        assert "the deadline in force" in notes(info.value)
+        assert server.count() == 1  # no time was left to try again
+        server.release()
+        with pytest.raises(rh.TimeoutExpired), resilient.deadline(0):
+            await client.get(server.url)  # nothing left: not even sent
+        assert server.count() == 1
+        await client.close()
+
+    run(mode, scenario)
+
+
+def test_the_attempt_timeout_cuts_a_slow_answer_and_the_retry_tries_again(
+    mode: str, server: FaultServer
+) -> None:
+    async def scenario() -> None:
+        client = Client(mode, attempt_timeout=0.2, total_timeout=20)
+        server.script(Reply(delay=3), Reply(delay=3))
+        assert (await client.get(server.url)).status_code == 200
+        assert server.count() == 3
+        await client.close()
+
+    run(mode, scenario)
+
+
+def test_set_testing_makes_the_transports_waits_zero(mode: str, server: FaultServer) -> None:
+    async def scenario() -> None:
+        client = Client(mode, retry=Retry(3, wait=300))  # five minutes, were it waited
+        server.script(Reply(503), Reply(503))
+        with set_testing():
+            assert (await client.get(server.url)).status_code == 200
+        assert server.count() == 3
+        await client.close()
+
+    run(mode, scenario)
+
+
+# -- rejections, leaks, cancellation -------------------------------------------------------
+
+
+def test_a_full_bulkhead_is_an_httpx_error_too(mode: str, server: FaultServer) -> None:
+    async def scenario() -> None:
+        client = Client(mode, bulkhead=Bulkhead(1), retry=None)
+        server.script(Reply(action="hang"))
+
+        async def second() -> None:
+            with anyio.fail_after(10):
+                while not server.count():  # the first request holds the only slot
+                    await anyio.sleep(0.005)
+            with pytest.raises(httpx.TransportError) as info:
+                await client.get(server.url)
+            assert isinstance(info.value, rh.BulkheadFullError)
+            assert isinstance(info.value, resilient.BulkheadFullError)
+            assert info.value.request.url == server.url
+            server.release()
+
+        if mode == "sync":  # the first request blocks a thread of its own
+            first = threading.Thread(target=lambda: _quietly(client.client.get, server.url))
+            first.start()
+            await second()
+            first.join(10)
+        else:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_quietly_async, client.get, server.url)
+                await second()
+        assert server.count() == 1
+        await client.close()
+
+    run(mode, scenario)
+
+
+def _quietly(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except httpx.HTTPError:
+        pass
+
+
+async def _quietly_async(fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    try:
+        await fn(*args)
+    except httpx.HTTPError:
+        pass
+
+
+def test_no_connection_thread_or_task_is_left_behind(mode: str, server: FaultServer) -> None:
+    async def scenario() -> None:
+        tasks = len(asyncio.all_tasks()) if mode == "asyncio" else 0
+        client = Client(mode, attempt_timeout=0.3)
+        server.script(Reply(503), Reply(action="reset"), Reply(action="close"), Reply(502))
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get(server.url)  # 503, reset, close: three attempts
+        assert (await client.get(server.url)).status_code == 200  # 502, then 200
+        with pytest.raises(httpx.ConnectError):
+            await client.get(refused_url())
+        await client.close()
+        server.wait_connections(0)
+        if mode == "asyncio":
+            assert len(asyncio.all_tasks()) == tasks
+
+    with no_leaks():
+        run(mode, scenario)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_request_cancelled_while_it_waits_leaves_nothing_behind(
+    backend: str, server: FaultServer
+) -> None:
+    """Cancelled during the retry's wait, after a 503 that was closed first: the
+    connection is back in the pool, so the next request reuses it."""
+
+    async def scenario() -> None:
+        client = Client(backend, retry=Retry(3, wait=30), total_timeout=None)
+        server.script(Reply(503))
+        with anyio.move_on_after(60) as scope:
+            async with anyio.create_task_group() as tg:
+
+                async def call() -> None:
+                    await client.get(server.url)
+
+                tg.start_soon(call)
+                with anyio.fail_after(10):
+                    while not server.count():  # (no worker thread: nothing to leave behind)
+                        await anyio.sleep(0.005)
+                await anyio.sleep(0.05)  # into the retry's wait
+                tg.cancel_scope.cancel()
+        assert not scope.cancelled_caught
+        assert (await client.get(server.url)).status_code == 200
+        assert [s.connection for s in server.seen()] == [1, 1]
+        await client.close()
+
+    with no_leaks():
+        anyio.run(scenario, backend=backend)
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [rh.ResilientTransport, rh.AsyncResilientTransport])
+@pytest.mark.parametrize(
+    ("options", "option", "expected"),
+    [
+        ({"attempt_timeout": 40}, "attempt_timeout", "at most total_timeout (30s)"),
+        ({"attempt_timeout": 0}, "attempt_timeout", "seconds > 0"),
+        ({"total_timeout": -1}, "total_timeout", "seconds > 0"),
+        ({"retry": 3}, "retry", "a resilient.Retry, or None"),
+        ({"breaker": Bulkhead(1)}, "breaker", "a resilient.CircuitBreaker"),
+        ({"max_replay_bytes": -1}, "max_replay_bytes", "a whole number of bytes >= 0"),
+        ({"max_replay_bytes": 1.5}, "max_replay_bytes", "a whole number of bytes >= 0"),
+        ({"failure_statuses": [503, 99]}, "failure_statuses", "HTTP status codes 100-599"),
+        ({"failure_statuses": 503}, "failure_statuses", "HTTP status codes 100-599"),
+        ({"max_hosts": 0}, "max_hosts", "a whole number >= 1"),
+        ({"name": "---"}, "name", "at least one ASCII letter or digit"),
+        ({"transport": object()}, "transport", "None or an httpx."),
+    ],
+)
+def test_bad_options_are_config_errors_that_say_what_is_expected(
+    kind: Any, options: dict[str, Any], option: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        kind(**options)
+    assert info.value.option == option
+    assert expected in str(info.value)
+
+
+def test_the_wrong_kind_of_transport_is_refused() -> None:
+    with pytest.raises(ConfigError, match="AsyncBaseTransport"):
+        rh.AsyncResilientTransport(httpx.HTTPTransport())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="BaseTransport"):
+        rh.ResilientTransport(httpx.AsyncHTTPTransport())  # type: ignore[arg-type]
+
+
+def test_the_transport_retry_is_its_own_named_after_it_and_reads_its_variables(
+    env: pytest.MonkeyPatch, server: FaultServer
+) -> None:
+    env.setenv("RESILIENT_BILLING_RETRY_ATTEMPTS", "5")
+    mine = Retry(2, wait=0)
+    transport = rh.ResilientTransport(name="billing", retry=mine, breaker=None)
+    assert transport.retry is not mine and transport.retry is not None
+    assert (transport.retry.name, transport.retry.attempts) == ("billing", 5)
+    assert mine.name is None  # the given Retry is left as it was
+    assert repr(transport.retry) == "<Retry('billing') attempts=5>"
+    server.script(*[Reply(503)] * 4)
+    with httpx.Client(transport=transport) as client:
+        assert client.get(server.url).status_code == 200
+    assert server.count() == 5
