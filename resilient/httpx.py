@@ -213,7 +213,7 @@ class _Exchange(_Call):
                     read += len(chunk)
                     if read > DRAIN_BYTES:
                         break
-        except httpx.HTTPError:
+        except (httpx.HTTPError, httpx.StreamError):
             pass  # the connection is closed instead: the retry goes on
         finally:
             response.close()
@@ -227,7 +227,7 @@ class _Exchange(_Call):
                     read += len(chunk)
                     if read > DRAIN_BYTES:
                         break
-        except httpx.HTTPError:
+        except (httpx.HTTPError, httpx.StreamError):
             pass
         finally:
             await response.aclose()
@@ -241,6 +241,8 @@ DRAIN_BYTES = 64 * 1024
 def _drainable(response: httpx.Response) -> bool:
     """Whether reading the rest of a retried answer is cheaper than a new connection:
     its declared length is small (an undeclared one is read up to DRAIN_BYTES)."""
+    if response.is_stream_consumed:  # read already (an answer made in memory)
+        return False
     length = response.headers.get("content-length")
     return length is None or (length.isdigit() and int(length) <= DRAIN_BYTES)
 

@@ -10,9 +10,10 @@ handler for ``RejectedError`` (or give :func:`rejected`, the handler itself), wh
     install(app)                                             # at startup
     FastAPI(exception_handlers={RejectedError: rejected})    # or at construction
 
-The body is ``{"detail": "service unavailable: circuit breaker 'payments' is open"}``: the
-kind of policy and its name, never the root cause (``str(exc)`` of an open breaker names
-the downstream's failure, which may tell an outside client about internal hosts).
+The body is ``{"detail": "service unavailable: circuit breaker is open"}``: the kind of
+policy, never its name nor the root cause (a per-host breaker of ``resilient.httpx`` is
+named after an internal host, and ``str(exc)`` of an open breaker names the downstream's
+failure: neither is for an outside client).
 ``rejection_handler(status_code=..., detail=...)`` makes a handler with other choices.
 
 This module imports starlette (the ``starlette`` extra installs it); ``import resilient``
@@ -60,8 +61,8 @@ def rejection_handler(
 
         app.add_exception_handler(BulkheadFullError, rejection_handler(status_code=429))
 
-    ``detail`` is the body's ``{"detail": ...}``: by default the status's phrase, the kind
-    of policy and its name, without the root cause; a string to say the same thing for
+    ``detail`` is the body's ``{"detail": ...}``: by default the status's phrase and the kind
+    of policy, without its name or the root cause; a string to say the same thing for
     every rejection; or a callable of the error (``detail=str``: its whole text, with the
     retry hint and the failure that opened the breaker, for internal APIs only).
 
@@ -87,7 +88,7 @@ def rejection_handler(
         raise ConfigError(
             "detail",
             detail,
-            "None (the kind and name of the policy), a str, or a callable(RejectedError) -> str",
+            "None (the kind of policy), a str, or a callable(RejectedError) -> str",
             owner=_OWNER,
         )
     try:
@@ -97,7 +98,7 @@ def rejection_handler(
 
     def text(exc: RejectedError) -> str:
         if detail is None:
-            return f"{phrase}: {exc._what()}"
+            return f"{phrase}: {_anonymous(exc)}"
         return detail if isinstance(detail, str) else detail(exc)
 
     async def handle(request: Request, exc: Exception) -> Response:
@@ -122,8 +123,8 @@ _default = rejection_handler()
 
 
 async def rejected(request: Request, exc: Exception) -> Response:
-    """The default handler: 503, ``Retry-After`` rounded up, and the kind and name of the
-    policy as the detail, never the root cause (see :func:`rejection_handler`)."""
+    """The default handler: 503, ``Retry-After`` rounded up, and the kind of policy as
+    the detail, never its name nor the root cause (see :func:`rejection_handler`)."""
     return await _default(request, exc)
 
 
@@ -148,6 +149,13 @@ def install(
             " handlers on the first request; install at startup, before it"
         )
     app.add_exception_handler(RejectedError, handler)
+
+
+def _anonymous(exc: RejectedError) -> str:
+    """What refused, without the policy's name: "circuit breaker is open"."""
+    if type(exc) is RejectedError:
+        return "the call was rejected"
+    return exc._what().replace(" " + exc._who(), "", 1)
 
 
 def _whole_seconds(retry_after: float | None) -> int | None:

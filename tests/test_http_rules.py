@@ -112,6 +112,6 @@ def test_no_text_makes_it_raise_or_answer_a_negative_or_unbounded_wait(value: st
 def test_the_tables() -> None:
     assert {408, 429, 500, 502, 503, 504, 599} <= _http.FAILURE_STATUSES
     assert not {200, 301, 400, 401, 404, 409, 501, 505} & _http.FAILURE_STATUSES
-    assert _http.UNPROCESSED_STATUSES == {408, 429}
-    assert _http.HINTED_STATUSES == {429, 503}
-    assert _http.IDEMPOTENT_METHODS == {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"}
+    assert {408, 429} == _http.UNPROCESSED_STATUSES
+    assert {429, 503} == _http.HINTED_STATUSES
+    assert {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"} == _http.IDEMPOTENT_METHODS

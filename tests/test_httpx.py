@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import gc
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -224,7 +223,7 @@ def test_many_threads_over_many_hosts_keep_the_bound_and_lose_no_request(
                 for i in range(60):
                     host = f"h{(n * 7 + i) % 20}.example"
                     answers.append(client.get(f"https://{host}/").text)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(12)]
@@ -339,15 +338,17 @@ def test_what_is_retried_follows_the_commit_point(
     async def scenario() -> None:
         client = Client(mode)
         server.script(reply, reply, reply)
-        try:
-            await client.request(method, server.url, headers=headers, content=b"{}")
-        except httpx.HTTPError as error:
-            assert reply.action == "reset"
+        if reply.action == "answer":  # the last answer comes back, retried or not
+            response = await client.request(method, server.url, headers=headers, content=b"{}")
+            assert response.status_code == reply.status
+        else:
+            with pytest.raises(httpx.HTTPError) as info:
+                await client.request(method, server.url, headers=headers, content=b"{}")
+            told = notes(info.value)
             if sent == 1:
-                assert "not retried" in notes(error)
-                assert f"{method} may have reached the server" in notes(error)
+                assert f"not retried: {method} may have reached the server" in told
             else:
-                assert "gave up after 3 attempts" in notes(error)
+                assert "gave up after 3 attempts" in told
         assert server.count() == sent
         await client.close()
 
@@ -434,9 +435,8 @@ def test_a_hung_request_ends_at_the_deadline(mode: str, server: FaultServer) -> 
     async def scenario() -> None:
         client = Client(mode)
         server.script(Reply(action="hang"))
-        with pytest.raises(httpx.ReadTimeout) as info:
-            with resilient.deadline(0.3):
-                await client.get(server.url)
+        with pytest.raises(httpx.ReadTimeout) as info, resilient.deadline(0.3):
+            await client.get(server.url)
         assert "the deadline in force" in notes(info.value)
         assert server.count() == 1  # no time was left to try again
         server.release()
@@ -614,7 +614,8 @@ def test_the_transport_retry_is_its_own_named_after_it_and_reads_its_variables(
     env.setenv("RESILIENT_BILLING_RETRY_ATTEMPTS", "5")
     mine = Retry(2, wait=0)
     transport = rh.ResilientTransport(name="billing", retry=mine, breaker=None)
-    assert transport.retry is not mine and transport.retry is not None
+    assert transport.retry is not None
+    assert transport.retry is not mine
     assert (transport.retry.name, transport.retry.attempts) == ("billing", 5)
     assert mine.name is None  # the given Retry is left as it was
     assert repr(transport.retry) == "<Retry('billing') attempts=5>"
