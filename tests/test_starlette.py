@@ -415,8 +415,13 @@ def test_a_rejection_inside_a_task_group_is_not_matched_as_the_docs_warn() -> No
 
 
 def test_a_per_host_rejection_of_the_httpx_transport_names_no_internal_host() -> None:
+    import resilient
     import resilient.httpx
 
-    response = get(app_raising(resilient.httpx.CircuitOpenError("api.10.0.3.7:8443", 4.5)))
+    response = get(
+        app_raising(
+            resilient.httpx.CircuitOpenError("api.10.0.3.7:8443", 4.5, resilient.State.OPEN)
+        )
+    )
     assert (response.status_code, response.headers["Retry-After"]) == (503, "5")
     assert response.json() == {"detail": "service unavailable: circuit breaker is open"}
