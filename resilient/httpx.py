@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import Token
@@ -28,6 +29,7 @@ from resilient._bulkhead import Bulkhead
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
 from resilient._core.execution.deadline import Ends, limit, remaining, scoped, unscoped
+from resilient._core.state import forking
 from resilient._errors import ConfigError, RejectedError, remade
 from resilient._retry import Retry, _Call, _note
 from resilient._retry import _Plan as _RetryPlan
@@ -309,6 +311,7 @@ class _Hosts(Generic[S]):
         # netloc) -> origin, so a request finds its breaker without parsing its host
         self._made: OrderedDict[str, tuple[CircuitBreaker, S]] = OrderedDict()
         self._origins: dict[tuple[str, bytes], str] = {}
+        _ALL_HOSTS.add(self)
 
     def send_for(self, url: httpx.URL) -> S:
         key = (url.scheme, url.netloc)
@@ -354,6 +357,17 @@ class _Hosts(Generic[S]):
                 for key in [k for k, o in self._origins.items() if o == dropped]:
                     del self._origins[key]
         return entry
+
+
+#: Every transport's hosts, for a forked child to give each a fresh lock.
+_ALL_HOSTS: weakref.WeakSet[_Hosts[Any]] = weakref.WeakSet()
+
+
+@forking.after_fork_in_child
+def _after_fork() -> None:
+    """A lock another parent thread held at the fork is never released in the child."""
+    for hosts in list(_ALL_HOSTS):
+        hosts._lock = threading.Lock()
 
 
 # -- the transports ------------------------------------------------------------------------

@@ -623,3 +623,38 @@ def test_the_transport_retry_is_its_own_named_after_it_and_reads_its_variables(
     with httpx.Client(transport=transport) as client:
         assert client.get(server.url).status_code == 200
     assert server.count() == 5
+
+
+# -- fork ----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no os.fork")
+def test_a_child_forked_while_another_thread_holds_the_hosts_lock_still_sends() -> None:
+    from .test_hardening import in_child
+
+    transport = rh.ResilientTransport(
+        httpx.MockTransport(lambda request: httpx.Response(200, text=request.url.host)),
+        name="forked",
+    )
+    hosts = transport._hosts
+    assert hosts is not None
+    taken, go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with hosts._lock:
+            taken.set()
+            go.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(10)
+    try:
+
+        def child() -> str:
+            with httpx.Client(transport=transport) as client:
+                return client.get("https://child.example/").text
+
+        assert in_child(child) == "child.example"
+    finally:
+        go.set()
+        holder.join(10)
