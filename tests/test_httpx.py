@@ -129,6 +129,24 @@ def test_a_hosts_breaker_opens_and_recovers_and_the_other_host_is_untouched(mode
     run(mode, scenario)
 
 
+def test_a_host_that_refuses_connections_opens_only_its_own_breaker(mode: str) -> None:
+    template = CircuitBreaker(min_calls=2, window_size=2, clock=ManualClock())
+
+    async def scenario() -> None:
+        with FaultServer() as up:
+            client = Client(mode, name="down", retry=Retry(2), breaker=template)
+            with pytest.raises(httpx.ConnectError):
+                await client.post(refused_url())  # two attempts, two failures: open
+            with pytest.raises(rh.CircuitOpenError):
+                await client.post(refused_url())
+            assert (await client.post(up.url)).status_code == 200
+            assert client.transport.breaker_for(up.url).state is State.CLOSED
+            assert client.transport.breaker_for(refused_url()).state is State.OPEN
+            await client.close()
+
+    run(mode, scenario)
+
+
 def test_connection_errors_and_timeouts_are_failures_and_404_is_not(mode: str) -> None:
     clock = ManualClock()
     template = CircuitBreaker(failure_rate=1.0, min_calls=3, window_size=3, clock=clock)
