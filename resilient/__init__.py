@@ -10,6 +10,7 @@ imports it on first use. Errors live in ``_errors.py``. Users import only what t
 module re-exports, plus the public ``resilient.backoff`` and ``resilient.testing``.
 """
 
+import collections.abc as _abc
 import typing as _typing
 
 from resilient._breaker import BreakerMetrics, CircuitBreaker, State, StateChange
@@ -33,9 +34,6 @@ from resilient._pipeline import Pipeline, Policy
 from resilient._retry import Attempt, Retry
 from resilient._timeout import Timeout, TimeoutMetrics, WorkersExhaustedError
 
-if _typing.TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
-
 _Client = _typing.TypeVar("_Client")
 
 
@@ -43,8 +41,8 @@ def wrap(
     client: _Client,
     policy: Policy,
     *,
-    methods: "Iterable[str] | Mapping[str, Policy] | None" = None,
-    exclude: "Iterable[str]" = (),
+    methods: _abc.Iterable[str] | _abc.Mapping[str, Policy] | None = None,
+    exclude: _abc.Iterable[str] = (),
 ) -> _Client:
     """``client`` behind a transparent proxy whose public methods run through ``policy``.
 

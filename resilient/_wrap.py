@@ -37,9 +37,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 import wrapt
 
 from resilient._core.configuration.options import CO_ASYNC_GENERATOR, CO_GENERATOR
-from resilient._core.execution.drivers import Decorates
 from resilient._errors import ConfigError
-from resilient._pipeline import Policy
+from resilient._pipeline import Policy, is_policy
 
 __all__ = ["wrap"]
 
@@ -55,10 +54,6 @@ POLICIES = (
     "a resilient policy (CircuitBreaker, Retry, Timeout, Bulkhead, Fallback, a Pipeline)"
     " or another resilient.Policy"
 )
-
-
-def is_policy(obj: object) -> bool:
-    return isinstance(obj, Decorates) or (isinstance(obj, Policy) and not isinstance(obj, type))
 
 
 def class_attribute(cls: type, name: str) -> Any:

@@ -675,6 +675,68 @@ def test_threads_share_one_proxy_with_exact_counts(switch_often: None) -> None:
     assert len(set(requests)) == threads * calls
 
 
+def test_event_loops_on_threads_share_one_proxy_with_exact_counts(
+    switch_often: None, backend: str
+) -> None:
+    """8 threads each run an event loop of 8 tasks awaiting the proxy's async method, each
+    call's first attempt refused: every call retried once, every attempt counted."""
+    threads, tasks, calls = 8, 8, 25
+    client = SlottedSDK(Backend())
+    client._backend.refuse_new = True
+    proxy = wrap(client, Pipeline(Timeout(JOIN), Retry(2)))
+    start = threading.Barrier(threads, timeout=JOIN)
+    errors: list[BaseException] = []
+    answered: list[int] = []
+
+    async def crowd(index: int) -> None:
+        async def task(number: int) -> None:
+            for n in range(calls):
+                key = f"{index}.{number}.{n}"
+                assert await proxy.get(key) == {"key": key}
+                answered.append(1)
+
+        async with anyio.create_task_group() as group:
+            for number in range(tasks):
+                group.start_soon(task, number)
+
+    def worker(index: int) -> None:
+        try:
+            start.wait()
+            run(backend, lambda: crowd(index))
+        except BaseException as exc:
+            errors.append(exc)
+
+    crowd_threads = [
+        threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)
+    ]
+    for thread in crowd_threads:
+        thread.start()
+    for thread in crowd_threads:
+        thread.join(JOIN)
+    assert not [thread for thread in crowd_threads if thread.is_alive()]
+    assert errors == []
+    assert len(answered) == threads * tasks * calls
+    assert len(client._backend.requests) == 2 * threads * tasks * calls
+
+
+def test_unittest_mock_patches_through_the_proxy_or_on_the_class(backend: str) -> None:
+    from unittest import mock
+
+    client = SDK(Backend())
+    proxy = wrap(client, Retry(3))
+    with mock.patch.object(proxy, "get", new_callable=mock.AsyncMock) as patched:
+        patched.side_effect = [ConnectionError("reset"), {"key": "mocked"}]
+        assert inspect.iscoroutinefunction(proxy.get)
+        assert run(backend, lambda: proxy.get("a")) == {"key": "mocked"}  # retried
+        assert patched.await_count == 2
+    assert "get" not in vars(client)
+    with mock.patch.object(SDK, "get", new_callable=mock.AsyncMock) as patched:
+        patched.side_effect = [ConnectionError("reset"), {"key": "class"}]
+        assert run(backend, lambda: proxy.get("a")) == {"key": "class"}
+    assert run(backend, lambda: proxy.get("a")) == {"key": "a"}
+    assert client._backend.requests == ["GET /items/a"]
+
+
 # -- a real httpx.AsyncClient over loopback ------------------------------------------------
 
 
