@@ -96,12 +96,12 @@ class Selection(NamedTuple):
     exclude: frozenset[str]
 
     def policy_for(self, cls: type, name: str) -> Policy | None:
+        """For a public ``name`` (the proxy never asks about a ``_private`` one)."""
         policy = self.named.get(name)
         if policy is not None:
             return policy
         if (
             not self.others
-            or name.startswith("_")
             or name in self.exclude
             or name in LIFECYCLE
             or not is_method(class_attribute(cls, name))
@@ -218,7 +218,7 @@ def wrap(
     exclude: Iterable[str] = (),
 ) -> T:
     """resilient.wrap: the checks, then the proxy (the docstring is there)."""
-    if isinstance(client, type) or client is None:
+    if isinstance(client, type):
         raise ConfigError(
             "client", client, "a client object whose methods to guard, not a class", owner="wrap"
         )
@@ -228,6 +228,7 @@ def wrap(
     if methods is None:
         named, others = {}, True
     elif isinstance(methods, Mapping):
+        _names("methods", methods)  # its keys
         named, others = dict(methods), True
         for name, own in named.items():
             if not is_policy(own):
@@ -281,10 +282,7 @@ def _check_method(client: object, option: str, name: str) -> None:
         raise ConfigError(
             option, name, "a public method name: _private methods are never guarded", owner="wrap"
         )
-    attribute = class_attribute(type(client), name)
-    instance = getattr(client, "__dict__", None)
-    shadowed = isinstance(instance, dict) and name in instance
-    if not shadowed and isinstance(attribute, (property, cached_property)):
+    if isinstance(class_attribute(type(client), name), (property, cached_property)):
         raise ConfigError(
             option, name, "a method of the client: properties pass through", owner="wrap"
         )
@@ -302,7 +300,7 @@ def _check_method(client: object, option: str, name: str) -> None:
             option,
             name,
             "a method that does its work when called: calling a generator function only"
-            " creates the generator, so there is nothing to guard (docs/clients.md: guard"
-            " the method that fetches each page)",
+            " creates the generator, so there is nothing to guard (docs/clients.md: loop"
+            " over a method that fetches one page, through the proxy)",
             owner="wrap",
         )

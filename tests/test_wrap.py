@@ -414,7 +414,7 @@ def test_a_method_patched_after_wrapping_is_guarded_afresh(
     assert proxy.ping() == "pong"  # the class's own method again, guarded
 
 
-def test_a_client_swapped_under_the_proxy_is_guarded(backend: str) -> None:
+def test_a_client_swapped_under_the_proxy_is_guarded() -> None:
     first, second = SDK(Backend()), SlottedSDK(Backend())
     proxy = wrap(first, Retry(3))
     assert proxy.ping() == "pong"
@@ -580,6 +580,7 @@ def test_an_async_generator_method_passes_through(client: SDKMethods, backend: s
         ({"methods": {"get": None}}, "methods['get']", "name it in exclude"),
         ({"methods": {"get": 3}}, "methods['get']", "resilient policy"),
         ({"methods": {"nope": Retry(2)}}, "methods", "no attribute"),
+        ({"methods": {1: Retry(2)}}, "methods", "a method name, as a str"),
         ({"exclude": "create"}, "exclude", "list of method names"),
         ({"exclude": ["creat"]}, "exclude", "no attribute"),
         ({"exclude": ["__aenter__"]}, "exclude", "_private methods are never guarded"),
