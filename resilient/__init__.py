@@ -5,9 +5,13 @@ deadlines, cancellation, worker threads, and the adapter that gives every policy
 decorator, context-manager and call forms) and imports no policy. Each policy is one
 private module over that core (``_breaker.py``, ``_retry.py``, ``_budget.py``,
 ``_fallback.py``, ``_timeout.py``, ``_bulkhead.py``), and ``_pipeline.py`` composes them.
-Errors live in ``_errors.py``. Users import only what this module re-exports, plus the
-public ``resilient.backoff`` and ``resilient.testing`` modules.
+``_wrap.py`` puts a client object behind policies; it needs wrapt, so :func:`wrap` here
+imports it on first use. Errors live in ``_errors.py``. Users import only what this
+module re-exports, plus the public ``resilient.backoff`` and ``resilient.testing``.
 """
+
+import collections.abc as _abc
+import typing as _typing
 
 from resilient._breaker import BreakerMetrics, CircuitBreaker, State, StateChange
 from resilient._budget import RetryBudget
@@ -29,6 +33,33 @@ from resilient._fallback import Fallback
 from resilient._pipeline import Pipeline, Policy
 from resilient._retry import Attempt, Retry
 from resilient._timeout import Timeout, TimeoutMetrics, WorkersExhaustedError
+
+_Client = _typing.TypeVar("_Client")
+
+
+def wrap(
+    client: _Client,
+    policy: Policy,
+    *,
+    methods: _abc.Iterable[str] | _abc.Mapping[str, Policy] | None = None,
+    exclude: _abc.Iterable[str] = (),
+) -> _Client:
+    """``client`` behind a transparent proxy whose public methods run through ``policy``.
+
+    ``policy`` is any policy or a Pipeline. ``methods`` (default: every public method
+    the client's class defines, except ``close``/``aclose``) names the methods to guard,
+    or maps names to policies of their own, the other methods keeping ``policy``;
+    ``exclude`` names methods left unguarded. ``_private`` methods, dunders, properties
+    and attributes are never guarded: they, assignment, ``isinstance``, ``repr`` and
+    ``with``/``async with`` pass through (``as`` gives the proxy when the client's
+    ``__enter__`` gives the client). An ``async def`` stays a coroutine function. The
+    proxy has the client's static type, so completions still work. docs/clients.md has
+    the rules, pagination included. Raises ConfigError for a name that is not a method.
+    """
+    from resilient._wrap import wrap as wrap_client  # wrapt only when used
+
+    return wrap_client(client, policy, methods=methods, exclude=exclude)
+
 
 #: The distribution's name on the package index ("resilient" there is another project).
 _DISTRIBUTION = "resilient-toolkit"
@@ -81,6 +112,7 @@ __all__ = [
     "registry",
     "reload",
     "remaining",
+    "wrap",
 ]
 
 # Reprs and docs say resilient.X, not resilient._breaker.X.

@@ -24,7 +24,7 @@ from resilient._core.configuration.registry import Configured
 from resilient._core.execution.drivers import Decorates, pop_block, push_block
 from resilient._errors import ConfigError
 
-__all__ = ["Pipeline", "Policy"]
+__all__ = ["Pipeline", "Policy", "is_policy"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,6 +48,12 @@ class Policy(Protocol):
     ) -> R: ...
 
 
+def is_policy(obj: object) -> bool:
+    """One of ours, or an object with the three methods of :class:`Policy` (a class that
+    has them is no policy: its methods are unbound)."""
+    return isinstance(obj, Decorates) or (isinstance(obj, Policy) and not isinstance(obj, type))
+
+
 #: The start of the warning about a breaker outside a Retry, for a warnings filter.
 BREAKER_OUTSIDE_RETRY = "a CircuitBreaker outside a Retry"
 
@@ -68,9 +74,7 @@ class Pipeline(Decorates):
         for policy in policies:
             if isinstance(policy, Pipeline):
                 flat.extend(policy.policies)
-            elif isinstance(policy, Decorates) or (
-                isinstance(policy, Policy) and not isinstance(policy, type)
-            ):
+            elif is_policy(policy):
                 flat.append(policy)
             else:
                 raise ConfigError(

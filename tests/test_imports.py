@@ -20,7 +20,8 @@ from resilient._core.configuration import options
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 #: Never loaded by ``import resilient``: event loop libraries (sync-only programs need
-#: none), the optional integrations, the demo, and what costs more than the library.
+#: none), the optional integrations, wrapt (for wrap() only), the demo, and what costs
+#: more than the library.
 NEVER = (
     "asyncio",
     "trio",
@@ -28,6 +29,7 @@ NEVER = (
     "tenacity",
     "httpx",
     "starlette",
+    "wrapt",
     "importlib.metadata",
     "inspect",
     "dataclasses",
