@@ -351,6 +351,10 @@ class _Plan:
             self.neither = (UsageError, *self.is_ignored.types)
             self.failing = self.is_failure.types
         self.failure_result: Callable[[Any], bool] | None = settings["failure_result"]
+        # A predicate that raises is logged (once) and never replaces the call's outcome.
+        self.judging = {
+            option: opt.Fallback(option, owner) for option in ("failure_result", "record")
+        }
         self.clock: MonotonicClock = settings["clock"] or SYSTEM_CLOCK
         self.now = self.clock.monotonic
         self.pinned: str = settings["state"]
@@ -395,18 +399,24 @@ class _Plan:
     def classify(self, outcome: int, exc: BaseException | None, result: object) -> int | None:
         """SUCCESS/FAILURE (slow or not), or None for a call that counts as neither."""
         if exc is None:
-            if (
-                self.failure_result is not None
-                and result is not NO_RESULT
-                and self.failure_result(result)
-            ):
-                return _FAILED[outcome]
+            if self.failure_result is not None and result is not NO_RESULT:
+                try:
+                    if self.failure_result(result):
+                        return _FAILED[outcome]
+                except Exception as error:  # never the call's: counted as neither
+                    self.judging["failure_result"].failed(error, "on a result", "not counted")
+                    return None
             return outcome
         if not isinstance(exc, Exception) or isinstance(exc, UsageError):
             return None  # cancellation, KeyboardInterrupt, SystemExit, GeneratorExit
-        if self.is_ignored(exc):
-            return None
-        return _FAILED[outcome] if self.is_failure(exc) else outcome
+        try:
+            if self.is_ignored(exc):
+                return None
+            return _FAILED[outcome] if self.is_failure(exc) else outcome
+        except Exception as error:  # the call's own error goes on; it failed, after all
+            what = f"on {type(exc).__name__}"
+            self.judging["record"].failed(error, what, "counted as a failure")
+            return _FAILED[outcome]
 
     def over(self, tally: Tally) -> bool:
         calls = tally.calls

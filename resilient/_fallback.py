@@ -28,15 +28,22 @@ _MISSING: Any = object()
 class _Plan(Plan):
     """What a call reads, switched whole by a reload: a loop that never goes round."""
 
-    __slots__ = ("_on", "enabled", "fallback")
+    __slots__ = ("_judging", "_on", "enabled", "fallback")
 
     def __init__(self, fallback: Fallback, enabled: bool) -> None:
         self.fallback = fallback
         self.enabled = enabled
         self._on = fallback._on
+        self._judging = opt.Fallback("on", fallback._owner())
 
     def decides(self, exc: Exception) -> bool:
-        return self.enabled and not isinstance(exc, UsageError) and bool(self._on(exc))
+        if not self.enabled or isinstance(exc, UsageError):
+            return False
+        try:
+            return bool(self._on(exc))
+        except Exception as error:  # never the call's: its own error goes on
+            self._judging.failed(error, f"on {type(exc).__name__}", "not replaced")
+            return False
 
     def calls(
         self,

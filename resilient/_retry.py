@@ -32,7 +32,7 @@ from resilient._core.execution.drivers import (
     Plan,
 )
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
-from resilient._errors import ResilienceError, UsageError, failure_line, logger, remade
+from resilient._errors import ResilienceError, UsageError, failure_line, remade
 from resilient.backoff import MAKERS, Backoff
 
 __all__ = ["Attempt", "Retry"]
@@ -267,6 +267,8 @@ class _Plan(Plan):
         self._on_result: Callable[[Any], bool] | None = settings["on_result"]
         self._retry_after: Callable[[Any], float | None] | None = settings["retry_after"]
         self._hint_fallback = opt.Fallback("retry_after", owner)
+        # A predicate that raises is logged (once) and never replaces the call's outcome.
+        self._judging = {option: opt.Fallback(option, owner) for option in ("on", "on_result")}
         self._deadline: float | None = settings["deadline"]
         self._stop = settings["stop"]
         self._clock: Clock = settings["clock"] or SYSTEM_CLOCK
@@ -305,14 +307,23 @@ class _Plan(Plan):
         """Whether ``exc`` is a failure this policy retries (for a plain ``on``)."""
         if isinstance(exc, UsageError) or not self._enabled:
             return False
-        return True if self._on_tenacity else bool(self._on(exc))
+        if self._on_tenacity:
+            return True
+        try:
+            return bool(self._on(exc))
+        except Exception as error:  # never the call's: its own error goes on, not retried
+            _note(exc, self._judging["on"].failed(error, "on it", "not retried"))
+            return False
 
     def result_fails(self, call: Attempts | None, result: object) -> bool:
-        if self._on_result is not None and self._on_result(result):
-            return True
-        if self._on_judges_results:
-            assert call is None or isinstance(call, _Call)
-            return bool(self._on(_Call.tenacity_state(self, call, None, result)))
+        try:
+            if self._on_result is not None and self._on_result(result):
+                return True
+            if self._on_judges_results:
+                assert call is None or isinstance(call, _Call)
+                return bool(self._on(_Call.tenacity_state(self, call, None, result)))
+        except Exception as error:  # never the call's: its value is returned
+            self._judging["on_result"].failed(error, "on a result", "it was returned")
         return False
 
     def sleep(self, seconds: float) -> None:
@@ -534,15 +545,8 @@ class _Call(Attempts):
             hint: object = retry._retry_after(outcome)
         except Exception as error:
             hint = None
-            fallback = retry._hint_fallback
-            why = (
-                f"{retry.owner}: its retry_after callable failed after attempt"
-                f" {self.attempt} ({error!r}); no hint used"
-            )
-            self.trouble = why
-            if not fallback._logged:
-                fallback._logged = True
-                logger().warning(why)
+            asked = f"after attempt {self.attempt}"
+            self.trouble = retry._hint_fallback.failed(error, asked, "no hint used")
         if hint is None and exc is not None:
             hint = getattr(exc, "retry_after", None)
         return hint

@@ -435,19 +435,45 @@ class TestClassification:
             assert info.value is exc
         assert b.metrics.calls == 0
 
-    def test_a_raising_predicate_propagates_and_releases_the_probe(
-        self, clock: ManualClock
+    def test_a_raising_record_predicate_never_replaces_the_calls_error(
+        self, clock: ManualClock, caplog: pytest.LogCaptureFixture
     ) -> None:
+        """The call failed whatever the predicate thinks: its own error goes on, counted
+        as a failure; the predicate's error is logged once, and the probe is released."""
+
         def record(exc: BaseException) -> bool:
             raise LookupError("predicate bug")
 
-        b = breaker(clock, record=record, half_open_calls=1)
+        b = breaker(clock, record=record, min_calls=2, window_size=2, half_open_calls=1)
+        sync = Flavour("sync", "call")
+        for _ in range(2):
+            with pytest.raises(ValueError, match="downstream"):
+                sync.call(b, ValueError("downstream"))
+        assert b.state is State.OPEN
+        clock.advance(60)
+        with pytest.raises(ValueError, match="downstream"):
+            sync.call(b, ValueError("downstream"))  # the probe: it failed, so open again
+        assert b.state is State.OPEN
+        logged = [r for r in caplog.records if "its record callable failed" in r.getMessage()]
+        assert len(logged) == 1
+        assert "LookupError('predicate bug')" in logged[0].getMessage()
+
+    def test_a_raising_failure_result_counts_neither_and_returns_the_value(
+        self, clock: ManualClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        def failure_result(result: object) -> bool:
+            raise LookupError("predicate bug")
+
+        b = breaker(clock, failure_result=failure_result, half_open_calls=1)
         b.force_open()
         b.reset()
-        sync = Flavour("sync", "call")
-        with pytest.raises(LookupError):
-            sync.call(b, ValueError())
+        for flavour in (Flavour("sync", "call"), Flavour("asyncio", "decorator")):
+            assert flavour.call(b, "value") == "value"
         assert b.metrics.calls == 0
+        assert (
+            sum("its failure_result callable failed" in r.getMessage() for r in caplog.records)
+            == 1
+        )
 
 
 class TestCancellation:

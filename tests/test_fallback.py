@@ -541,3 +541,19 @@ class TestTheHandlerRunsWhileTheFailureIsHandled:
             run(Fallback(handler=wraps))
         assert isinstance(chained.value.__context__, KeyError)
         assert chained.value.__context__.__context__ is BOOM
+
+
+def test_a_raising_on_predicate_never_replaces_the_calls_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def on(exc: BaseException) -> bool:
+        raise LookupError("predicate bug")
+
+    @Fallback("fallback", on=on)
+    def fetch() -> str:
+        raise ConnectionError("downstream")
+
+    for _ in range(2):
+        with pytest.raises(ConnectionError, match="downstream"):
+            fetch()
+    assert sum("its on callable failed" in r.getMessage() for r in caplog.records) == 1

@@ -290,13 +290,31 @@ class TestAttempts:
             flavour.run(Retry(3, on=()), script)
         assert script.calls == 1
 
-    def test_a_raising_on_predicate_propagates(self, flavour: RetryFlavour) -> None:
+    def test_a_raising_on_predicate_never_replaces_the_calls_error(
+        self, flavour: RetryFlavour
+    ) -> None:
+        """The downstream's error goes on, not retried, with a note saying why."""
+
         def on(exc: BaseException) -> bool:
             raise LookupError("predicate bug")
 
         script = Script(ConnectionError)
-        with pytest.raises(LookupError, match="predicate bug"):
+        with pytest.raises(ConnectionError) as info:
             flavour.run(Retry(3, on=on), script)
+        assert script.calls == 1
+        assert (
+            "its on callable failed on it (LookupError('predicate bug')); not retried"
+            in (notes(info.value)[0])
+        )
+
+    def test_a_raising_on_result_predicate_returns_the_value(
+        self, fn_flavour: RetryFlavour
+    ) -> None:
+        def on_result(result: object) -> bool:
+            raise LookupError("predicate bug")
+
+        script = Script("value")
+        assert fn_flavour.run(Retry(3, on_result=on_result), script) == "value"
         assert script.calls == 1
 
     @pytest.mark.parametrize(

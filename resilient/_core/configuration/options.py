@@ -170,11 +170,11 @@ def computed_seconds(value: object, option: str, asked: str, owner: str) -> floa
 
 
 class Fallback:
-    """Seconds a user's callable computes while calls run (an ``open_for`` or a ``wait``
-    strategy), with a safe value when it fails: its error never replaces the
-    downstream's, nor leaves a state stuck. The first failure is logged (logger
-    ``resilient``), once per policy configuration; ``why`` says what happened, for a note
-    on the downstream's error."""
+    """What a user's callable computes while calls run (an ``open_for`` or a ``wait``
+    strategy's seconds, a predicate's verdict), with a safe answer when it fails: its
+    error never replaces the downstream's, nor leaves a state stuck. The first failure is
+    logged (logger ``resilient``), once per policy configuration; ``why`` says what
+    happened, for a note on the downstream's error."""
 
     __slots__ = ("_logged", "option", "owner")
 
@@ -189,14 +189,16 @@ class Fallback:
         try:
             return computed_seconds(compute(), self.option, asked, self.owner), None
         except Exception as error:
-            why = (
-                f"{self.owner}: its {self.option} callable failed {asked} ({error!r});"
-                f" {fallback:g}s used instead"
-            )
-            if not self._logged:
-                self._logged = True
-                logger().warning(why)
-            return fallback, why
+            return fallback, self.failed(error, asked, f"{fallback:g}s used instead")
+
+    def failed(self, error: Exception, asked: str, instead: str) -> str:
+        """Tell that the callable raised ``error`` (logged once), and what was done
+        ``instead``: the line for a note on the downstream's error."""
+        why = f"{self.owner}: its {self.option} callable failed {asked} ({error!r}); {instead}"
+        if not self._logged:
+            self._logged = True
+            logger().warning(why)
+        return why
 
 
 def check_name(name: object, owner: str) -> str | None:
