@@ -26,8 +26,10 @@ import resilient
 from resilient import _http
 from resilient._breaker import CircuitBreaker
 from resilient._bulkhead import Bulkhead
+from resilient._core.configuration import config
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
+from resilient._core.configuration.registry import registry
 from resilient._core.execution.deadline import Ends, limit, remaining, scoped, unscoped
 from resilient._core.state import forking
 from resilient._errors import ConfigError, RejectedError, remade
@@ -97,6 +99,13 @@ EXCHANGE_FAILURES: tuple[type[Exception], ...] = (
     httpx.RemoteProtocolError,
 )
 
+
+def _not_the_hosts(exc: BaseException) -> bool:
+    """An error that says nothing about the host (a bad URL, an unsupported scheme, a
+    proxy's refusal, a bug in a transport): counted neither as its failure nor success."""
+    return not isinstance(exc, EXCHANGE_FAILURES)
+
+
 #: Failures before any byte of the request left: safe to send again, whatever the method.
 NEVER_SENT: tuple[type[Exception], ...] = (
     httpx.ConnectError,
@@ -138,18 +147,20 @@ class _Rules:
 
     def unsafe(self, request: httpx.Request, exc: BaseException | None, result: object) -> str:
         """Why this failed request must not be sent again ("" when it may)."""
+        if exc is not None and isinstance(exc, NEVER_SENT):
+            return ""  # not a byte left: even a streamed body is still whole
         try:
             size = len(request.content)
         except httpx.RequestNotRead:
-            return "its body is streamed, so it is sent once"
+            if not isinstance(request.stream, httpx.ByteStream):
+                return "its body is streamed, so it is sent once"
+            size = len(request.read())  # bytes in memory (a redirect's request): rereadable
         if size > self.max_replay_bytes:
             return (
                 f"its body ({size} bytes) is larger than max_replay_bytes"
                 f" ({self.max_replay_bytes}), so it is sent once"
             )
         if exc is not None:
-            if isinstance(exc, NEVER_SENT):
-                return ""
             what = type(exc).__name__
         else:
             status = result.status_code  # type: ignore[attr-defined]
@@ -209,11 +220,12 @@ class _Exchange(_Call):
     def release(self, result: object) -> None:
         response: httpx.Response = result  # type: ignore[assignment]
         try:
-            if _drainable(response):
+            until = _drain_until(response, self.args[0])
+            if until is not None:
                 read = 0
                 for chunk in response.iter_raw():
                     read += len(chunk)
-                    if read > DRAIN_BYTES:
+                    if read > DRAIN_BYTES or time.monotonic() > until:
                         break
         except (httpx.HTTPError, httpx.StreamError):
             pass  # the connection is closed instead: the retry goes on
@@ -223,30 +235,51 @@ class _Exchange(_Call):
     async def release_async(self, result: object) -> None:
         response: httpx.Response = result  # type: ignore[assignment]
         try:
-            if _drainable(response):
-                read = 0
-                async for chunk in response.aiter_raw():
-                    read += len(chunk)
-                    if read > DRAIN_BYTES:
-                        break
+            # Read whole, or cut short by a cancellation that unwinds httpx's async
+            # generators: leaving them midway (a break) has trio warn of each one.
+            until = _drain_until(response, self.args[0], declared=True)
+            if until is not None:
+                import anyio
+
+                with anyio.move_on_after(until - time.monotonic()):
+                    await response.aread()
         except (httpx.HTTPError, httpx.StreamError):
             pass
         finally:
             await response.aclose()
 
 
-#: How much of a retried answer's body is read to keep its connection for the next
-#: attempt (an error page is small); a longer one closes the connection instead.
+#: How much of a retried answer's body is read, and for how long at most, to keep its
+#: connection for the next attempt (an error page is small and comes at once); a longer
+#: or slower one closes the connection instead: a new one costs less than the wait.
 DRAIN_BYTES = 64 * 1024
+DRAIN_SECONDS = 0.1
 
 
-def _drainable(response: httpx.Response) -> bool:
-    """Whether reading the rest of a retried answer is cheaper than a new connection:
-    its declared length is small (an undeclared one is read up to DRAIN_BYTES)."""
-    if response.is_stream_consumed:  # read already (an answer made in memory)
-        return False
-    length = response.headers.get("content-length")
-    return length is None or (length.isdigit() and int(length) <= DRAIN_BYTES)
+def _drain_until(
+    response: httpx.Response, request: httpx.Request, *, declared: bool = False
+) -> float | None:
+    """When reading the rest of a retried answer must stop (monotonic), or None when it
+    is not worth reading: read already (made in memory), declared too long, or (with
+    ``declared``) of no declared length. Each read of the drain waits at most what is
+    left of it (httpx reads the attempt's timeouts, a dict of ours, at every read)."""
+    if response.is_stream_consumed:
+        return None
+    if request.method != "HEAD" and response.status_code not in (204, 304):
+        length = response.headers.get("content-length")
+        if length is None:
+            if declared:
+                return None
+        elif not (length.isascii() and length.isdigit() and int(length) <= DRAIN_BYTES):
+            return None
+    budget = DRAIN_SECONDS
+    left = remaining()
+    if left is not None:
+        budget = min(budget, left)
+    timeouts = request.extensions.get("timeout")
+    if isinstance(timeouts, dict) and _OWN_TIMEOUTS in request.extensions:
+        timeouts["read"] = budget  # (ours: made for this attempt by _capped)
+    return time.monotonic() + budget
 
 
 class _Retrying(Retry):
@@ -275,12 +308,24 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
 def _origin(url: httpx.URL) -> str:
-    """``host:port`` of a URL, the scheme's default port filled in."""
-    host = url.host
+    """``host:port`` of a URL, as its variables can spell it: the host in ASCII (an
+    internationalised name in punycode), the scheme's default port filled in."""
+    host = url.raw_host.decode("ascii").lower()
     if ":" in host:  # IPv6
         host = f"[{host}]"
     port = url.port or _DEFAULT_PORTS.get(url.scheme, 0)
     return f"{host}:{port}"
+
+
+class _Host:
+    """One host's breaker, the send it guards, and the URL keys that lead to it."""
+
+    __slots__ = ("breaker", "keys", "send")
+
+    def __init__(self, breaker: CircuitBreaker, send: Any) -> None:
+        self.breaker = breaker
+        self.send = send
+        self.keys: list[tuple[str, bytes]] = []
 
 
 class _Hosts(Generic[S]):
@@ -297,19 +342,25 @@ class _Hosts(Generic[S]):
     ) -> None:
         given = _code_given(template)
         given.pop("name", None)
-        if "record" not in given:
-            given["record"] = EXCHANGE_FAILURES
+        if "record" not in given and "ignore" not in given:
+            given["record"] = EXCHANGE_FAILURES  # the host's trouble, and nothing else:
+            given["ignore"] = _not_the_hosts  # a bad URL or a proxy's refusal is neither
         if "failure_result" not in given:
             given["failure_result"] = rules.failed
+        self._kind = type(template)
         self._given = given
         self._template = template
         self._family = family
         self._limit = limit
         self._guard = guard
+        # The family's own member, unnamed, guarding nothing: it reads the family's and
+        # the default variables now (a bad one fails here, not at a first request), and
+        # again at each reload, which then knows RESILIENT_<FAMILY>_BREAKER_* is read.
+        self._prototype = self._kind._in_family(family, **given)
         self._lock = threading.Lock()
-        # origin -> (breaker, guarded send), in order of use; and a URL's (scheme,
-        # netloc) -> origin, so a request finds its breaker without parsing its host
-        self._made: OrderedDict[str, tuple[CircuitBreaker, S]] = OrderedDict()
+        # origin -> its host, in order of use; a URL's (scheme, netloc) -> origin, so a
+        # request finds its breaker without parsing its host
+        self._made: OrderedDict[str, _Host] = OrderedDict()
         self._origins: dict[tuple[str, bytes], str] = {}
         _ALL_HOSTS.add(self)
 
@@ -318,45 +369,49 @@ class _Hosts(Generic[S]):
         with self._lock:
             origin = self._origins.get(key)
             if origin is not None:
-                entry = self._made.get(origin)
-                if entry is not None:
+                host = self._made.get(origin)
+                if host is not None:
                     self._made.move_to_end(origin)
-                    return entry[1]
+                    return host.send  # type: ignore[no-any-return]
         origin = _origin(url)
-        entry = self._entry(origin)
+        host = self._host(origin)
         with self._lock:
-            self._origins[key] = origin
-        return entry[1]
+            if self._made.get(origin) is host:  # (not dropped meanwhile)
+                self._origins[key] = origin
+                host.keys.append(key)
+        return host.send  # type: ignore[no-any-return]
 
     def breaker(self, origin: str) -> CircuitBreaker:
-        return self._entry(origin)[0]
+        return self._host(origin.lower()).breaker
 
     def all(self) -> dict[str, CircuitBreaker]:
         with self._lock:
-            return {origin: entry[0] for origin, entry in self._made.items()}
+            return {origin: host.breaker for origin, host in self._made.items()}
 
-    def _entry(self, origin: str) -> tuple[CircuitBreaker, S]:
+    def _host(self, origin: str) -> _Host:
         with self._lock:
-            entry = self._made.get(origin)
-            if entry is not None:
+            host = self._made.get(origin)
+            if host is not None:
                 self._made.move_to_end(origin)
-                return entry
+                return host
         # Made outside the lock (it reads the environment); two threads seeing a new
         # host at once may each make one: the first stored wins, the other is dropped.
-        breaker: CircuitBreaker = CircuitBreaker._in_family(
+        breaker: CircuitBreaker = self._kind._in_family(
             self._family, name=f"{self._family}.{origin}", **self._given
         )
         for listener in self._template._listeners._fns:
             breaker.add_listener(listener)
-        made = (breaker, self._guard(breaker))
+        made = _Host(breaker, self._guard(breaker))
         with self._lock:
-            entry = self._made.setdefault(origin, made)
+            host = self._made.setdefault(origin, made)
             self._made.move_to_end(origin)
             while len(self._made) > self._limit:
-                dropped, _ = self._made.popitem(last=False)
-                for key in [k for k, o in self._origins.items() if o == dropped]:
-                    del self._origins[key]
-        return entry
+                _, dropped = self._made.popitem(last=False)
+                for key in dropped.keys:
+                    self._origins.pop(key, None)
+        if host is not made:
+            registry._discard(breaker)  # the loser: never found by name, even before GC
+        return host
 
 
 #: Every transport's hosts, for a forked child to give each a fresh lock.
@@ -368,6 +423,11 @@ def _after_fork() -> None:
     """A lock another parent thread held at the fork is never released in the child."""
     for hosts in list(_ALL_HOSTS):
         hosts._lock = threading.Lock()
+
+
+#: Where a request keeps the caller's own timeouts while the transport caps them.
+_OWN_TIMEOUTS = "resilient.timeout"
+_UNSET: Any = object()
 
 
 # -- the transports ------------------------------------------------------------------------
@@ -383,6 +443,21 @@ def _positive_or_none(option: str, value: object, owner: str) -> float | None:
     except opt.Invalid:
         raise ConfigError(option, value, "seconds > 0 (250ms, 2s), or None", owner=owner) from None
     return seconds
+
+
+def _check_host_variables(family: str) -> None:
+    """A bad variable of one of the family's hosts (``RESILIENT_<FAMILY>_<HOST>_BREAKER_*``)
+    fails the transport's construction, not a first request to that host."""
+    prefix = f"{config.PREFIX}{config.env_name(family)}_"
+    bad = [
+        error
+        for error in config.invalid_variables()
+        if error.option.startswith(prefix)
+        and (parts := config.parts_of(error.option)) is not None
+        and parts.kind == "breaker"
+    ]
+    if bad:
+        raise ConfigError.combine(bad)
 
 
 class _Transport(Generic[T]):
@@ -407,9 +482,12 @@ class _Transport(Generic[T]):
     ) -> None:
         kind = type(self).__name__
         owner = f"{kind}({name!r})"
-        opt.check_name(name, kind)
-        if name is None:
-            raise ConfigError("name", name, "a string with at least one ASCII letter or digit")
+        if name is None or opt.check_name(name, kind) is None:
+            expected = (
+                "a string with at least one ASCII letter or digit (the per-host breakers"
+                " and the variables are named after it)"
+            )
+            raise ConfigError("name", name, expected, owner=kind)
         base = httpx.AsyncBaseTransport if self._ASYNC else httpx.BaseTransport
         if transport is not None and not isinstance(transport, base):
             raise ConfigError(
@@ -455,8 +533,12 @@ class _Transport(Generic[T]):
         if not ok:
             expected = "None (408, 429 and 5xx but 501 and 505), or HTTP status codes 100-599"
             raise ConfigError("failure_statuses", failure_statuses, expected, owner=owner)
-        if not isinstance(max_hosts, int) or isinstance(max_hosts, bool) or max_hosts < 1:
-            expected = "a whole number >= 1 (hosts whose breakers are kept)"
+        if (
+            not isinstance(max_hosts, int)
+            or isinstance(max_hosts, bool)
+            or not 1 <= max_hosts <= 1_000_000
+        ):
+            expected = "a whole number from 1 to 1,000,000 (hosts whose breakers are kept)"
             raise ConfigError("max_hosts", max_hosts, expected, owner=owner)
 
         self.name = name
@@ -468,6 +550,8 @@ class _Transport(Generic[T]):
             if breaker is None
             else _Hosts(breaker, name, max_hosts, self._rules, self._guarded)
         )
+        if self._hosts is not None:
+            _check_host_variables(name)
         self._retry: _Retrying | None = None
         if retry is not None:
             given = _code_given(retry)
@@ -514,24 +598,33 @@ class _Transport(Generic[T]):
     def _capped(self, request: httpx.Request) -> None:
         """Cap each of httpx's timeouts (connect, read, write, pool) to the time this
         attempt may take: the attempt timeout, or what is left of the total timeout and
-        of any enclosing deadline, if less."""
+        of any enclosing deadline, if less. The caller's own timeouts are kept aside
+        (a redirect's request carries them), so each attempt caps from them afresh."""
         cap = self._attempt_timeout
         left = remaining()
         if left is not None and (cap is None or left < cap):
             if left <= 0:
-                raise TimeoutExpired(
-                    self.name, self._total_timeout, "; its time was spent before it was sent"
+                expired = TimeoutExpired(
+                    self.name, None, ": the time for this request was spent before it was sent"
                 )
+                expired._request = request
+                raise expired
             cap = left
-        if cap is None:
-            return
         extensions = request.extensions
-        timeouts = extensions.get("timeout")
-        if timeouts:
-            capped = {k: cap if v is None or v > cap else v for k, v in timeouts.items()}
+        own = extensions.get(_OWN_TIMEOUTS, _UNSET)
+        if own is _UNSET:
+            own = extensions.get("timeout")
+            if cap is None:
+                return
+        if cap is None:
+            capped = own or {}
+        elif own:
+            capped = {k: cap if v is None or v > cap else v for k, v in own.items()}
         else:
             capped = {"connect": cap, "read": cap, "write": cap, "pool": cap}
-        request.extensions = {**extensions, "timeout": capped}
+        # A dict of our own each attempt: httpcore reads it while the answer streams,
+        # and a retried answer's drain shortens its read timeout in place.
+        request.extensions = {**extensions, "timeout": capped, _OWN_TIMEOUTS: own}
 
     def __repr__(self) -> str:
         return f"<{self._owner}>"

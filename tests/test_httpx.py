@@ -605,7 +605,9 @@ def test_a_request_cancelled_while_it_waits_leaves_nothing_behind(
         ({"max_replay_bytes": 1.5}, "max_replay_bytes", "a whole number of bytes >= 0"),
         ({"failure_statuses": [503, 99]}, "failure_statuses", "HTTP status codes 100-599"),
         ({"failure_statuses": 503}, "failure_statuses", "HTTP status codes 100-599"),
-        ({"max_hosts": 0}, "max_hosts", "a whole number >= 1"),
+        ({"max_hosts": 0}, "max_hosts", "a whole number from 1 to 1,000,000"),
+        ({"max_hosts": 2**70}, "max_hosts", "a whole number from 1 to 1,000,000"),
+        ({"name": None}, "name", "a string with at least one ASCII letter or digit"),
         ({"name": "---"}, "name", "at least one ASCII letter or digit"),
         ({"transport": object()}, "transport", "None or an httpx."),
     ],
@@ -676,3 +678,205 @@ def test_a_child_forked_while_another_thread_holds_the_hosts_lock_still_sends() 
     finally:
         go.set()
         holder.join(10)
+
+
+# -- found by review: each a regression test ----------------------------------------------
+
+
+def test_a_trickling_retried_answer_is_closed_not_drained_for_long(
+    mode: str, server: FaultServer
+) -> None:
+    """Draining keeps a connection only when it is quick: a 503 whose body trickles is
+    closed after a moment, and the retry goes on within its time on a new connection."""
+
+    async def scenario() -> None:
+        client = Client(mode, attempt_timeout=1, total_timeout=3)
+        server.script(Reply(503, body=b"x" * 200, delay=0.05, action="drip"))
+        response = await client.get(server.url)
+        assert response.status_code == 200
+        assert [s.connection for s in server.seen()] == [1, 2]
+        await client.close()
+
+    run(mode, scenario)
+
+
+def test_a_retried_head_keeps_its_connection(mode: str, server: FaultServer) -> None:
+    async def scenario() -> None:
+        client = Client(mode)
+        server.script(*[Reply(503, body=b"x" * 200_000)] * 2)  # HEAD: the length, no body
+        assert (await client.request("HEAD", server.url)).status_code == 200
+        assert [s.connection for s in server.seen()] == [1, 1, 1]
+        await client.close()
+
+    run(mode, scenario)
+
+
+def test_a_redirected_request_is_retried_its_body_resent_whole(
+    mode: str, server: FaultServer
+) -> None:
+    async def scenario() -> None:
+        client = Client(mode)
+        client.client.follow_redirects = True
+        server.script(Reply(302, headers=(("Location", "/b"),)), path="/a")
+        server.script(Reply(503), path="/b")
+        assert (await client.get(server.url + "/a")).status_code == 200
+        assert server.count("/b") == 2
+        server.script(Reply(307, headers=(("Location", "/d"),)), path="/c")
+        server.script(Reply(action="reset"), path="/d")
+        response = await client.request("PUT", server.url + "/c", content=b"payload")
+        assert response.status_code == 200
+        assert [s.body for s in server.seen("/d")] == [b"payload", b"payload"]
+        await client.close()
+
+    run(mode, scenario)
+
+
+def test_a_redirect_caps_from_the_callers_timeouts_not_the_last_attempts() -> None:
+    seen: list[tuple[str, float]] = []
+
+    def app(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, request.extensions["timeout"]["read"]))
+        if request.url.path == "/a":
+            return httpx.Response(302, headers={"Location": "/b"})
+        return httpx.Response(200)
+
+    transport = rh.ResilientTransport(httpx.MockTransport(app), attempt_timeout=2)
+    with httpx.Client(transport=transport, timeout=5, follow_redirects=True) as client:
+        client.get("https://r.example/a")
+        with resilient.deadline(1):
+            client.get("https://r.example/a")
+    assert [path for path, _ in seen] == ["/a", "/b", "/a", "/b"]
+    assert [read for _, read in seen[:2]] == [2.0, 2.0]
+    assert all(0.5 < read <= 1.0 for _, read in seen[2:])
+
+
+def test_a_streamed_body_that_was_never_sent_is_retried(mode: str) -> None:
+    async def scenario() -> None:
+        client = Client(mode)
+        if mode == "sync":
+            body: Any = iter([b"never", b"read"])
+        else:
+
+            async def parts() -> AsyncIterator[bytes]:
+                yield b"never"
+
+            body = parts()
+        with pytest.raises(httpx.ConnectError) as info:
+            await client.request("PUT", refused_url(), content=body)
+        assert "gave up after 3 attempts" in notes(info.value)
+        await client.close()
+
+    run(mode, scenario)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        httpx.ProxyError("proxy refused"),
+        httpx.UnsupportedProtocol("gopher"),
+        httpx.LocalProtocolError("bad header"),
+        RuntimeError("a bug in a transport"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_errors_that_say_nothing_of_the_host_count_neither_way(error: Exception) -> None:
+    def app(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/odd":
+            raise error
+        return httpx.Response(503)
+
+    template = CircuitBreaker(min_calls=2, window_size=2, clock=ManualClock())
+    transport = rh.ResilientTransport(httpx.MockTransport(app), retry=None, breaker=template)
+    with httpx.Client(transport=transport) as client:
+        client.get("https://odd.example/")
+        with pytest.raises(type(error)):
+            client.get("https://odd.example/odd")
+        assert transport.breaker_for("odd.example:443").metrics.calls == 1
+        client.get("https://odd.example/")
+    assert transport.breaker_for("odd.example:443").state is State.OPEN
+
+
+def test_the_url_to_host_table_stays_bounded_under_threads(switch_often: None) -> None:
+    transport = rh.ResilientTransport(
+        httpx.MockTransport(lambda request: httpx.Response(200)), name="bound", max_hosts=4
+    )
+
+    def worker(n: int) -> None:
+        with httpx.Client(transport=transport) as client:
+            for i in range(150):
+                client.get(f"https://h{n}-{i % 30}.example:{8000 + i % 3}/")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    hosts = transport._hosts
+    assert hosts is not None
+    assert len(hosts._made) <= 4
+    assert set(hosts._origins.values()) <= set(hosts._made)
+    assert len(hosts._origins) == sum(len(h.keys) for h in hosts._made.values())
+
+
+def test_bad_variables_of_the_family_or_a_host_fail_the_construction(
+    env: pytest.MonkeyPatch,
+) -> None:
+    env.setenv("RESILIENT_BADFAM_BREAKER_OPEN_FOR", "soon")
+    with pytest.raises(ConfigError) as info:
+        rh.ResilientTransport(name="badfam")
+    assert info.value.option == "RESILIENT_BADFAM_BREAKER_OPEN_FOR"
+    env.delenv("RESILIENT_BADFAM_BREAKER_OPEN_FOR")
+    env.setenv("RESILIENT_BADFAM_API_EXAMPLE_443_BREAKER_FAILURE_RATE", "2")
+    with pytest.raises(ConfigError) as info:
+        rh.ResilientTransport(name="badfam")
+    assert info.value.option == "RESILIENT_BADFAM_API_EXAMPLE_443_BREAKER_FAILURE_RATE"
+    rh.ResilientTransport(name="badfam", breaker=None)  # no breakers: nothing reads them
+
+
+def test_a_reload_knows_the_familys_variables_before_any_host(env: pytest.MonkeyPatch) -> None:
+    transport = rh.ResilientTransport(name="knownfam")
+    env.setenv("RESILIENT_KNOWNFAM_BREAKER_OPEN_FOR", "20")
+    resilient.reload()  # no ConfigWarning (warnings are errors here)
+    env.setenv("RESILIENT_KNOWNFAM_BREAKER_OPEN_FOR", "never")
+    with pytest.raises(ConfigError):
+        resilient.reload()  # and a bad one fails the reload, not a later request
+    assert transport.breakers == {}
+
+
+def test_a_raising_user_predicate_leaves_the_answer_and_its_connection_alone(
+    mode: str, server: FaultServer
+) -> None:
+    def on_result(response: httpx.Response) -> bool:
+        return bool(response.json())  # the body is not read yet: this raises
+
+    async def scenario() -> None:
+        client = Client(mode, retry=Retry(3, on_result=on_result))
+        server.script(Reply(200, body=b"[]"))
+        response = await client.get(server.url)
+        assert response.status_code == 200
+        assert response.json() == []
+        await client.close()
+        server.wait_connections(0)
+
+    run(mode, scenario)
+
+
+def test_hosts_are_named_in_ascii_and_found_in_any_case() -> None:
+    transport = rh.ResilientTransport(
+        httpx.MockTransport(lambda request: httpx.Response(200)), name="idn"
+    )
+    with httpx.Client(transport=transport) as client:
+        client.get("https://Bücher.Example/")
+        client.get("https://API.example.com/")
+    assert set(transport.breakers) == {"xn--bcher-kva.example:443", "api.example.com:443"}
+    assert (
+        transport.breaker_for("API.Example.com:443") is transport.breakers["api.example.com:443"]
+    )
+
+
+def test_a_subclass_of_the_breaker_as_template_makes_breakers_of_that_class() -> None:
+    class Noted(CircuitBreaker):
+        pass
+
+    transport = rh.ResilientTransport(name="sub", breaker=Noted())
+    assert type(transport.breaker_for("a.example:443")) is Noted

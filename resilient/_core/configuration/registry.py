@@ -83,6 +83,11 @@ class Registry:
             policy._born = next(self._births)
             self._all.add(policy)
 
+    def _discard(self, policy: Configured) -> None:
+        """Forget a policy made but never used (one of two made at once for one name)."""
+        with self._lock:
+            self._all.discard(policy)
+
     def __repr__(self) -> str:
         names = ", ".join(f"{p.KIND}:{p.name}" for p in self.policies())
         return f"<resilient.registry [{names}]>"
