@@ -24,11 +24,13 @@ which fails a lookup on the proxy before it asks the client (CPython 3.11,
 
 Not guarded, by design (docs/clients.md has the table): what the client calls on itself,
 iteration after the call that opened it, and the work of an awaitable that a plain
-``def`` returns; a plain ``def`` that returns a coroutine raises UsageError when called.
+``def`` returns (a plain ``def`` that returns a coroutine is guarded as async from its
+first call on).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
 from types import CodeType, FunctionType, MethodType
@@ -36,7 +38,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import wrapt
 
-from resilient._core.configuration.options import CO_ASYNC_GENERATOR, CO_GENERATOR
+from resilient._core.configuration.options import (
+    CO_ASYNC_GENERATOR,
+    CO_GENERATOR,
+    is_async_callable,
+)
+from resilient._core.execution.drivers import ReturnedCoroutine, awaiting
 from resilient._errors import ConfigError
 from resilient._pipeline import Policy, is_policy
 
@@ -206,8 +213,35 @@ def _guarded(guards: Guards, client: object, name: str, value: object) -> Any:
     if policy is None or not callable(value) or is_generator_function(value):
         return value
     guarded = policy(value)
+    if not is_async_callable(value):
+        guarded = _first_call(guards, name, value, policy, guarded)
     guards.guarded[name] = (value, guarded)
     return guarded
+
+
+def _first_call(
+    guards: Guards, name: str, value: Any, policy: Policy, guarded: Callable[..., Any]
+) -> Callable[..., Any]:
+    """A plain ``def`` is guarded as one until its first call says otherwise: one that
+    returns a coroutine (redis.asyncio's commands, many SDKs' methods) is async, and is
+    guarded as async from then on, that call included (its coroutine, not yet run, was
+    closed: calling the method again only makes another). After a first call that
+    returns anything else, the plain guard serves alone."""
+
+    def first(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = guarded(*args, **kwargs)
+        except ReturnedCoroutine:
+            as_async = policy(awaiting(value))
+            guards.guarded[name] = (value, as_async)
+            return as_async(*args, **kwargs)
+        if guards.guarded.get(name, (None, None))[1] is first:
+            guards.guarded[name] = (value, guarded)
+        return result
+
+    functools.update_wrapper(first, guarded)
+    first.__wrapped__ = value  # type: ignore[attr-defined]  # as the guard's: the method
+    return first
 
 
 def wrap(

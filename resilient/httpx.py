@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from contextvars import Token
 from types import EllipsisType
 from typing import Any, Generic, TypeVar
@@ -462,24 +462,36 @@ def _check_host_variables(family: str) -> None:
 
 class _Transport(Generic[T]):
     """What the sync and async transports share: checking the options, the rules, the
-    per-host breakers and the retry; each adds only how it sends."""
+    per-host breakers, the retry and the chain of policies; each says only how it sends.
+
+    ``retry`` and ``breaker`` default to the standard handler's (``...``); None leaves
+    that layer out. ``transport`` is the one wrapped, httpx's own when None.
+    """
 
     _ASYNC = False
+    #: httpx's transport of the kind, its sending method, the drivers' wrapping method
+    _DEFAULT: Callable[[], T]
+    _SENDS: str
+    _WRAP: str
 
     def __init__(
         self,
-        transport: T | None,
+        transport: T | None = None,
         *,
-        name: str,
-        retry: Retry | None,
-        breaker: CircuitBreaker | None,
-        attempt_timeout: opt.Duration | None,
-        total_timeout: opt.Duration | None,
-        max_replay_bytes: int,
-        failure_statuses: Iterable[int] | None,
-        max_hosts: int,
-        bulkhead: Bulkhead | None,
+        name: str = "http",
+        retry: Retry | EllipsisType | None = ...,
+        breaker: CircuitBreaker | EllipsisType | None = ...,
+        attempt_timeout: opt.Duration | None = 10.0,
+        total_timeout: opt.Duration | None = 30.0,
+        max_replay_bytes: int = 1048576,
+        failure_statuses: Iterable[int] | None = None,
+        max_hosts: int = 1000,
+        bulkhead: Bulkhead | None = None,
     ) -> None:
+        if retry is ...:
+            retry = _default_retry()
+        if breaker is ...:
+            breaker = _default_breaker()
         kind = type(self).__name__
         owner = f"{kind}({name!r})"
         if name is None or opt.check_name(name, kind) is None:
@@ -561,8 +573,18 @@ class _Transport(Generic[T]):
             made._rules = self._rules
             made.__init__(**given)  # type: ignore[misc]
             self._retry = made
+        self._inner: T = type(self)._DEFAULT() if transport is None else transport
+        send: Any = self._attempt
+        for layer in (self._retry, self._bulkhead):  # inner first: the bulkhead outermost
+            if layer is not None:
+                send = getattr(layer, self._WRAP)(send)
+        self._send = send
 
     def _guarded(self, breaker: CircuitBreaker) -> Any:
+        """The wrapped transport's send, through ``breaker``."""
+        return getattr(breaker, self._WRAP)(getattr(self._inner, self._SENDS))
+
+    def _attempt(self, request: httpx.Request) -> Any:
         raise NotImplementedError
 
     @property
@@ -633,42 +655,9 @@ class _Transport(Generic[T]):
 class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
     """A resilient httpx transport: ``httpx.Client(transport=ResilientTransport(name=...))``."""
 
-    def __init__(
-        self,
-        transport: httpx.BaseTransport | None = None,
-        *,
-        name: str = "http",
-        retry: Retry | EllipsisType | None = ...,
-        breaker: CircuitBreaker | EllipsisType | None = ...,
-        attempt_timeout: opt.Duration | None = 10.0,
-        total_timeout: opt.Duration | None = 30.0,
-        max_replay_bytes: int = 1048576,
-        failure_statuses: Iterable[int] | None = None,
-        max_hosts: int = 1000,
-        bulkhead: Bulkhead | None = None,
-    ) -> None:
-        super().__init__(
-            transport,
-            name=name,
-            retry=_default_retry() if retry is ... else retry,
-            breaker=_default_breaker() if breaker is ... else breaker,
-            attempt_timeout=attempt_timeout,
-            total_timeout=total_timeout,
-            max_replay_bytes=max_replay_bytes,
-            failure_statuses=failure_statuses,
-            max_hosts=max_hosts,
-            bulkhead=bulkhead,
-        )
-        self._inner = httpx.HTTPTransport() if transport is None else transport
-        send: Callable[[httpx.Request], httpx.Response] = self._attempt
-        if self._retry is not None:
-            send = self._retry._wrap_sync(send)
-        if self._bulkhead is not None:
-            send = self._bulkhead._wrap_sync(send)
-        self._send = send
-
-    def _guarded(self, breaker: CircuitBreaker) -> Any:
-        return breaker._wrap_sync(self._inner.handle_request)
+    _DEFAULT = httpx.HTTPTransport
+    _SENDS = "handle_request"
+    _WRAP = "_wrap_sync"
 
     def _attempt(self, request: httpx.Request) -> httpx.Response:
         self._capped(request)
@@ -679,7 +668,7 @@ class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         token = self._scoped()
         try:
-            return self._send(request)
+            return self._send(request)  # type: ignore[no-any-return]
         except RejectedError as exc:
             raise _as_httpx(exc, request) from exc.__cause__
         finally:
@@ -695,43 +684,9 @@ class AsyncResilientTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncB
     ``httpx.AsyncClient(transport=AsyncResilientTransport(name=...))``."""
 
     _ASYNC = True
-
-    def __init__(
-        self,
-        transport: httpx.AsyncBaseTransport | None = None,
-        *,
-        name: str = "http",
-        retry: Retry | EllipsisType | None = ...,
-        breaker: CircuitBreaker | EllipsisType | None = ...,
-        attempt_timeout: opt.Duration | None = 10.0,
-        total_timeout: opt.Duration | None = 30.0,
-        max_replay_bytes: int = 1048576,
-        failure_statuses: Iterable[int] | None = None,
-        max_hosts: int = 1000,
-        bulkhead: Bulkhead | None = None,
-    ) -> None:
-        super().__init__(
-            transport,
-            name=name,
-            retry=_default_retry() if retry is ... else retry,
-            breaker=_default_breaker() if breaker is ... else breaker,
-            attempt_timeout=attempt_timeout,
-            total_timeout=total_timeout,
-            max_replay_bytes=max_replay_bytes,
-            failure_statuses=failure_statuses,
-            max_hosts=max_hosts,
-            bulkhead=bulkhead,
-        )
-        self._inner = httpx.AsyncHTTPTransport() if transport is None else transport
-        send: Callable[[httpx.Request], Awaitable[httpx.Response]] = self._attempt
-        if self._retry is not None:
-            send = self._retry._wrap_async(send)
-        if self._bulkhead is not None:
-            send = self._bulkhead._wrap_async(send)
-        self._send = send
-
-    def _guarded(self, breaker: CircuitBreaker) -> Any:
-        return breaker._wrap_async(self._inner.handle_async_request)
+    _DEFAULT = httpx.AsyncHTTPTransport
+    _SENDS = "handle_async_request"
+    _WRAP = "_wrap_async"
 
     async def _attempt(self, request: httpx.Request) -> httpx.Response:
         self._capped(request)
@@ -742,7 +697,7 @@ class AsyncResilientTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncB
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         token = self._scoped()
         try:
-            return await self._send(request)
+            return await self._send(request)  # type: ignore[no-any-return]
         except RejectedError as exc:
             raise _as_httpx(exc, request) from exc.__cause__
         finally:

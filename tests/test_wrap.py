@@ -825,3 +825,46 @@ def test_import_resilient_does_not_import_wrapt_until_wrap_is_called() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=JOIN)
     assert done.returncode == 0, done.stderr.decode()
     assert resilient.wrap.__module__ == "resilient"
+
+
+class Commands:
+    """redis.asyncio's shape: plain methods that return coroutines."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.sent: list[tuple[str, ...]] = []
+
+    async def execute(self, *args: str) -> str:
+        await anyio.lowlevel.checkpoint()
+        self.sent.append(args)
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("reset")
+        return " ".join(args)
+
+    def get(self, key: str) -> Any:
+        return self.execute("GET", key)
+
+    def ping(self) -> str:
+        return "PONG"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_plain_def_that_returns_a_coroutine_is_guarded_as_async_from_its_first_call(
+    backend: str,
+) -> None:
+    commands = Commands(failures=2)
+    proxy = wrap(commands, Retry(3, wait=0))
+    assert not inspect.iscoroutinefunction(proxy.get)  # nothing tells, before a call
+
+    async def main() -> None:
+        assert await proxy.get("k") == "GET k"  # the first call: retried twice
+        assert inspect.iscoroutinefunction(proxy.get)
+        commands.failures = 1
+        assert await proxy.get("j") == "GET j"
+
+    anyio.run(main, backend=backend)
+    assert commands.sent == [("GET", "k")] * 3 + [("GET", "j")] * 2
+    assert proxy.ping() == "PONG"  # a plain def that returns a value stays sync
+    assert proxy.ping is proxy.ping  # (its plain guard, cached after the first call)
+    assert not inspect.iscoroutinefunction(proxy.ping)

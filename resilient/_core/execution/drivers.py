@@ -208,12 +208,17 @@ def _is_async(owner: object, fn: object) -> bool:
     return is_async
 
 
+class ReturnedCoroutine(UsageError):
+    """A plain function returned a coroutine to a sync call (``wrap()`` then guards that
+    method as the async function it is)."""
+
+
 def returned_coroutine(fn: object, coroutine: Any) -> UsageError:
     """The error for a plain function that returned a coroutine to a sync call: it would
     be handed back unawaited and counted a success. (Sync wrappers check the result's
     class, one comparison; this closes the coroutine so it warns of nothing.)"""
     coroutine.close()
-    return UsageError(
+    return ReturnedCoroutine(
         f"{fn!r} returned a coroutine to a sync call, which cannot await it: guard the"
         " async def itself, or use 'await policy.call_async(fn, ...)'"
     )
@@ -270,11 +275,11 @@ class Decorates:
         which no policy counts, retries or replaces.
         """
         if not _is_async(self, fn):
-            fn = _awaiting(fn)
+            fn = awaiting(fn)
         return await self._wrap_async(fn)(*args, **kwargs)
 
 
-def _awaiting(fn: Callable[P, Any]) -> Callable[P, Coroutine[Any, Any, Any]]:
+def awaiting(fn: Callable[P, Any]) -> Callable[P, Coroutine[Any, Any, Any]]:
     async def awaited(*args: P.args, **kwargs: P.kwargs) -> Any:
         awaitable = fn(*args, **kwargs)
         if not isinstance(awaitable, Awaitable):
