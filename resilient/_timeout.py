@@ -17,7 +17,8 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import copy_context
-from typing import Any, NamedTuple, ParamSpec, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, ParamSpec, TypeVar
 
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
@@ -116,6 +117,22 @@ class Timeout(Configured, BlockForms, Decorates):
     interrupt sync code: the block runs to its end, with a deadline that resilient-aware
     calls inside respect, and raises TimeoutExpired on exit if it overran.
     """
+
+    if TYPE_CHECKING:  # the block's exception, or TimeoutExpired, always goes on
+
+        def __exit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> Literal[False]: ...
+
+        async def __aexit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> Literal[False]: ...
 
     KIND = "timeout"
     OPTIONS = OPTIONS

@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
-from types import CodeType, FunctionType, MethodType
+from types import CodeType, CoroutineType, FunctionType, MethodType
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import wrapt
@@ -43,7 +43,7 @@ from resilient._core.configuration.options import (
     CO_GENERATOR,
     is_async_callable,
 )
-from resilient._core.execution.drivers import ReturnedCoroutine, awaiting
+from resilient._core.execution.drivers import awaiting
 from resilient._errors import ConfigError
 from resilient._pipeline import Policy, is_policy
 
@@ -219,22 +219,44 @@ def _guarded(guards: Guards, client: object, name: str, value: object) -> Any:
     return guarded
 
 
+class _Returned(BaseException):
+    """A first call's coroutine, carried out of the sync guard: not an Exception, so no
+    policy counts, retries or replaces it (as with a cancellation)."""
+
+    def __init__(self, coroutine: Any) -> None:
+        super().__init__()
+        self.coroutine = coroutine
+
+
 def _first_call(
     guards: Guards, name: str, value: Any, policy: Policy, guarded: Callable[..., Any]
 ) -> Callable[..., Any]:
     """A plain ``def`` is guarded as one until its first call says otherwise: one that
     returns a coroutine (redis.asyncio's commands, many SDKs' methods) is async, and is
-    guarded as async from then on, that call included (its coroutine, not yet run, was
-    closed: calling the method again only makes another). After a first call that
-    returns anything else, the plain guard serves alone."""
+    guarded as async from then on, that call included, whose coroutine is its first
+    attempt (the method ran once). After a first call that returns anything else, the
+    plain guard serves alone."""
+
+    def probe(*args: Any, **kwargs: Any) -> Any:
+        result = value(*args, **kwargs)
+        if result.__class__ is CoroutineType:
+            raise _Returned(result)
+        return result
+
+    probed = policy(probe)
 
     def first(*args: Any, **kwargs: Any) -> Any:
         try:
-            result = guarded(*args, **kwargs)
-        except ReturnedCoroutine:
+            result = probed(*args, **kwargs)
+        except _Returned as returned:
+            made = [returned.coroutine]
+
+            def again(*args: Any, **kwargs: Any) -> Any:
+                return made.pop() if made else value(*args, **kwargs)
+
             as_async = policy(awaiting(value))
             guards.guarded[name] = (value, as_async)
-            return as_async(*args, **kwargs)
+            return policy(awaiting(again))(*args, **kwargs)
         if guards.guarded.get(name, (None, None))[1] is first:
             guards.guarded[name] = (value, guarded)
         return result

@@ -24,7 +24,7 @@ import httpx
 
 import resilient
 from resilient import _http
-from resilient._breaker import CircuitBreaker
+from resilient._breaker import CircuitBreaker, State
 from resilient._bulkhead import Bulkhead
 from resilient._core.configuration import config
 from resilient._core.configuration import options as opt
@@ -132,12 +132,28 @@ def retry_after(outcome: object) -> float | None:
 class _Rules:
     """One transport's classification, read by its retry's plan and its breakers."""
 
-    __slots__ = ("failure_statuses", "max_replay_bytes", "owner")
+    __slots__ = ("failure_statuses", "hosts", "max_replay_bytes", "owner")
 
     def __init__(self, failure_statuses: frozenset[int], max_replay_bytes: int, owner: str):
         self.failure_statuses = failure_statuses
         self.max_replay_bytes = max_replay_bytes
         self.owner = owner
+        #: the transport's per-host breakers (None: it has none)
+        self.hosts: _Hosts[Any] | None = None
+
+    def shut(self, request: httpx.Request, exc: BaseException | None) -> str:
+        """Why the host is not to be asked again now ("" when it may be): its breaker
+        refused, or is open now (this very failure may have opened it). An open breaker
+        fails fast: the caller hears at once, with the rejection's retry_after, instead
+        of being held until a probe may go in."""
+        if isinstance(exc, RejectedError):
+            return f"{exc._what()}: the caller is told at once (retry_after: when to come back)"
+        hosts = self.hosts
+        if hosts is not None:
+            state = hosts.state_of(request.url)
+            if state is State.OPEN or state is State.FORCED_OPEN:
+                return f"the host's circuit breaker is {state.value} now"
+        return ""
 
     def failed(self, response: object) -> bool:
         """A breaker's ``failure_result``: an answer that says the host is in trouble."""
@@ -210,7 +226,8 @@ class _Exchange(_Call):
 
     def next_wait(self, exc: BaseException | None, result: object) -> float | None:
         plan: _Sending = self.retry  # type: ignore[assignment]
-        why = plan.rules.unsafe(self.args[0], exc, result)
+        request = self.args[0]
+        why = plan.rules.shut(request, exc) or plan.rules.unsafe(request, exc, result)
         if why:
             if exc is not None:
                 _note(exc, f"{plan.owner}: not retried: {why}")
@@ -342,6 +359,13 @@ class _Hosts(Generic[S]):
     ) -> None:
         given = _code_given(template)
         given.pop("name", None)
+        if template.name is not None:
+            config.warn(
+                f"{template._owner()} is a template for the per-host breakers of"
+                f" {rules.owner}, named {family}.<host>:<port>: its own name, and its"
+                f" variables, configure nothing they do; RESILIENT_"
+                f"{config.env_name(family)}_BREAKER_* configures them all"
+            )
         if "record" not in given and "ignore" not in given:
             given["record"] = EXCHANGE_FAILURES  # the host's trouble, and nothing else:
             given["ignore"] = _not_the_hosts  # a bad URL or a proxy's refusal is neither
@@ -383,6 +407,13 @@ class _Hosts(Generic[S]):
 
     def breaker(self, origin: str) -> CircuitBreaker:
         return self._host(origin.lower()).breaker
+
+    def state_of(self, url: httpx.URL) -> State | None:
+        """The state of the breaker of ``url``'s host, if it has one yet."""
+        with self._lock:
+            origin = self._origins.get((url.scheme, url.netloc))
+            host = self._made.get(origin) if origin is not None else None
+        return None if host is None else host.breaker.state
 
     def all(self) -> dict[str, CircuitBreaker]:
         with self._lock:
@@ -562,6 +593,7 @@ class _Transport(Generic[T]):
             if breaker is None
             else _Hosts(breaker, name, max_hosts, self._rules, self._guarded)
         )
+        self._rules.hosts = self._hosts
         if self._hosts is not None:
             _check_host_variables(name)
         self._retry: _Retrying | None = None

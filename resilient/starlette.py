@@ -155,7 +155,8 @@ def _anonymous(exc: RejectedError) -> str:
     """What refused, without the policy's name: "circuit breaker is open"."""
     if type(exc) is RejectedError:
         return "the call was rejected"
-    return exc._what().replace(" " + exc._who(), "", 1)
+    what = exc._what().replace(" " + exc._who(), "", 1)
+    return what.replace(" is forced_open", " is forced open")  # words, not the enum value
 
 
 def _whole_seconds(retry_after: float | None) -> int | None:

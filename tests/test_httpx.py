@@ -209,12 +209,13 @@ def test_the_template_gives_its_listeners_and_code_options_but_not_its_name() ->
     changes: list[Any] = []
     template = CircuitBreaker("tmpl", min_calls=1, window_size=1, open_for=7)
     template.add_listener(changes.append)
-    transport = rh.ResilientTransport(
-        httpx.MockTransport(lambda request: httpx.Response(502)),
-        name="listened",
-        retry=None,
-        breaker=template,
-    )
+    with pytest.warns(resilient.ConfigWarning, match="configure nothing they do"):
+        transport = rh.ResilientTransport(
+            httpx.MockTransport(lambda request: httpx.Response(502)),
+            name="listened",
+            retry=None,
+            breaker=template,
+        )
     with httpx.Client(transport=transport) as client:
         client.get("https://x.example/")
     breaker = transport.breaker_for("x.example:443")
@@ -880,3 +881,29 @@ def test_a_subclass_of_the_breaker_as_template_makes_breakers_of_that_class() ->
 
     transport = rh.ResilientTransport(name="sub", breaker=Noted())
     assert type(transport.breaker_for("a.example:443")) is Noted
+
+
+def test_an_open_breaker_fails_fast_instead_of_holding_the_request(
+    mode: str, server: FaultServer
+) -> None:
+    """The failure that opens the breaker is the last attempt: its answer comes back;
+    later requests are refused at once, never held until a probe may go in."""
+    clock = ManualClock()
+    template = CircuitBreaker(min_calls=2, window_size=2, open_for=30, clock=clock)
+
+    async def scenario() -> None:
+        client = Client(mode, retry=Retry(5, wait=0.01), breaker=template)
+        server.script(Reply(503), Reply(503))
+        assert (await client.get(server.url)).status_code == 503  # 2 attempts: opened
+        assert server.count() == 2
+        with pytest.raises(rh.CircuitOpenError) as info:
+            await client.get(server.url)
+        assert info.value.retry_after == 30.0
+        assert "not retried: circuit breaker" in notes(info.value)
+        client.transport.breaker_for(server.url).force_open()
+        with pytest.raises(rh.CircuitOpenError):
+            await client.post(server.url)
+        assert server.count() == 2
+        await client.close()
+
+    run(mode, scenario)

@@ -130,7 +130,7 @@ def test_a_forced_open_breaker_answers_503_without_retry_after() -> None:
     response = get(app)
     assert response.status_code == 503
     assert "Retry-After" not in response.headers
-    assert response.json() == {"detail": "service unavailable: circuit breaker is forced_open"}
+    assert response.json() == {"detail": "service unavailable: circuit breaker is forced open"}
 
 
 def test_a_full_bulkhead_answers_503_without_retry_after() -> None:

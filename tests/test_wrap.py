@@ -833,6 +833,7 @@ class Commands:
     def __init__(self, failures: int = 0) -> None:
         self.failures = failures
         self.sent: list[tuple[str, ...]] = []
+        self.made = 0
 
     async def execute(self, *args: str) -> str:
         await anyio.lowlevel.checkpoint()
@@ -843,6 +844,7 @@ class Commands:
         return " ".join(args)
 
     def get(self, key: str) -> Any:
+        self.made += 1  # a side effect of the def body: it must run once a call
         return self.execute("GET", key)
 
     def ping(self) -> str:
@@ -865,6 +867,7 @@ def test_a_plain_def_that_returns_a_coroutine_is_guarded_as_async_from_its_first
 
     anyio.run(main, backend=backend)
     assert commands.sent == [("GET", "k")] * 3 + [("GET", "j")] * 2
+    assert commands.made == 5  # one coroutine an attempt: none made and thrown away
     assert proxy.ping() == "PONG"  # a plain def that returns a value stays sync
     assert proxy.ping is proxy.ping  # (its plain guard, cached after the first call)
     assert not inspect.iscoroutinefunction(proxy.ping)

@@ -38,7 +38,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from contextvars import ContextVar
 from enum import Enum
 from types import CodeType, CoroutineType, TracebackType
-from typing import Any, Final, Literal, NamedTuple, ParamSpec, Protocol, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Literal,
+    NamedTuple,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    overload,
+)
 
 from resilient._core.configuration.options import (
     CO_ASYNC_GENERATOR,
@@ -208,17 +218,12 @@ def _is_async(owner: object, fn: object) -> bool:
     return is_async
 
 
-class ReturnedCoroutine(UsageError):
-    """A plain function returned a coroutine to a sync call (``wrap()`` then guards that
-    method as the async function it is)."""
-
-
 def returned_coroutine(fn: object, coroutine: Any) -> UsageError:
     """The error for a plain function that returned a coroutine to a sync call: it would
     be handed back unawaited and counted a success. (Sync wrappers check the result's
     class, one comparison; this closes the coroutine so it warns of nothing.)"""
     coroutine.close()
-    return ReturnedCoroutine(
+    return UsageError(
         f"{fn!r} returned a coroutine to a sync call, which cannot await it: guard the"
         " async def itself, or use 'await policy.call_async(fn, ...)'"
     )
@@ -391,6 +396,15 @@ class GuardForms(BlockForms, Decorates):
     def _exit_block(self, token: Any, exc: BaseException | None, asynchronous: bool) -> object:
         self._exit(token, exc, NO_RESULT)
         return False
+
+    if TYPE_CHECKING:  # a guard never swallows the block's exception: say so to mypy
+
+        async def __aexit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> Literal[False]: ...
 
     # A sync guard's block is a hot path (``with breaker:`` around every call): the two
     # methods above inlined, a frame less each way; the async forms are BlockForms' own.
