@@ -3,12 +3,15 @@
 pytest-benchmark's table shows absolute times, per round for the batched benchmarks; the
 targets (docs/benchmarks.md) are ratios to a baseline measured in the same run. Each benchmark says
 what it batches in ``extra_info``: ``ops`` (operations per round, default 1), ``baseline``
-(the row its group is divided by) or, for thread scaling, ``subject`` and ``threads``.
+(the row its group is divided by) or, for thread scaling, ``subject`` and ``threads``;
+``added`` asks for what each row adds to the baseline too, in microseconds and per cent
+(for a target stated as a share of the baseline's time: the httpx transport's).
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +44,7 @@ class Row:
     median: float  # seconds per operation
     min: float
     info: dict[str, Any]
+    rounds: list[float]  # seconds per round, in the order they ran
 
 
 ROWS: list[Row] = []
@@ -55,7 +59,14 @@ def _collect(request: pytest.FixtureRequest) -> Iterator[None]:
     ops = bench.extra_info.get("ops", 1)
     stats = bench.stats.stats
     ROWS.append(
-        Row(bench.group or "", bench.name, stats.median / ops, stats.min / ops, bench.extra_info)
+        Row(
+            bench.group or "",
+            bench.name,
+            stats.median / ops,
+            stats.min / ops,
+            bench.extra_info,
+            list(stats.data),
+        )
     )
 
 
@@ -77,11 +88,31 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 def _ratios(write: Any, rows: list[Row]) -> None:
     base = next((row for row in rows if row.info.get("baseline")), None)
+    added = base is not None and base.info.get("added", False)
     width = max(len(row.name) for row in rows)
-    write(f"  {'':{width}} {'median ns':>10} {'min ns':>9} {'x median':>9} {'x min':>7}")
+    head = f"  {'':{width}} {'median ns':>10} {'min ns':>9} {'x median':>9} {'x min':>7}"
+    write(head + (f" {'added us':>9} {'added %':>8}  (paired rounds)" if added else ""))
     for row in rows:
         ratio = f"{row.median / base.median:8.2f}x {row.min / base.min:6.2f}x" if base else ""
+        if added and row is not base and "paired" in row.info:
+            more, plain = _paired(row)
+            ratio += f" {more * 1e6:9.2f} {more / plain:8.1%}"
         write(f"  {row.name:{width}} {row.median * 1e9:10.1f} {row.min * 1e9:9.1f} {ratio}")
+
+
+def _paired(row: Row) -> tuple[float, float]:
+    """What a row adds to its baseline, per operation, from rounds of the baseline run
+    before and after each of its own (``extra_info["paired"]``, one more than its rounds
+    and warm-ups): the median of each round less the mean of its two neighbours, which
+    takes out a drift of the machine's speed, and the median of those baseline rounds.
+    Rows timed one after another on a shared machine can differ by more than the few
+    per cent to be measured; interleaved rounds do not."""
+    ops = row.info.get("ops", 1)
+    plain: list[float] = row.info["paired"]
+    timed = row.rounds
+    first = len(plain) - 1 - len(timed)  # the warm-up rounds had their pairs too
+    more = [t - (plain[first + i] + plain[first + i + 1]) / 2 for i, t in enumerate(timed)]
+    return statistics.median(more) / ops, statistics.median(plain[first:]) / ops
 
 
 def _threads(write: Any, rows: list[Row]) -> None:
