@@ -11,6 +11,7 @@ Install with ``pip install "resilient-toolkit[httpx]"``; docs/clients.md has the
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import weakref
@@ -334,20 +335,32 @@ def _origin(url: httpx.URL) -> str:
     return f"{host}:{port}"
 
 
-class _Host:
-    """One host's breaker, the send it guards, and the URL keys that lead to it."""
+_Key = tuple[str, bytes, "int | None"]
 
-    __slots__ = ("breaker", "keys", "send")
+
+class _Host:
+    """One host's breaker, the send it guards, the URL keys that lead to it, and when it
+    was last used (a tick of its table's counter)."""
+
+    __slots__ = ("breaker", "keys", "send", "used")
 
     def __init__(self, breaker: CircuitBreaker, send: Any) -> None:
         self.breaker = breaker
         self.send = send
-        self.keys: list[tuple[str, bytes]] = []
+        self.keys: list[_Key] = []
+        self.used = 0
 
 
 class _Hosts(Generic[S]):
     """The per-host breakers of one transport, made from a template when a host is first
-    seen, the least recently used dropped past ``limit`` (its state goes with it)."""
+    seen; past ``limit`` hosts, one not used for the longest is dropped (its state goes
+    with it).
+
+    A request finds its host by a plain dict read, without a lock, and stamps it with
+    the next tick of a counter (``next()`` on an ``itertools.count``, one C call): no
+    reordering on every request. The eviction, under the lock and only when a new host
+    comes past the limit, drops the host with the oldest stamp (a scan of at most
+    ``limit`` hosts, in the rare case of more hosts than the limit)."""
 
     def __init__(
         self,
@@ -381,38 +394,35 @@ class _Hosts(Generic[S]):
         # the default variables now (a bad one fails here, not at a first request), and
         # again at each reload, which then knows RESILIENT_<FAMILY>_BREAKER_* is read.
         self._prototype = self._kind._in_family(family, **given)
-        self._lock = threading.Lock()
-        # origin -> its host, in order of use; a URL's (scheme, netloc) -> origin, so a
-        # request finds its breaker without parsing its host
+        self._lock = threading.Lock()  # for making and dropping, never for a hit
+        self._ticks = itertools.count(1)
+        #: origin -> its host, oldest first
         self._made: OrderedDict[str, _Host] = OrderedDict()
-        self._origins: dict[tuple[str, bytes], str] = {}
+        #: a URL's (scheme, host, port) as httpx keeps them -> its host, read lock-free
+        self._hits: dict[_Key, _Host] = {}
         _ALL_HOSTS.add(self)
 
     def send_for(self, url: httpx.URL) -> S:
-        key = (url.scheme, url.netloc)
-        with self._lock:
-            origin = self._origins.get(key)
-            if origin is not None:
-                host = self._made.get(origin)
-                if host is not None:
-                    self._made.move_to_end(origin)
-                    return host.send  # type: ignore[no-any-return]
-        origin = _origin(url)
-        host = self._host(origin)
-        with self._lock:
-            if self._made.get(origin) is host:  # (not dropped meanwhile)
-                self._origins[key] = origin
-                host.keys.append(key)
+        key = (url.scheme, url.raw_host, url.port)
+        host = self._hits.get(key)
+        if host is None:
+            origin = _origin(url)
+            host = self._host(origin)
+            with self._lock:
+                if self._made.get(origin) is host:  # (not dropped meanwhile)
+                    self._hits[key] = host
+                    host.keys.append(key)
+        host.used = next(self._ticks)
         return host.send  # type: ignore[no-any-return]
 
     def breaker(self, origin: str) -> CircuitBreaker:
-        return self._host(origin.lower()).breaker
+        host = self._host(origin.lower())
+        host.used = next(self._ticks)
+        return host.breaker
 
     def state_of(self, url: httpx.URL) -> State | None:
         """The state of the breaker of ``url``'s host, if it has one yet."""
-        with self._lock:
-            origin = self._origins.get((url.scheme, url.netloc))
-            host = self._made.get(origin) if origin is not None else None
+        host = self._hits.get((url.scheme, url.raw_host, url.port))
         return None if host is None else host.breaker.state
 
     def all(self) -> dict[str, CircuitBreaker]:
@@ -422,9 +432,8 @@ class _Hosts(Generic[S]):
     def _host(self, origin: str) -> _Host:
         with self._lock:
             host = self._made.get(origin)
-            if host is not None:
-                self._made.move_to_end(origin)
-                return host
+        if host is not None:
+            return host
         # Made outside the lock (it reads the environment); two threads seeing a new
         # host at once may each make one: the first stored wins, the other is dropped.
         breaker: CircuitBreaker = self._kind._in_family(
@@ -435,14 +444,19 @@ class _Hosts(Generic[S]):
         made = _Host(breaker, self._guard(breaker))
         with self._lock:
             host = self._made.setdefault(origin, made)
-            self._made.move_to_end(origin)
-            while len(self._made) > self._limit:
-                _, dropped = self._made.popitem(last=False)
-                for key in dropped.keys:
-                    self._origins.pop(key, None)
+            if host is made:
+                self._evict(origin)
         if host is not made:
             registry._discard(breaker)  # the loser: never found by name, even before GC
         return host
+
+    def _evict(self, kept: str) -> None:
+        """Past the limit, drop the least recently used host, never the one just made."""
+        made = self._made
+        while len(made) > self._limit:
+            origin = min((o for o in made if o != kept), key=lambda o: made[o].used)
+            for key in made.pop(origin).keys:
+                self._hits.pop(key, None)
 
 
 #: Every transport's hosts, for a forked child to give each a fresh lock.
@@ -665,14 +679,21 @@ class _Transport(Generic[T]):
                 raise expired
             cap = left
         extensions = request.extensions
-        own = extensions.get(_OWN_TIMEOUTS, _UNSET)
+        own: Any = extensions.get(_OWN_TIMEOUTS, _UNSET)
         if own is _UNSET:
-            own = extensions.get("timeout")
+            own = extensions.get("timeout") or {}
             if cap is None:
                 return
         if cap is None:
-            capped = own or {}
+            capped = own
         elif own:
+            uncapped = extensions.get("timeout") is own  # a first attempt, as yet
+            if uncapped:
+                for seconds in own.values():
+                    if seconds is None or seconds > cap:
+                        break
+                else:  # every timeout within the cap already (httpx's 5 s, say)
+                    return
             capped = {k: cap if v is None or v > cap else v for k, v in own.items()}
         else:
             capped = {"connect": cap, "read": cap, "write": cap, "pool": cap}

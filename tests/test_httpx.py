@@ -815,8 +815,8 @@ def test_the_url_to_host_table_stays_bounded_under_threads(switch_often: None) -
     hosts = transport._hosts
     assert hosts is not None
     assert len(hosts._made) <= 4
-    assert set(hosts._origins.values()) <= set(hosts._made)
-    assert len(hosts._origins) == sum(len(h.keys) for h in hosts._made.values())
+    assert set(map(id, hosts._hits.values())) <= set(map(id, hosts._made.values()))
+    assert len(hosts._hits) == sum(len(h.keys) for h in hosts._made.values())
 
 
 def test_bad_variables_of_the_family_or_a_host_fail_the_construction(
