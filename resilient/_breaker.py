@@ -654,10 +654,28 @@ class CircuitBreaker(Configured, GuardForms):
         """Say what a call that returned through the fast path records: on a plain phase
         that is not warming up, only the window's own record of a success (one C call,
         no frame of ours); else the full _exit."""
+        c = self._plan
         if st.plain and not st.pending:
             st.passed = st.success
+        elif st.fast and not st.pending and c.window_type == "count" and c.failure_result:
+            st.passed = functools.partial(self._judged, st)  # (fast: CLOSED, untimed)
         else:
             st.passed = functools.partial(self._exit, st, None)
+
+    def _judged(self, st: _Phase, result: object) -> None:
+        """A returned value on a fast count-window phase with a ``failure_result``: one
+        call of the predicate, then the window's own record of a success, or a failure
+        recorded and judged (an HTTP transport's 200s cost a predicate, not _settle)."""
+        c = self._plan
+        try:
+            failed = c.failure_result(result)  # type: ignore[misc]
+        except Exception as error:  # never the call's: its value counts as nothing
+            c.judging["failure_result"].failed(error, "on a result", "not counted")
+            return
+        if failed:
+            self._report(c, st, FAILURE, c.now())
+        else:
+            st.success()
 
     # -- transitions: the only code that changes _state -------------------------------
 

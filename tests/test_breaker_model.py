@@ -47,7 +47,14 @@ RAISES: dict[str, type[BaseException] | None] = {
     "ignored": KeyError,  # in ignore: neither (and gives a probe permit back)
     "unrecorded": ValueError,  # not in record: a success
     "cancelled": Cancelled,  # not an Exception: neither
+    "bad_result": None,  # returns "bad": a failure where failure_result judges it
 }
+
+
+def is_bad(result: object) -> bool:
+    return result == "bad"
+
+
 OUTCOMES = st.sampled_from(list(RAISES))
 
 
@@ -125,6 +132,7 @@ class Model:
         self.slow_after: float | None = options["slow_call_duration"]
         self.slow_rate: float = options["slow_call_rate"]
         self.now = now
+        self.judges_results = options.get("failure_result") is not None
         self.rejected = 0
         self.spell = Spell(State.CLOSED, Window(self.window_size))
 
@@ -176,14 +184,17 @@ class Model:
         hint = None if self.max_wait is None else spell.since + self.max_wait - self.now
         return self.reject(State.HALF_OPEN, hint)
 
-    def finish(self, token: Admitted, outcome: str) -> None:
+    def finish(self, token: Admitted, outcome: str, returned: bool = True) -> None:
+        """``returned``: the breaker saw the value (a call, not a with-block)."""
         spell = token.spell
         if spell.kind is State.DISABLED:
             return
         if outcome in ("ignored", "cancelled"):
             counted = None
         else:
-            failed = outcome == "failure"
+            failed = outcome == "failure" or (
+                outcome == "bad_result" and returned and self.judges_results
+            )
             slow = self.slow_after is not None and self.now - token.started >= self.slow_after
             counted = (failed, slow)
         if spell.kind is State.CLOSED:
@@ -273,6 +284,7 @@ class BreakerMachine(RuleBasedStateMachine):
         slow_call_duration=SLOW_AFTER,
         slow_call_rate=RATES,
         start=st.sampled_from([1000.0, 0.0]),
+        failure_result=st.sampled_from([None, is_bad]),
     )
     def build(self, start: float, **options: Any) -> None:
         # A real monotonic clock is never at 0, so half the runs start elsewhere: that
@@ -314,11 +326,11 @@ class BreakerMachine(RuleBasedStateMachine):
             exc = make_exception(outcome)
             if exc is not None:
                 raise exc
-            return "ok"
+            return "bad" if outcome == "bad_result" else "ok"
 
         raised: BaseException | None = None
         try:
-            assert self.breaker.call(body) == "ok"
+            assert self.breaker.call(body) == ("bad" if outcome == "bad_result" else "ok")
         except (CircuitOpenError, ConnectionError, KeyError, ValueError, Cancelled) as exc:
             raised = exc
         if isinstance(raised, CircuitOpenError):
@@ -363,7 +375,7 @@ class BreakerMachine(RuleBasedStateMachine):
             self.breaker.__exit__(None, None, None)
         else:
             self.breaker.__exit__(type(exc), exc, None)
-        self.model.finish(token, outcome)
+        self.model.finish(token, outcome, returned=False)  # a block has no value to judge
 
     @rule(seconds=ADVANCE)
     def advance(self, seconds: float) -> None:
