@@ -153,7 +153,9 @@ def test_connection_errors_and_timeouts_are_failures_and_404_is_not(mode: str) -
 
     async def scenario() -> None:
         with FaultServer() as server:
-            client = Client(mode, retry=None, breaker=template, attempt_timeout=0.2)
+            # (a hang is cut at the attempt timeout; the answers must come within it
+            # even on a busy machine: a second)
+            client = Client(mode, retry=None, breaker=template, attempt_timeout=1.0)
             server.script(Reply(404), Reply(501), Reply(505), Reply(400))
             for _ in range(4):
                 await client.get(server.url)
@@ -394,10 +396,12 @@ def test_a_post_is_not_retried_after_a_read_timeout_unless_it_has_a_key(mode: st
             assert "not retried: POST may have reached the server (ReadTimeout)" in notes(
                 info.value
             )
+            hole.wait_for(lambda: hole.accepted >= 1)  # (its accept thread may lag)
             assert hole.accepted == 1
             with pytest.raises(httpx.ReadTimeout):
                 await client.post(hole.url, content=b"charge", headers={"Idempotency-Key": "x"})
-            assert hole.accepted == 4  # three attempts, each on a new connection
+            hole.wait_for(lambda: hole.accepted >= 4)  # three attempts, each a new connection
+            assert hole.accepted == 4
             await client.close()
 
     run(mode, scenario)
@@ -457,6 +461,7 @@ def test_a_hung_request_ends_at_the_deadline(mode: str, server: FaultServer) -> 
         with pytest.raises(httpx.ReadTimeout) as info, resilient.deadline(0.3):
             await client.get(server.url)
         assert "the deadline in force" in notes(info.value)
+        server.wait_seen(1)  # (the server's thread may lag behind the client's timeout)
         assert server.count() == 1  # no time was left to try again
         server.release()
         with pytest.raises(rh.TimeoutExpired), resilient.deadline(0):
@@ -471,10 +476,10 @@ def test_the_attempt_timeout_cuts_a_slow_answer_and_the_retry_tries_again(
     mode: str, server: FaultServer
 ) -> None:
     async def scenario() -> None:
-        client = Client(mode, attempt_timeout=0.2, total_timeout=20)
-        server.script(Reply(delay=3), Reply(delay=3))
+        client = Client(mode, attempt_timeout=1.0, total_timeout=20)
+        server.script(Reply(delay=30), Reply(delay=30))  # (cut short when the server closes)
         assert (await client.get(server.url)).status_code == 200
-        assert server.count() == 3
+        assert len(server.wait_seen(3)) == 3
         await client.close()
 
     run(mode, scenario)
@@ -543,7 +548,7 @@ async def _quietly_async(fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
 def test_no_connection_thread_or_task_is_left_behind(mode: str, server: FaultServer) -> None:
     async def scenario() -> None:
         tasks = len(asyncio.all_tasks()) if mode == "asyncio" else 0
-        client = Client(mode, attempt_timeout=0.3)
+        client = Client(mode, attempt_timeout=2.0)
         server.script(Reply(503), Reply(action="reset"), Reply(action="close"), Reply(502))
         with pytest.raises(httpx.RemoteProtocolError):
             await client.get(server.url)  # 503, reset, close: three attempts
@@ -748,7 +753,7 @@ def test_a_redirect_caps_from_the_callers_timeouts_not_the_last_attempts() -> No
             client.get("https://r.example/a")
     assert [path for path, _ in seen] == ["/a", "/b", "/a", "/b"]
     assert [read for _, read in seen[:2]] == [2.0, 2.0]
-    assert all(0.5 < read <= 1.0 for _, read in seen[2:])
+    assert all(0 < read <= 1.0 for _, read in seen[2:])  # the deadline's, not the 2 s
 
 
 def test_a_streamed_body_that_was_never_sent_is_retried(mode: str) -> None:
