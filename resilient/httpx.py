@@ -372,13 +372,6 @@ class _Hosts(Generic[S]):
     ) -> None:
         given = _code_given(template)
         given.pop("name", None)
-        if template.name is not None:
-            config.warn(
-                f"{template._owner()} is a template for the per-host breakers of"
-                f" {rules.owner}, named {family}.<host>:<port>: its own name, and its"
-                f" variables, configure nothing they do; RESILIENT_"
-                f"{config.env_name(family)}_BREAKER_* configures them all"
-            )
         if "record" not in given and "ignore" not in given:
             given["record"] = EXCHANGE_FAILURES  # the host's trouble, and nothing else:
             given["ignore"] = _not_the_hosts  # a bad URL or a proxy's refusal is neither
@@ -387,13 +380,16 @@ class _Hosts(Generic[S]):
         self._kind = type(template)
         self._given = given
         self._template = template
+        # The transport's variables, then a named template's, configure every host.
+        names = (family,) if template.name in (None, family) else (family, template.name)
         self._family = family
+        self._families = names
         self._limit = limit
         self._guard = guard
         # The family's own member, unnamed, guarding nothing: it reads the family's and
         # the default variables now (a bad one fails here, not at a first request), and
         # again at each reload, which then knows RESILIENT_<FAMILY>_BREAKER_* is read.
-        self._prototype = self._kind._in_family(family, **given)
+        self._prototype = self._kind._in_family(names, **given)
         self._lock = threading.Lock()  # for making and dropping, never for a hit
         self._ticks = itertools.count(1)
         #: origin -> its host, oldest first
@@ -437,7 +433,7 @@ class _Hosts(Generic[S]):
         # Made outside the lock (it reads the environment); two threads seeing a new
         # host at once may each make one: the first stored wins, the other is dropped.
         breaker: CircuitBreaker = self._kind._in_family(
-            self._family, name=f"{self._family}.{origin}", **self._given
+            self._families, name=f"{self._family}.{origin}", **self._given
         )
         for listener in self._template._listeners._fns:
             breaker.add_listener(listener)

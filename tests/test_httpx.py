@@ -173,6 +173,20 @@ def test_connection_errors_and_timeouts_are_failures_and_404_is_not(mode: str) -
     run(mode, scenario)
 
 
+def test_a_named_templates_variables_come_after_the_transports(
+    env: pytest.MonkeyPatch,
+) -> None:
+    env.setenv("RESILIENT_SHARED_TMPL_BREAKER_OPEN_FOR", "40")
+    env.setenv("RESILIENT_SHARED_TMPL_BREAKER_MIN_CALLS", "7")
+    env.setenv("RESILIENT_NEAREST_BREAKER_MIN_CALLS", "9")
+    template = CircuitBreaker("shared-tmpl")
+    transport = rh.ResilientTransport(name="nearest", breaker=template)
+    breaker = transport.breaker_for("a.example:443")
+    assert breaker.name == "nearest.a.example:443"
+    assert (breaker.settings["open_for"], breaker.settings["min_calls"]) == (40.0, 9)
+    assert breaker.settings.sources["open_for"] == "RESILIENT_SHARED_TMPL_BREAKER_OPEN_FOR"
+
+
 def test_variables_configure_every_host_or_one(mode: str, env: pytest.MonkeyPatch) -> None:
     env.setenv("RESILIENT_FLEET_BREAKER_OPEN_FOR", "45")
 
@@ -208,16 +222,16 @@ def test_the_least_recently_used_hosts_breaker_is_dropped_past_max_hosts() -> No
 
 
 def test_the_template_gives_its_listeners_and_code_options_but_not_its_name() -> None:
+    """Its name is not theirs: its variables apply to them after the transport's."""
     changes: list[Any] = []
     template = CircuitBreaker("tmpl", min_calls=1, window_size=1, open_for=7)
     template.add_listener(changes.append)
-    with pytest.warns(resilient.ConfigWarning, match="configure nothing they do"):
-        transport = rh.ResilientTransport(
-            httpx.MockTransport(lambda request: httpx.Response(502)),
-            name="listened",
-            retry=None,
-            breaker=template,
-        )
+    transport = rh.ResilientTransport(
+        httpx.MockTransport(lambda request: httpx.Response(502)),
+        name="listened",
+        retry=None,
+        breaker=template,
+    )
     with httpx.Client(transport=transport) as client:
         client.get("https://x.example/")
     breaker = transport.breaker_for("x.example:443")

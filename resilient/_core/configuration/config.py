@@ -113,11 +113,12 @@ def resolve(
     name: str | None,
     owner: str,
     environ: Mapping[str, str] | None = None,
-    family: str | None = None,
+    family: Sequence[str] = (),
 ) -> Settings:
     """Defaults, then ``given`` (validated: a bad keyword raises at once), then the
     environment (every bad variable reported together): the policy's own variable, else
-    its ``family``'s (one transport's per-host breakers), else the kind's default."""
+    its ``family``'s, nearest first (a transport's per-host breakers: the transport's,
+    then their template's), else the kind's default."""
     env = os.environ if environ is None else environ
     values = opt.resolve(options, given, owner)
     # A signature's default arrives like any keyword; a value equal to the declared
@@ -129,7 +130,7 @@ def resolve(
     texts: dict[str, str] = {}
     errors: list[ConfigError] = []
     for option in options:
-        names = [variable(kind, option.name, n) for n in (name, family) if n is not None]
+        names = [variable(kind, option.name, n) for n in (name, *family) if n is not None]
         for var in (*names, default_variable(kind, option.name)):
             if var not in env:
                 continue

@@ -114,9 +114,9 @@ class Configured:
     ENV_OPTIONS: ClassVar[tuple[opt.Option, ...]] = ()
 
     name: str | None
-    #: a name whose variables apply where the policy's own are not set: the family of
-    #: policies one owner makes alike (a transport's per-host breakers)
-    _family: str | None = None
+    #: names whose variables apply, nearest first, where the policy's own are not set:
+    #: the family of policies one owner makes alike (a transport's per-host breakers)
+    _family: tuple[str, ...] = ()
     _given: Mapping[str, Any] | None = None
     _born = 0  # the registry's order of making
     settings: config.Settings
@@ -132,9 +132,10 @@ class Configured:
             shapes.shaped(cls)
 
     @classmethod
-    def _in_family(cls, family: str, /, **kwargs: Any) -> Any:
-        """A policy made as ``cls(**kwargs)`` that also reads the variables of ``family``
-        (``RESILIENT_<FAMILY>_<KIND>_*``) where its own are not set."""
+    def _in_family(cls, family: tuple[str, ...], /, **kwargs: Any) -> Any:
+        """A policy made as ``cls(**kwargs)`` that also reads the variables of each name
+        in ``family`` (``RESILIENT_<NAME>_<KIND>_*``), nearest first, where its own are
+        not set."""
         policy = cls.__new__(cls)
         policy._family = family
         policy.__init__(**kwargs)  # type: ignore[misc]
@@ -142,7 +143,7 @@ class Configured:
 
     def _read_names(self) -> tuple[str, ...]:
         """The names whose variables this policy reads, its own first."""
-        return tuple(n for n in (self.name, self._family) if n is not None)
+        return self._family if self.name is None else (self.name, *self._family)
 
     def _owner(self) -> str:
         kind = type(self).__name__
