@@ -36,6 +36,7 @@ from resilient._core.state import forking
 from resilient._errors import ConfigError, RejectedError, remade
 from resilient._retry import Retry, _Call, _note
 from resilient._retry import _Plan as _RetryPlan
+from resilient._timeout import Timeout
 
 __all__ = [
     "AsyncResilientTransport",
@@ -556,20 +557,30 @@ class _Transport(Generic[T]):
             raise ConfigError("breaker", breaker, expected, owner=owner)
         if bulkhead is not None and not isinstance(bulkhead, Bulkhead):
             raise ConfigError("bulkhead", bulkhead, "a resilient.Bulkhead, or None", owner=owner)
-        self._attempt_timeout = _positive_or_none("attempt_timeout", attempt_timeout, owner)
-        self._total_timeout = _positive_or_none("total_timeout", total_timeout, owner)
-        if (
-            self._attempt_timeout is not None
-            and self._total_timeout is not None
-            and self._attempt_timeout > self._total_timeout
-        ):
-            raise ConfigError(
-                "attempt_timeout",
-                attempt_timeout,
-                f"at most total_timeout ({self._total_timeout:g}s): an attempt cannot"
-                " outlast the request",
-                owner=owner,
-            )
+        attempt_seconds = _positive_or_none("attempt_timeout", attempt_timeout, owner)
+        total_seconds = _positive_or_none("total_timeout", total_timeout, owner)
+        # Timeouts of their own, named by role as a Pipeline's are, so that
+        # RESILIENT_<NAME>_TOTAL_TIMEOUT_SECONDS and ..._ATTEMPT_TIMEOUT_SECONDS retune
+        # them (and RESILIENT_ENABLED=0 lifts them); the transport reads their seconds.
+        self._total_limit = (
+            None if total_seconds is None else Timeout(total_seconds, name=f"{name}.total")
+        )
+        self._attempt_limit = (
+            None if attempt_seconds is None else Timeout(attempt_seconds, name=f"{name}.attempt")
+        )
+        if self._attempt_limit is not None and self._total_limit is not None:
+            attempt_now, total_now = self._attempt_limit.seconds, self._total_limit.seconds
+            if attempt_now > total_now:
+                option, value = self._attempt_limit.settings.blame("seconds")
+                if option == "seconds":
+                    option, value = "attempt_timeout", attempt_timeout
+                raise ConfigError(
+                    option,
+                    value,
+                    f"at most total_timeout ({total_now:g}s): an attempt cannot outlast the"
+                    " request",
+                    owner=owner,
+                )
         if (
             not isinstance(max_replay_bytes, int)
             or isinstance(max_replay_bytes, bool)
@@ -653,10 +664,13 @@ class _Transport(Generic[T]):
 
     def _scoped(self) -> Token[Ends | None] | None:
         """The total timeout as the deadline in force, unless an enclosing one ends first."""
-        total = self._total_timeout
+        total = self._total_limit
         if total is None:
             return None
-        seconds, enclosing = limit(total)
+        plan = total._plan
+        if not plan.enabled:
+            return None
+        seconds, enclosing = limit(plan.seconds)
         return None if enclosing else scoped(seconds)
 
     def _capped(self, request: httpx.Request) -> None:
@@ -664,7 +678,8 @@ class _Transport(Generic[T]):
         attempt may take: the attempt timeout, or what is left of the total timeout and
         of any enclosing deadline, if less. The caller's own timeouts are kept aside
         (a redirect's request carries them), so each attempt caps from them afresh."""
-        cap = self._attempt_timeout
+        limit = self._attempt_limit
+        cap = None if limit is None or not limit._plan.enabled else limit._plan.seconds
         left = remaining()
         if left is not None and (cap is None or left < cap):
             if left <= 0:

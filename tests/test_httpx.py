@@ -926,3 +926,37 @@ def test_an_open_breaker_fails_fast_instead_of_holding_the_request(
         await client.close()
 
     run(mode, scenario)
+
+
+def test_the_timeouts_are_retuned_by_their_variables_and_lifted_by_the_switch(
+    env: pytest.MonkeyPatch,
+) -> None:
+    seen: list[float] = []
+
+    def app(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"]["read"])
+        return httpx.Response(200)
+
+    env.setenv("RESILIENT_TUNED_ATTEMPT_TIMEOUT_SECONDS", "2")
+    transport = rh.ResilientTransport(httpx.MockTransport(app), name="tuned")
+    assert registry.get("tuned.attempt").seconds == 2.0
+    assert registry.get("tuned.total").seconds == 30.0
+    with httpx.Client(transport=transport, timeout=5) as client:
+        client.get("https://t.example/")
+        env.setenv("RESILIENT_TUNED_ATTEMPT_TIMEOUT_SECONDS", "1.5")
+        resilient.reload()
+        client.get("https://t.example/")
+        env.setenv("RESILIENT_ENABLED", "0")
+        resilient.reload()
+        client.get("https://t.example/")  # no policy: httpx's own 5 s
+    assert seen == [2.0, 1.5, 5.0]
+
+
+def test_an_attempt_timeout_set_above_the_total_by_a_variable_names_it(
+    env: pytest.MonkeyPatch,
+) -> None:
+    env.setenv("RESILIENT_LONG_ATTEMPT_TIMEOUT_SECONDS", "1m")
+    with pytest.raises(ConfigError) as info:
+        rh.ResilientTransport(name="long")
+    assert info.value.option == "RESILIENT_LONG_ATTEMPT_TIMEOUT_SECONDS"
+    assert "at most total_timeout (30s)" in str(info.value)
