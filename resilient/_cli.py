@@ -245,6 +245,8 @@ def _config(args: argparse.Namespace) -> int:
         return USAGE
     invalid = config.invalid_variables()  # also those no policy made so far reads
     pending, unknown = _unmatched({error.option for error in invalid})
+    # (--strict: a family's member not made yet is no orphan: it is made on first use)
+    orphans = [later for later in pending if later["family"] is None]
     entries = [_describe(policy) for policy in policies]
     if args.json:
         unknown_json = [{"variable": v, "did_you_mean": s} for v, s in unknown]
@@ -270,6 +272,13 @@ def _config(args: argparse.Namespace) -> int:
         for later in pending:
             kind = later["kind"]
             hint = f"; did you mean {later['did_you_mean']}?" if later["did_you_mean"] else ""
+            if later["family"] is not None:
+                print(
+                    f"{later['variable']}={later['text']}: applies to the {kind} of one"
+                    f" of {later['family']!r}'s members (a transport's host, spelt"
+                    f" {later['name']!r} here) when it is made"
+                )
+                continue
             print(
                 f"{later['variable']}={later['text']}: applies to the {kind} named"
                 f" {later['name']!r} when one is made (no live {kind} has that name yet{hint})"
@@ -279,12 +288,12 @@ def _config(args: argparse.Namespace) -> int:
             print(f"warning: {var} matches no option of any policy{hint}", file=sys.stderr)
         for bad in invalid:
             print(f"error: {bad}", file=sys.stderr)
-        if args.strict and pending:
+        if args.strict and orphans:
             print(
-                f"error: --strict: {len(pending)} variable(s) name no live policy", file=sys.stderr
+                f"error: --strict: {len(orphans)} variable(s) name no live policy", file=sys.stderr
             )
     check = args.check or args.strict
-    failed = invalid or (check and unknown) or (args.strict and pending)
+    failed = invalid or (check and unknown) or (args.strict and orphans)
     return PROBLEM if failed else OK
 
 
@@ -292,7 +301,11 @@ def _unmatched(bad: set[str]) -> tuple[list[dict[str, Any]], list[tuple[str, str
     """The set variables no live policy reads, in two lists: those that name a kind and
     an option that exist (valid: a policy made later, by a factory say, reads them; the
     bad ones are left to the errors), and the unknown ones with a "did you mean"."""
-    known = config.known_variables((p.KIND, n) for p in registry._live() for n in p._read_names())
+    live = registry._live()
+    known = config.known_variables((p.KIND, n) for p in live for n in p._read_names())
+    # Families whose members are made later (a transport's per-host breakers): their
+    # variables name a member, RESILIENT_<FAMILY>_<HOST>_<KIND>_*, before it exists.
+    families = {(p.KIND, config.env_name(f) + "_", f) for p in live for f in p._family}
     pending: list[dict[str, Any]] = []
     unknown: list[tuple[str, str | None]] = []
     for var, suggestion in config.unknown_variables(known):
@@ -301,6 +314,14 @@ def _unmatched(bad: set[str]) -> tuple[list[dict[str, Any]], list[tuple[str, str
             unknown.append((var, suggestion))
         elif var not in bad:
             text = os.environ[var]
+            family = next(
+                (
+                    name
+                    for kind, prefix, name in families
+                    if kind == parts.kind and parts.name.startswith(prefix)
+                ),
+                None,
+            )
             pending.append(
                 {
                     "variable": var,
@@ -309,6 +330,7 @@ def _unmatched(bad: set[str]) -> tuple[list[dict[str, Any]], list[tuple[str, str
                     "kind": parts.kind,
                     "option": parts.option.name,
                     "name": parts.name.lower(),
+                    "family": family,  # the live family it names a member of, if any
                     "did_you_mean": suggestion,  # a live policy's variable, if one is close
                 }
             )

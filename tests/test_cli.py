@@ -441,6 +441,7 @@ class TestFactories:
                 "kind": "retry",
                 "option": "attempts",
                 "name": "ledger",
+                "family": None,
                 "did_you_mean": None,
             },
             {
@@ -450,6 +451,7 @@ class TestFactories:
                 "kind": "breaker",
                 "option": "failure_rate",
                 "name": "per_host",
+                "family": None,
                 "did_you_mean": None,
             },
         ]
@@ -544,3 +546,35 @@ def test_a_variable_splits_into_name_kind_and_option(
     found = config.parts_of(var)
     split = None if found is None else (found.name, found.kind, found.option.name)
     assert split == parts
+
+
+def test_a_transports_host_variables_are_told_as_its_hosts_and_pass_strict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RESILIENT_<NAME>_<HOST>_BREAKER_* names a per-host breaker the transport makes on
+    first use: config says so (not "a breaker named 'gw_api_example_com_443'"), and
+    --strict does not call it an orphan; the transport's own and the family's apply."""
+    (tmp_path / "gateway.py").write_text(
+        "from resilient.httpx import ResilientTransport\n"
+        "transport = ResilientTransport(name='gw')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for var in [v for v in os.environ if v.startswith("RESILIENT_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("RESILIENT_GW_API_EXAMPLE_COM_443_BREAKER_OPEN_FOR", "60")
+    monkeypatch.setenv("RESILIENT_GW_BREAKER_MIN_CALLS", "5")
+    monkeypatch.setenv("RESILIENT_GW_TOTAL_TIMEOUT_SECONDS", "12")
+    try:
+        code = main(["config", "gateway", "--strict"])
+    finally:
+        sys.modules.pop("gateway", None)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert (
+        "RESILIENT_GW_API_EXAMPLE_COM_443_BREAKER_OPEN_FOR=60: applies to the breaker of one"
+        " of 'gw''s members (a transport's host, spelt 'gw_api_example_com_443' here) when"
+        " it is made"
+    ) in out
+    assert "Timeout 'gw.total'" in out
+    assert "12.0" in out
