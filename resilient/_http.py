@@ -48,8 +48,10 @@ def hint_seconds(headers: Mapping[str, str], now: float) -> float | None:
     date in the past asks for 0. Anything unreadable (``1m0s``), negative, overflowing
     or out of the calendar is no hint: None, never an exception."""
     ms = headers.get("retry-after-ms")
-    if ms is not None and _SECONDS.fullmatch(ms.strip()):
-        return float(ms) / 1000.0
+    if ms is not None:
+        ms = ms.strip()  # (str.strip knows more spaces than float() does: strip once)
+        if _SECONDS.fullmatch(ms):
+            return float(ms) / 1000.0
     value = headers.get("retry-after")
     if value is None:
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from resilient import _http
@@ -68,6 +68,8 @@ def test_a_date_is_read_against_the_servers_own_clock_when_it_says_it() -> None:
 
 def test_retry_after_ms_wins_and_is_milliseconds() -> None:
     assert hint(retry_after_ms="1500", retry_after="30") == 1.5
+    assert hint(retry_after_ms="0\x1f", retry_after="30") == 0.0  # (found by hypothesis)
+    assert hint(retry_after="2\x1c") == 2.0
     assert hint(retry_after_ms="soon", retry_after="30") == 30.0  # unreadable: the other
 
 
@@ -98,6 +100,7 @@ def test_anything_unreadable_is_no_hint_never_an_exception(value: str) -> None:
     assert hint(retry_after=value) is None
 
 
+@example("0\x1f")  # str.strip() takes the unit separator, float() does not
 @given(st.text(max_size=60))
 def test_no_text_makes_it_raise_or_answer_a_negative_or_unbounded_wait(value: str) -> None:
     for headers in (
