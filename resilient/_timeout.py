@@ -17,8 +17,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import copy_context
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
@@ -26,10 +25,10 @@ from resilient._core.configuration.registry import Configured
 from resilient._core.execution import backend, workers
 from resilient._core.execution import deadline as dl
 from resilient._core.execution.drivers import (
-    BlockForms,
     CoroutineType,
     Decorates,
     Later,
+    Propagates,
     returned_coroutine,
 )
 from resilient._core.state.primitives import counter
@@ -84,10 +83,10 @@ class WorkersExhaustedError(RejectedError):
 
     __slots__ = ()
 
-    def _what(self) -> str:
+    def _what(self, named: bool = True) -> str:
         return (
-            f"timeout {self._who()} refused the call: too many of its timed-out calls are"
-            " still running on their worker threads (max_abandoned)"
+            f"{self._subject('timeout', named)} refused the call: too many of its timed-out"
+            " calls are still running on their worker threads (max_abandoned)"
         )
 
 
@@ -109,7 +108,7 @@ class _Plan(NamedTuple):
     enabled: bool
 
 
-class Timeout(Configured, BlockForms, Decorates):
+class Timeout(Configured, Propagates, Decorates):
     """At most ``seconds`` for each call, or TimeoutExpired (a :class:`TimeoutError`).
 
     As a decorator or through ``call``/``call_async``, on ``def`` and ``async def``.
@@ -117,22 +116,6 @@ class Timeout(Configured, BlockForms, Decorates):
     interrupt sync code: the block runs to its end, with a deadline that resilient-aware
     calls inside respect, and raises TimeoutExpired on exit if it overran.
     """
-
-    if TYPE_CHECKING:  # the block's exception, or TimeoutExpired, always goes on
-
-        def __exit__(
-            self,
-            exc_type: type[BaseException] | None,
-            exc: BaseException | None,
-            tb: TracebackType | None,
-        ) -> Literal[False]: ...
-
-        async def __aexit__(
-            self,
-            exc_type: type[BaseException] | None,
-            exc: BaseException | None,
-            tb: TracebackType | None,
-        ) -> Literal[False]: ...
 
     KIND = "timeout"
     OPTIONS = OPTIONS

@@ -357,7 +357,28 @@ class BlockForms:
         return bool(outcome)
 
 
-class GuardForms(BlockForms, Decorates):
+class Propagates(BlockForms):
+    """The block forms of a policy that never swallows the block's exception (a guard, a
+    Timeout), so typed: a ``return`` inside its block needs no other after it."""
+
+    if TYPE_CHECKING:
+
+        def __exit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> Literal[False]: ...
+
+        async def __aexit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> Literal[False]: ...
+
+
+class GuardForms(Propagates, Decorates):
     """Mixin: every form of a guard, from its ``_state``, ``_admit`` and ``_exit``.
 
     Per-call state (the token) lives on the stack of the call, or for the
@@ -396,15 +417,6 @@ class GuardForms(BlockForms, Decorates):
     def _exit_block(self, token: Any, exc: BaseException | None, asynchronous: bool) -> object:
         self._exit(token, exc, NO_RESULT)
         return False
-
-    if TYPE_CHECKING:  # a guard never swallows the block's exception: say so to mypy
-
-        async def __aexit__(
-            self,
-            exc_type: type[BaseException] | None,
-            exc: BaseException | None,
-            tb: TracebackType | None,
-        ) -> Literal[False]: ...
 
     # A sync guard's block is a hot path (``with breaker:`` around every call): the two
     # methods above inlined, a frame less each way; the async forms are BlockForms' own.
