@@ -82,10 +82,14 @@ class RejectedError(ResilienceError):
         hint = "" if retry_after is None else f"; retry after {retry_after:.3f}s"
         return f"{self._what()}{hint}"
 
-    def _what(self) -> str:
-        return (
-            f"{type(self).__name__.removesuffix('Error').lower()} {self._who()} rejected the call"
-        )
+    def _what(self, named: bool = True) -> str:
+        """What refused and why; ``named=False`` leaves the policy's name out (a web
+        answer to an outside client: the name may be an internal host)."""
+        kind = type(self).__name__.removesuffix("Error").lower()
+        return f"{self._subject(kind, named)} rejected the call"
+
+    def _subject(self, kind: str, named: bool) -> str:
+        return f"{kind} {self._who()}" if named else kind
 
     def _who(self) -> str:
         return f"{self.name!r}" if self.name is not None else "(unnamed)"
@@ -151,8 +155,9 @@ class CircuitOpenError(RejectedError):
         shown = "" if cause is None else f"; opened by {shown_failure(cause)}"
         return super().__str__() + shown
 
-    def _what(self) -> str:
-        return f"circuit breaker {self._who()} is {getattr(self.state, 'value', self.state)}"
+    def _what(self, named: bool = True) -> str:
+        state = getattr(self.state, "value", self.state)
+        return f"{self._subject('circuit breaker', named)} is {state}"
 
 
 def detached(exc: BaseException) -> BaseException | None:
@@ -199,8 +204,8 @@ class BulkheadFullError(RejectedError):
 
     __slots__ = ()
 
-    def _what(self) -> str:
-        return f"bulkhead {self._who()} is full"
+    def _what(self, named: bool = True) -> str:
+        return f"{self._subject('bulkhead', named)} is full"
 
 
 class TimeoutExpired(ResilienceError, TimeoutError):

@@ -155,8 +155,7 @@ def _anonymous(exc: RejectedError) -> str:
     """What refused, without the policy's name: "circuit breaker is open"."""
     if type(exc) is RejectedError:
         return "the call was rejected"
-    what = exc._what().replace(" " + exc._who(), "", 1)
-    return what.replace(" is forced_open", " is forced open")  # words, not the enum value
+    return exc._what(named=False).replace(" is forced_open", " is forced open")  # words
 
 
 def _whole_seconds(retry_after: float | None) -> int | None:
