@@ -667,15 +667,11 @@ class CircuitBreaker(Configured, GuardForms):
         call of the predicate, then the window's own record of a success, or a failure
         recorded and judged (an HTTP transport's 200s cost a predicate, not _settle)."""
         c = self._plan
-        try:
-            failed = c.failure_result(result)  # type: ignore[misc]
-        except Exception as error:  # never the call's: its value counts as nothing
-            c.judging["failure_result"].failed(error, "on a result", "not counted")
-            return
-        if failed:
-            self._report(c, st, FAILURE, c.now())
-        else:
+        outcome = c.classify(SUCCESS, None, result)
+        if outcome == SUCCESS:
             st.success()
+        elif outcome is not None:  # (None: the predicate failed; counted as nothing)
+            self._report(c, st, outcome, c.now())
 
     # -- transitions: the only code that changes _state -------------------------------
 
