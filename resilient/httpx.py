@@ -390,7 +390,7 @@ class _Hosts(Generic[S]):
         # The family's own member, unnamed, guarding nothing: it reads the family's and
         # the default variables now (a bad one fails here, not at a first request), and
         # again at each reload, which then knows RESILIENT_<FAMILY>_BREAKER_* is read.
-        self._prototype = self._kind._in_family(names, **given)
+        self._prototype = self._kind._made({"_family": names}, **given)
         self._lock = threading.Lock()  # for making and dropping, never for a hit
         self._ticks = itertools.count(1)
         #: origin -> its host, oldest first
@@ -433,8 +433,8 @@ class _Hosts(Generic[S]):
             return host
         # Made outside the lock (it reads the environment); two threads seeing a new
         # host at once may each make one: the first stored wins, the other is dropped.
-        breaker: CircuitBreaker = self._kind._in_family(
-            self._families, name=f"{self._family}.{origin}", **self._given
+        breaker: CircuitBreaker = self._kind._made(
+            {"_family": self._families}, name=f"{self._family}.{origin}", **self._given
         )
         for listener in self._template._listeners._fns:
             breaker.add_listener(listener)
@@ -622,10 +622,7 @@ class _Transport(Generic[T]):
             given = _code_given(retry)
             given["name"] = retry.name or name
             given.setdefault("retry_after", retry_after)
-            made = _Retrying.__new__(_Retrying)
-            made._rules = self._rules
-            made.__init__(**given)  # type: ignore[misc]
-            self._retry = made
+            self._retry = _Retrying._made({"_rules": self._rules}, **given)
         self._inner: T = type(self)._DEFAULT() if transport is None else transport
         send: Any = self._attempt
         for layer in (self._retry, self._bulkhead):  # inner first: the bulkhead outermost
@@ -691,15 +688,15 @@ class _Transport(Generic[T]):
             cap = left
         extensions = request.extensions
         own: Any = extensions.get(_OWN_TIMEOUTS, _UNSET)
-        if own is _UNSET:
+        first = own is _UNSET  # (nothing capped yet: httpx's own dict is in place)
+        if first:
             own = extensions.get("timeout") or {}
-            if cap is None:
-                return
         if cap is None:
+            if first:
+                return
             capped = own
         elif own:
-            uncapped = extensions.get("timeout") is own  # a first attempt, as yet
-            if uncapped:
+            if first:
                 for seconds in own.values():
                     if seconds is None or seconds > cap:
                         break

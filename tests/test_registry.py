@@ -330,8 +330,8 @@ def test_a_family_member_reads_its_own_then_its_familys_then_the_default_variabl
     env.setenv("RESILIENT_DEFAULT_BREAKER_OPEN_FOR", "7")
     env.setenv("RESILIENT_FAMTEST_BREAKER_OPEN_FOR", "9")
     env.setenv("RESILIENT_FAMTEST_A_EXAMPLE_443_BREAKER_OPEN_FOR", "11")
-    a = CircuitBreaker._in_family(("famtest",), name="famtest.a.example:443")
-    b = CircuitBreaker._in_family(("famtest",), name="famtest.b.example:443")
+    a = CircuitBreaker._made({"_family": ("famtest",)}, name="famtest.a.example:443")
+    b = CircuitBreaker._made({"_family": ("famtest",)}, name="famtest.b.example:443")
     loner = CircuitBreaker("famtest-loner")
     assert isinstance(a, CircuitBreaker)
     assert [p.settings["open_for"] for p in (a, b, loner)] == [11.0, 9.0, 7.0]

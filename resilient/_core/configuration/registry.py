@@ -132,12 +132,13 @@ class Configured:
             shapes.shaped(cls)
 
     @classmethod
-    def _in_family(cls, family: tuple[str, ...], /, **kwargs: Any) -> Any:
-        """A policy made as ``cls(**kwargs)`` that also reads the variables of each name
-        in ``family`` (``RESILIENT_<NAME>_<KIND>_*``), nearest first, where its own are
-        not set."""
+    def _made(cls, preset: Mapping[str, Any], /, **kwargs: Any) -> Any:
+        """A policy made as ``cls(**kwargs)`` with ``preset`` attributes set before its
+        ``__init__``, which reads them (its ``_compile`` does): ``_family``, the names
+        whose variables (``RESILIENT_<NAME>_<KIND>_*``) it reads after its own, nearest
+        first; or what an owner's subclass compiles with."""
         policy = cls.__new__(cls)
-        policy._family = family
+        policy.__dict__.update(preset)
         policy.__init__(**kwargs)  # type: ignore[misc]
         return policy
 
