@@ -16,6 +16,7 @@ import typing as _typing
 from resilient._breaker import BreakerMetrics, CircuitBreaker, State, StateChange
 from resilient._budget import RetryBudget
 from resilient._bulkhead import Bulkhead, BulkheadMetrics
+from resilient._core.configuration import events as _events
 from resilient._core.configuration.registry import registry, reload
 from resilient._core.execution.deadline import deadline, remaining
 from resilient._core.state.clock import Clock, MonotonicClock, SystemClock
@@ -35,6 +36,7 @@ from resilient._retry import Attempt, Retry
 from resilient._timeout import Timeout, TimeoutMetrics, WorkersExhaustedError
 
 _Client = _typing.TypeVar("_Client")
+_Listener = _typing.TypeVar("_Listener", bound=_abc.Callable[..., object])
 
 
 def wrap(
@@ -59,6 +61,30 @@ def wrap(
     from resilient._wrap import wrap as wrap_client  # wrapt only when used
 
     return wrap_client(client, policy, methods=methods, exclude=exclude)
+
+
+def add_listener(listener: _Listener, *kinds: type) -> _Listener:
+    """Call ``listener(event)`` with every event of every policy, live and future
+    (``resilient.events``), or only those of the classes given; usable as a decorator.
+    It runs as a policy's own listeners do: on the thread that caused the event, its
+    errors logged once and never the call's.
+    """
+    return _events.GLOBAL.add(listener, kinds)
+
+
+def remove_listener(listener: _abc.Callable[[_typing.Any], object]) -> None:
+    """Stop calling a listener added with :func:`add_listener`; ValueError if it was not."""
+    _events.GLOBAL.remove(listener)
+
+
+def health() -> dict[str, _typing.Any]:
+    """A JSON-able view of every live named policy, for a readiness probe or a debug
+    page: each one's state, window tally and rates, open-until as seconds from now,
+    bulkhead slots in use and queued, and the tail of a breaker's history."""
+    from resilient._health import health as view
+
+    found: dict[str, _typing.Any] = view()
+    return found
 
 
 #: The distribution's name on the package index ("resilient" there is another project).
@@ -108,10 +134,13 @@ __all__ = [
     "UsageError",
     "WorkersExhaustedError",
     "__version__",
+    "add_listener",
     "deadline",
+    "health",
     "registry",
     "reload",
     "remaining",
+    "remove_listener",
     "wrap",
 ]
 

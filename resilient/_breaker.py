@@ -17,19 +17,18 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Any, Literal, NamedTuple, TypeVar
 
-from resilient._core.configuration import config
+from resilient._core.configuration import config, events
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
-from resilient._core.configuration.events import Listeners
 from resilient._core.configuration.registry import Configured
 from resilient._core.execution.drivers import NO_RESULT, GuardForms, Refusal
 from resilient._core.state.clock import SYSTEM_CLOCK, MonotonicClock
 from resilient._core.state.primitives import counter
+from resilient._core.state.ring import Ring
 from resilient._core.state.window import (
     FAILURE,
     SLOW_FAILURE,
@@ -41,8 +40,14 @@ from resilient._core.state.window import (
     time_window,
 )
 from resilient._errors import CircuitOpenError, ConfigError, UsageError, detached
+from resilient.events import StateChange
+from resilient.events import Tally as Counted
 
-__all__ = ["BreakerMetrics", "CircuitBreaker", "State", "StateChange"]
+__all__ = ["HISTORY", "BreakerMetrics", "CircuitBreaker", "State", "StateChange"]
+
+#: How many transitions a breaker's history keeps; how many ``resilient.health()`` shows.
+HISTORY = 100
+HEALTH_TAIL = 5
 
 L = TypeVar("L", bound=Callable[..., object])
 
@@ -81,18 +86,6 @@ class BreakerMetrics(NamedTuple):
     rejected: int
 
 
-class StateChange(NamedTuple):
-    """Published to a breaker's listeners after it moved from ``old`` to ``new``.
-
-    ``at`` is the breaker clock's monotonic time of the change.
-    """
-
-    breaker: CircuitBreaker
-    old: State
-    new: State
-    at: float
-
-
 class _Phase:
     """One state of the breaker and what belongs to it; replaced whole on a transition."""
 
@@ -103,6 +96,7 @@ class _Phase:
         "fast",
         "forward",
         "kind",
+        "meter",
         "passed",
         "pending",
         "pending_stamp",
@@ -137,6 +131,8 @@ class _Phase:
         self.refusal = refusal
         # The driver admits a call on a fast phase without asking: CLOSED and untimed.
         self.fast = fast
+        # Read by the drivers off the fast path: who hears of each call (set by _install).
+        self.meter: events.Meter | None = None
         # CLOSED, and a success needs nothing but a slot store: no timing, no predicate.
         self.plain = plain
         self.window = window
@@ -297,8 +293,9 @@ def _min_calls_capped(settings: Settings) -> str:
 class _Plan:
     """A breaker's configuration and the judgements made from it, replaced whole."""
 
-    def __init__(self, settings: Settings, owner: str) -> None:
+    def __init__(self, settings: Settings, owner: str, meter: events.Meter | None) -> None:
         self.owner = owner
+        self.meter = meter
         open_for = settings["open_for"]
         # The last duration open_for gave: what a breaker opens for if it later fails.
         self.last_open_for: float = next(o.default for o in OPTIONS if o.name == "open_for")
@@ -359,6 +356,8 @@ class _Plan:
         self.now = self.clock.monotonic
         self.pinned: str = settings["state"]
         self.enabled = settings.enabled
+        # CLOSED admits without asking: no call is timed, for slowness or for a meter.
+        self.fast = not self.timed and meter is None
         # A success needs nothing but a slot store: no timing, no clock, no predicate.
         self.plain_success = (
             not self.timed and self.window_type == "count" and self.failure_result is None
@@ -424,6 +423,18 @@ class _Plan:
             self.timed and tally.slow / calls >= self.slow_rate
         )
 
+    def why(self, tally: Tally, probes: bool = False) -> str:
+        """Why ``tally`` opens the breaker (or, of probes, why it closes): for the log."""
+        calls = tally.calls
+        of = f"{calls} probes" if probes else f"the last {calls} calls"
+        if tally.failures / calls >= self.failure_rate:
+            return (
+                f"{tally.failures} of {of} failed, at or over failure_rate={self.failure_rate:g}"
+            )
+        if self.timed and tally.slow / calls >= self.slow_rate:
+            return f"{tally.slow} of {of} were slow, at or over slow_call_rate={self.slow_rate:g}"
+        return f"{calls - tally.failures} of {of} succeeded"
+
 
 class CircuitBreaker(Configured, GuardForms):
     """Stops calls to a failing downstream, then lets a few probes decide when to resume.
@@ -467,9 +478,8 @@ class CircuitBreaker(Configured, GuardForms):
         given = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
         settings = self._configure(name, given)
         self._lock = threading.Lock()
-        self._listeners: Listeners[StateChange] = Listeners()
-        self._events: deque[StateChange] = deque()  # decided, not yet delivered
-        self._publishing = threading.Lock()
+        #: the last HISTORY transitions, oldest first (``history``)
+        self._history: Ring[StateChange] = Ring(HISTORY)
         self._rejected = counter()
         self._pinned_by_env = False  # the state is pinned by the environment
         self._code_pin: State | None = None  # ... or by force_open()/disable()
@@ -477,7 +487,7 @@ class CircuitBreaker(Configured, GuardForms):
         self._register(settings)
 
     def _compile(self, settings: Settings) -> _Plan:
-        rules = _Plan(settings, self._owner())
+        rules = _Plan(settings, self._owner(), self._metered())
         old: _Plan | None = getattr(self, "_plan", None)
         if rules.capped is not None and (old is None or old.capped != rules.capped):
             config.warn(f"{rules.owner}: {rules.capped}")  # once, not at every reload
@@ -497,27 +507,31 @@ class CircuitBreaker(Configured, GuardForms):
             st: _Phase | None = getattr(self, "_state", None)
             env_pin = DISABLED if not c.enabled else _PINS[c.pinned]
             new: _Phase | None = None
+            why, tally = "", None
             if env_pin is not None:
                 if st is None or st.kind is not env_pin:
                     new = self._pinned(env_pin, c.new_window() if st is None else st.window, now)
+                    why = (
+                        "RESILIENT_ENABLED=0"
+                        if not c.enabled
+                        else f"the environment's state={c.pinned}"
+                    )
             elif st is None:
                 new = self._closed(c)
             elif self._pinned_by_env:  # the environment's pin is lifted: code's calls apply
+                why = "the environment's pin was lifted"
                 if self._code_pin is not None:
                     new = self._pinned(self._code_pin, st.window, now)
                 else:
                     new = self._closed(c, None if self._fresh_on_lift else st.window)
             elif st.kind is CLOSED:  # the fast-path flags and the window follow the rules
                 window = c.reshaped(st.window)
-                if window is not st.window or (st.fast, st.plain) != (
-                    not c.timed,
-                    c.plain_success,
-                ):
+                if window is not st.window or (st.fast, st.plain) != (c.fast, c.plain_success):
                     new = self._closed(c, window, st)
                     self._forward(st, new)
                 # else the phase stays: a reload that changes nothing about it is unseen
             elif st.kind is HALF_OPEN and st.reported >= c.half_open_calls:
-                new = self._probed(c, st, now)  # fewer probes now: enough have reported
+                new, why, tally = self._probed(c, st, now)  # fewer probes: enough reported
             # Else HALF_OPEN stays too: its probes report to it, and the new rules' number
             # of probes applies to them (reopen_for as computed when the spell began: no
             # user callable runs under the lock). OPEN and its end stay as they are.
@@ -525,8 +539,10 @@ class CircuitBreaker(Configured, GuardForms):
             if not self._pinned_by_env:
                 self._fresh_on_lift = False  # (a reset made under a pin waits for its lift)
             if new is not None:
-                self._install(new, now)
-        self._publish()
+                self._install(new, why, tally, now=now)
+            elif st is not None:
+                st.meter = c.meter  # (a meter came or went: the phase stays)
+        events.deliver()
 
     # -- the call path ----------------------------------------------------------------
 
@@ -600,8 +616,8 @@ class CircuitBreaker(Configured, GuardForms):
                 if outcome in (FAILURE, SLOW_FAILURE) and exc is not None:
                     st.cause = detached(exc) or st.cause
                 if st.reported >= c.half_open_calls:  # the last probe decides, once
-                    self._install(self._probed(c, st, now), now)
-            self._publish()
+                    self._install(*self._probed(c, st, now), now=now)
+            events.deliver()
 
     def _judge(
         self, c: _Plan, st: _Phase, now: float | None, exc: BaseException | None = None
@@ -629,7 +645,7 @@ class CircuitBreaker(Configured, GuardForms):
             if now is None:
                 now = c.now()
             wait = c.open_duration(st.times_opened + 1)
-            self._swap(st, self._opened(st, now, wait, exc), now)
+            self._swap(st, self._opened(st, now, wait, exc), now, c.why(tally), tally)
 
     def _set_pending(self, st: _Phase, stamp: int, pending: bool) -> None:
         with self._lock:
@@ -638,10 +654,14 @@ class CircuitBreaker(Configured, GuardForms):
                 st.pending = pending
                 self._arm(st)
 
-    def _probed(self, c: _Plan, st: _Phase, now: float) -> _Phase:
-        """Under the lock: what a HALF_OPEN spell whose probes have reported turns into."""
-        over = c.over(Tally(st.reported, st.failures, st.slow))
-        return self._opened(st, now, st.reopen_for, st.cause) if over else self._closed(c)
+    def _probed(self, c: _Plan, st: _Phase, now: float) -> tuple[_Phase, str, Tally]:
+        """Under the lock: what a HALF_OPEN spell whose probes have reported turns into,
+        why, and the probes' tally."""
+        tally = Tally(st.reported, st.failures, st.slow)
+        why = c.why(tally, probes=True)
+        if c.over(tally):
+            return self._opened(st, now, st.reopen_for, st.cause), why, tally
+        return self._closed(c), why, tally
 
     def _forward(self, old: _Phase, new: _Phase) -> None:
         """Under the lock: ``new`` takes over from the CLOSED phase ``old``; the calls
@@ -675,43 +695,42 @@ class CircuitBreaker(Configured, GuardForms):
 
     # -- transitions: the only code that changes _state -------------------------------
 
-    def _swap(self, expected: _Phase | None, new: _Phase, now: float) -> bool:
+    def _swap(
+        self,
+        expected: _Phase | None,
+        new: _Phase,
+        now: float,
+        why: str,
+        tally: Tally | None = None,
+    ) -> bool:
         """Make ``new`` current if ``expected`` still is (None: whatever is)."""
         with self._lock:
             if expected is not None and self._state is not expected:
                 return False
-            self._install(new, now)
-        self._publish()
+            self._install(new, why, tally, now=now)
+        events.deliver()
         return True
 
-    def _install(self, new: _Phase, now: float) -> None:
-        """Under the lock: make ``new`` current and queue its event, stamped ``now``."""
+    def _install(self, new: _Phase, why: str, tally: Tally | None = None, *, now: float) -> None:
+        """Under the lock: make ``new`` current, keep the change in the history and
+        queue its event (stamped ``now``), which this thread delivers once it lets go."""
         old = getattr(self, "_state", None)
+        new.meter = self._plan.meter
         self._state = new
-        if old is not None and self._listeners and old.kind is not new.kind:
-            self._events.append(StateChange(self, old.kind, new.kind, now))
-
-    def _publish(self) -> None:
-        """Deliver queued events in order, outside the lock, from one thread at a time.
-
-        A thread that finds another delivering leaves its event to it; the deliverer
-        checks the queue again after letting go, so no event is stranded.
-        """
-        events = self._events
-        while events:
-            if not self._publishing.acquire(blocking=False):
-                return
-            try:
-                while events:
-                    self._listeners.emit(events.popleft())
-            finally:
-                self._publishing.release()
+        if old is not None and old.kind is not new.kind:
+            counted = None if tally is None else Counted(tally.calls, tally.failures, tally.slow)
+            until = new.until if new.kind is OPEN else None
+            change = StateChange(
+                self, old.kind, new.kind, now, counted, why, until, new.times_opened
+            )
+            self._history.append(change)
+            events.queue(self, change)
 
     def _closed(self, c: _Plan, window: Window | None = None, was: _Phase | None = None) -> _Phase:
         """A CLOSED phase under ``c``: a fresh window, or ``window`` carried over into
         one of ``c``'s shape (``was``: the CLOSED phase it replaces, warm-up and all)."""
         window = c.new_window() if window is None else c.reshaped(window)
-        st = _Phase(CLOSED, window, fast=not c.timed, plain=c.plain_success)
+        st = _Phase(CLOSED, window, fast=c.fast, plain=c.plain_success)
         if was is not None and was.window is window:
             st.pending, st.pending_stamp = was.pending, was.pending_stamp
         else:
@@ -730,7 +749,7 @@ class CircuitBreaker(Configured, GuardForms):
         error = functools.partial(
             BaseException.__new__, CircuitOpenError, self.name, None, OPEN, until, c.clock, cause
         )
-        refusal = Refusal(c.now, until, self._rejected.incr, error)
+        refusal = Refusal(c.now, until, functools.partial(self._refused, "open", until), error)
         opened = _Phase(
             OPEN,
             st.window,
@@ -750,7 +769,8 @@ class CircuitBreaker(Configured, GuardForms):
             error = functools.partial(
                 BaseException.__new__, CircuitOpenError, self.name, None, FORCED_OPEN
             )
-            refusal = Refusal(self._plan.now, math.inf, self._rejected.incr, error)
+            counted = functools.partial(self._refused, "forced_open")
+            refusal = Refusal(self._plan.now, math.inf, counted, error)
         return _Phase(kind, window, since=now, refusal=refusal)
 
     def _probing(self, c: _Plan, st: _Phase, now: float) -> _Phase:
@@ -773,21 +793,26 @@ class CircuitBreaker(Configured, GuardForms):
                     assert st.refusal is not None
                     st.refusal.counted()
                     raise st.refusal.error()
-                self._swap(st, self._probing(c, st, now), now)  # lazily, on the first call after
+                # lazily, on the first call after
+                self._swap(st, self._probing(c, st, now), now, "open_for has passed")
             elif kind is HALF_OPEN:
                 now = c.now()
                 max_wait = c.half_open_max_wait
                 if max_wait is not None and now - st.since >= max_wait:
-                    self._swap(st, self._opened(st, now, st.reopen_for), now)  # probes hung
+                    hung = f"probes did not report within half_open_max_wait={max_wait:g}s"
+                    self._swap(st, self._opened(st, now, st.reopen_for), now, hung)
                 else:
                     with self._lock:
-                        if self._state is st:
-                            if st.admitted < c.half_open_calls:
-                                st.admitted += 1
-                                return (st, now) if c.timed else st
-                            # Full: if probes may hang, we know when this spell ends at the latest.
-                            hint = None if max_wait is None else st.since + max_wait - now
-                            raise self._rejection(st, hint)
+                        current = self._state is st
+                        if current and st.admitted < c.half_open_calls:
+                            st.admitted += 1
+                            return (st, now) if c.timed else st
+                    if current:
+                        # Full: if probes may hang, we know when this spell ends at the latest.
+                        until = None if max_wait is None else st.since + max_wait
+                        self._refused("half_open_full", until)
+                        hint = None if until is None else until - now
+                        raise CircuitOpenError(self.name, hint, st.kind, st.cause)
             elif kind is FORCED_OPEN:
                 assert st.refusal is not None
                 st.refusal.counted()
@@ -796,12 +821,51 @@ class CircuitBreaker(Configured, GuardForms):
                 return (st, c.now()) if c.timed and kind is CLOSED else st
             st = self._state
 
-    def _rejection(self, st: _Phase, retry_after: float | None) -> CircuitOpenError:
-        """A fresh error for each rejection, so no traceback ever grows."""
+    def _refused(self, reason: str, until: float | None = None) -> None:
+        """A rejection: counted, told (a fresh error is raised for each, so no
+        traceback ever grows)."""
         self._rejected.incr()
-        return CircuitOpenError(self.name, retry_after, st.kind, st.cause)
+        events.refused(self, reason, self._plan.now, until)
 
     # -- inspection and manual control ------------------------------------------------
+
+    @property
+    def history(self) -> list[StateChange]:
+        """The last transitions (at most ``resilient.HISTORY``), oldest first: enough to
+        rebuild the state (:meth:`replay`). Only transitions are kept, never calls."""
+        return self._history.items()
+
+    def replay(self, history: Iterable[StateChange]) -> None:
+        """Take the state the transitions in ``history`` lead to, as told by another
+        breaker's :attr:`history` (times on this breaker's clock): the state, an OPEN
+        spell's end and how many spells in a row it opened for. The window starts empty;
+        listeners hear nothing (the changes happened elsewhere, before). The history is
+        kept as this breaker's own."""
+        changes = list(history)
+        for change in changes:
+            if not isinstance(change, StateChange):
+                raise TypeError(f"replay() takes StateChange events, not {change!r}")
+        if not changes:
+            return
+        last = changes[-1]
+        c = self._plan
+        kind = State(last.new)
+        window = c.new_window()
+        if kind is OPEN:  # (made outside the lock: open_for may be the user's callable)
+            base = _Phase(CLOSED, window, times_opened=last.times_opened - 1)
+            new = self._opened(base, last.at, (last.until or last.at) - last.at)
+        elif kind is HALF_OPEN:
+            new = self._probing(c, _Phase(OPEN, window, times_opened=last.times_opened), last.at)
+        elif kind is CLOSED:
+            new = self._closed(c)
+        else:
+            new = self._pinned(kind, window, last.at)
+        with self._lock:
+            self._code_pin = kind if kind in (FORCED_OPEN, DISABLED) else None
+            if not self._pinned_by_env:
+                self._state = new
+            for change in changes:
+                self._history.append(change._replace(breaker=self))
 
     @property
     def state(self) -> State:
@@ -831,6 +895,34 @@ class CircuitBreaker(Configured, GuardForms):
             rejected=self._rejected.value,
         )
 
+    def _health(self) -> dict[str, Any]:
+        m = self.metrics
+        st = self._state
+        now = self._plan.now()
+        open_for = max(0.0, st.until - now) if st.kind is OPEN else None
+        tail = [
+            {
+                "seconds_ago": max(0.0, now - change.at),
+                "from": change.old.value,
+                "to": change.new.value,
+                "reason": change.reason,
+                "tally": None if change.tally is None else change.tally._asdict(),
+            }
+            for change in self._history.items()[-HEALTH_TAIL:]
+        ]
+        return {
+            "state": m.state.value,
+            "calls": m.calls,
+            "failures": m.failures,
+            "slow_calls": m.slow_calls,
+            "failure_rate": m.failure_rate,
+            "slow_call_rate": m.slow_call_rate,
+            "open_for_seconds": open_for,
+            "times_opened": st.times_opened,
+            "rejected": m.rejected,
+            "history": tail,
+        }
+
     def force_open(self) -> None:
         """Reject every call until ``reset()`` (retry_after is None: nobody knows when).
 
@@ -847,14 +939,14 @@ class CircuitBreaker(Configured, GuardForms):
             self._code_pin = kind  # only reset() undoes it
             if not self._pinned_by_env:  # the environment's pin wins until it is lifted
                 now = self._plan.now()
-                self._install(self._pinned(kind, self._state.window, now), now)
-        self._publish()
+                why = "force_open()" if kind is FORCED_OPEN else "disable()"
+                self._install(self._pinned(kind, self._state.window, now), why, now=now)
+        events.deliver()
 
     def _after_fork(self) -> None:
         """In a forked child: fresh locks, and HALF_OPEN probes in flight on the parent's
         other threads, which will never report, give their permits back."""
         self._lock = threading.Lock()
-        self._publishing = threading.Lock()
         st = self._state
         st.window.after_fork()
         if st.kind is HALF_OPEN:
@@ -872,20 +964,8 @@ class CircuitBreaker(Configured, GuardForms):
             self._fresh_on_lift = True
             if not self._pinned_by_env:
                 now = c.now()
-                self._install(self._closed(c), now)
-        self._publish()
-
-    def add_listener(self, listener: L) -> L:
-        """Call ``listener(StateChange)`` after every change of state; usable as a decorator.
-
-        Listeners run in the thread that caused the change, after it is complete and
-        outside any lock; an exception they raise is logged (logger ``resilient``) and
-        never reaches the guarded call.
-        """
-        return self._listeners.add(listener)
-
-    def remove_listener(self, listener: Callable[[StateChange], object]) -> None:
-        self._listeners.remove(listener)
+                self._install(self._closed(c), "reset()", now=now)
+        events.deliver()
 
     def __repr__(self) -> str:
         return f"<{self._owner()} {self._state.kind.value}>"

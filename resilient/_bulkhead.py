@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import _thread
 import threading
+import time
 from collections import deque
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+from resilient._core.configuration import events
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.registry import Configured
@@ -78,7 +80,7 @@ class _Plan:
     must read besides its plan (the slots are its own), so the plan is also the gate the
     drivers read (``_state``)."""
 
-    __slots__ = ("fast", "max_concurrent", "max_wait", "max_waiting")
+    __slots__ = ("fast", "max_concurrent", "max_wait", "max_waiting", "meter")
 
     refusal: Refusal | None = None  # a bulkhead never refuses every call until a known time
 
@@ -87,9 +89,15 @@ class _Plan:
         """Switched off (fast): a call that returned held no slot, so gives none back."""
 
     def __init__(
-        self, max_concurrent: int, max_wait: float, max_waiting: int | None, enabled: bool
+        self,
+        max_concurrent: int,
+        max_wait: float,
+        max_waiting: int | None,
+        enabled: bool,
+        meter: events.Meter | None,
     ) -> None:
         self.fast = not enabled  # switched off: every call goes straight in, holding no slot
+        self.meter = meter
         self.max_concurrent = max_concurrent
         self.max_wait = max_wait
         self.max_waiting = max_waiting
@@ -135,6 +143,7 @@ class Bulkhead(Configured, GuardForms):
             settings["max_wait"],
             settings["max_waiting"],
             settings.enabled,
+            self._metered(),
         )
 
     def _switch(self, compiled: _Plan) -> None:
@@ -187,6 +196,15 @@ class Bulkhead(Configured, GuardForms):
                 self._rejected,
             )
 
+    def _health(self) -> dict[str, Any]:
+        m = self.metrics
+        return {
+            "max_concurrent": m.max_concurrent,
+            "in_use": m.in_use,
+            "queued": m.waiting,
+            "rejected": m.rejected,
+        }
+
     def _after_fork(self) -> None:
         """In a forked child: every slot is free and nobody waits (the calls inside and
         waiting were the parent's other threads and tasks). A call of the forking thread
@@ -209,9 +227,14 @@ class Bulkhead(Configured, GuardForms):
             return forking.generation  # a slot of this process's accounting
         if state.max_wait:
             return MUST_WAIT
+        raise self._full("full")
+
+    def _full(self, reason: str) -> BulkheadFullError:
+        """A rejection, counted and told (outside the lock: a listener may read metrics)."""
         with self._lock:
             self._rejected += 1
-        raise BulkheadFullError(self.name)
+        events.refused(self, reason, time.monotonic)
+        return BulkheadFullError(self.name)
 
     def _take_free_slot(self) -> bool:
         """Take a free slot, unless a call is queued for one: a newcomer never overtakes.
@@ -342,13 +365,14 @@ class Bulkhead(Configured, GuardForms):
                 else:
                     waiter.granted = True  # never queued, so never woken: it just goes in
                     return waiter
-            if state.max_waiting is not None and len(self._queue) >= state.max_waiting:
-                self._rejected += 1
-                raise BulkheadFullError(self.name)
-            self._queue.append(waiter)
-            # A call leaving gives its slot back without the lock, then looks for waiters:
-            # if it looked before we were queued, its slot is in the deque by now.
-            self._serve()
+            full = state.max_waiting is not None and len(self._queue) >= state.max_waiting
+            if not full:
+                self._queue.append(waiter)
+                # A call leaving gives its slot back without the lock, then looks for
+                # waiters: if it looked before we were queued, its slot is in the deque.
+                self._serve()
+        if full:
+            raise self._full("queue_full")
         return waiter
 
     def _give_up(self, waiter: _Waiter) -> None:
@@ -357,8 +381,7 @@ class Bulkhead(Configured, GuardForms):
             if waiter.granted:
                 return
             self._unqueue(waiter)
-            self._rejected += 1
-        raise BulkheadFullError(self.name)
+        raise self._full("full_after_wait")
 
     def _unqueue(self, waiter: _Waiter) -> None:
         """Under the lock: take a waiter that was not granted out of the queue (unless a

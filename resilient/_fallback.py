@@ -7,15 +7,18 @@ CircuitOpenError is the classic case); cancellation and interpreter exits pass t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
+from resilient._core.configuration import events
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.options import is_async_callable
 from resilient._core.configuration.registry import Configured
 from resilient._core.execution.drivers import ANSWER, Attempts, BlockForms, Later, LoopForms, Plan
 from resilient._errors import ConfigError, UsageError
+from resilient.events import FallbackUsed
 
 __all__ = ["Fallback"]
 
@@ -73,6 +76,7 @@ class _Recovery(Attempts):
         return ANSWER
 
     def answer(self, exc: BaseException | None, result: object) -> Any:
+        self.fallback._used(exc, result)
         handler: Any = self.fallback._handler
         if self.fallback._with_args:
             return handler(exc, *self.args, **self.kwargs)
@@ -87,6 +91,7 @@ class _Value(_Recovery):
     awaits = False
 
     def answer(self, exc: BaseException | None, result: object) -> Any:
+        self.fallback._used(exc, result)
         return self.fallback._value
 
 
@@ -149,6 +154,7 @@ class Fallback(Configured, BlockForms, LoopForms):
 
     def _switch(self, compiled: _Plan) -> None:
         self._plan = compiled
+        self._loop = self._driven(compiled)  # (what the drivers read)
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         if self._async_handler:
@@ -175,6 +181,10 @@ class Fallback(Configured, BlockForms, LoopForms):
         if asynchronous and calls.awaits and isinstance(answer, Awaitable):
             return Later(_swallowed(answer))
         return True
+
+    def _used(self, exc: BaseException | None, result: object) -> None:
+        if events.wanted(self, 20):
+            events.emit(self, FallbackUsed(self, time.monotonic(), exc, result))
 
     def __repr__(self) -> str:
         what = f"handler={self._handler!r}" if self._handler is not None else f"{self._value!r}"

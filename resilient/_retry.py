@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from resilient._budget import RetryBudget
+from resilient._core.configuration import events, testmode
 from resilient._core.configuration import options as opt
-from resilient._core.configuration import testmode
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.registry import Configured
 from resilient._core.execution.deadline import AHEAD, remaining
@@ -34,6 +34,7 @@ from resilient._core.execution.drivers import (
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
 from resilient._errors import ResilienceError, UsageError, failure_line, remade
 from resilient.backoff import MAKERS, Backoff
+from resilient.events import BudgetExhausted, RetryGaveUp, RetryScheduled
 
 __all__ = ["Attempt", "Retry"]
 
@@ -254,8 +255,9 @@ class _Plan(Plan):
     takes the engine current when it starts and keeps it to its end, so a reload never
     mixes two configurations in one call."""
 
-    def __init__(self, settings: Settings, owner: str) -> None:
-        self.owner = owner
+    def __init__(self, settings: Settings, policy: Retry) -> None:
+        self.owner = owner = policy._owner()
+        self.policy = policy  # (whose events a call tells)
         self._attempts: int = settings["attempts"]
         self._max_wait: float = settings["max_wait"]
         self._wait_fallback = opt.Fallback("wait", owner)
@@ -365,10 +367,11 @@ class Retry(Configured, BlockForms, LoopForms, AttemptForms):
         self._register(self._configure(name, given))
 
     def _compile(self, settings: Settings) -> _Plan:
-        return _Plan(settings, self._owner())
+        return _Plan(settings, self)
 
     def _switch(self, compiled: _Plan) -> None:
         self._plan = compiled
+        self._loop = self._driven(compiled)  # (what the drivers read)
 
     @property
     def attempts(self) -> int:
@@ -376,6 +379,13 @@ class Retry(Configured, BlockForms, LoopForms, AttemptForms):
 
     def __repr__(self) -> str:
         return f"<{self._owner()} attempts={self._plan._attempts}>"
+
+    def _health(self) -> dict[str, Any]:
+        budget = self._plan._budget
+        return {
+            "attempts": self._plan._attempts,
+            "budget_available": None if budget is None else budget.available,
+        }
 
     # -- the block form: ``for attempt in retry: with attempt: ...`` (AttemptForms) --
 
@@ -488,9 +498,9 @@ class _Call(Attempts):
         if mode.enabled and mode.attempts is not None:
             limit = min(limit, mode.attempts)
         if exc is not None and retry._on_tenacity and not retry._on(self._state(exc, result)):
-            return self._give_up(None, "")  # not a failure tenacity's strategy retries
+            return self._give_up(None, None, "", "")  # not a failure tenacity's strategy retries
         if self.attempt >= limit:
-            return self._give_up(exc, f"after {_attempts(self.attempt)}")
+            return self._give_up(exc, result, "attempts", f"after {_attempts(self.attempt)}")
         wait = retry._wait  # a fixed wait (cut to max_wait when compiled), or a strategy's
         if wait.__class__ is not float:
             wait = min(self._wait_after(exc), retry._max_wait)
@@ -508,6 +518,8 @@ class _Call(Attempts):
             if hint > retry._max_wait:  # waiting less than asked earns another refusal
                 return self._give_up(
                     exc,
+                    result,
+                    "retry_after",
                     f"after {_attempts(self.attempt)}: it asked to wait {float(hint):.6g}s,"
                     f" more than max_wait ({retry._max_wait:g}s)",
                 )
@@ -518,20 +530,36 @@ class _Call(Attempts):
             state = self._state(exc, result)
             state.upcoming_sleep = wait  # as tenacity does: stop_before_delay reads it
             if retry._stop(state):
-                return self._give_up(exc, f"after {_attempts(self.attempt)}: stop strategy")
+                return self._give_up(
+                    exc, result, "stop", f"after {_attempts(self.attempt)}: stop strategy"
+                )
         left = remaining()  # the context's deadline (resilient.deadline, a Timeout's end):
         if left is not None and wait + AHEAD >= left:  # no time for another attempt
-            return self._give_up(exc, f"after {_attempts(self.attempt)}: the deadline in force")
+            return self._give_up(
+                exc, result, "deadline", f"after {_attempts(self.attempt)}: the deadline in force"
+            )
         if retry._deadline is not None:
             now = retry._clock.monotonic()
             if now + wait > self.started + retry._deadline:
                 return self._give_up(
-                    exc, f"after {_attempts(self.attempt)}: the {retry._deadline}s deadline"
+                    exc,
+                    result,
+                    "deadline",
+                    f"after {_attempts(self.attempt)}: the {retry._deadline}s deadline",
                 )
         budget = retry._budget
         if budget is not None and not budget._withdraw():
-            return self._give_up(exc, f"after {_attempts(self.attempt)}: retry budget spent")
+            if events.wanted(retry.policy, 30):
+                at = retry._clock.monotonic()
+                events.emit(retry.policy, BudgetExhausted(retry.policy, at, self.attempt, budget))
+            return self._give_up(
+                exc, result, "budget", f"after {_attempts(self.attempt)}: retry budget spent"
+            )
         self.previous = own  # decorrelated jitter grows from its own last wait, not a hint
+        policy = retry.policy
+        if events.wanted(policy, 20):
+            at = retry._clock.monotonic()
+            events.emit(policy, RetryScheduled(policy, at, self.attempt, wait, exc, result))
         return wait
 
     def _hint(self, exc: BaseException | None, result: object) -> object:
@@ -572,7 +600,14 @@ class _Call(Attempts):
             self.trouble = why  # noted on the error this call finally raises
         return seconds
 
-    def _give_up(self, exc: BaseException | None, why: str) -> float | None:
+    def _give_up(
+        self, exc: BaseException | None, result: object, reason: str, why: str
+    ) -> float | None:
+        """Give up, for ``reason`` (told to listeners), noting ``why`` on the error."""
+        policy = self.retry.policy
+        if reason and events.wanted(policy, 30):
+            at = self.retry._clock.monotonic()
+            events.emit(policy, RetryGaveUp(policy, at, self.attempt, reason, exc, result))
         if exc is not None and why:
             if self.trouble is not None:
                 _note(exc, self.trouble)

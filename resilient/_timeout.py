@@ -17,8 +17,10 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import copy_context
+from time import perf_counter
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
+from resilient._core.configuration import events
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.registry import Configured
@@ -29,10 +31,12 @@ from resilient._core.execution.drivers import (
     Decorates,
     Later,
     Propagates,
+    failed,
     returned_coroutine,
 )
 from resilient._core.state.primitives import counter
 from resilient._errors import RejectedError, TimeoutExpired
+from resilient.events import TimedOut
 
 __all__ = ["OPTIONS", "Timeout", "TimeoutMetrics", "WorkersExhaustedError"]
 
@@ -106,6 +110,7 @@ class _Plan(NamedTuple):
     thread_locals: tuple[threading.local, ...]
     max_abandoned: int
     enabled: bool
+    meter: events.Meter | None  # on: every call's outcome and duration is told to it
 
 
 class Timeout(Configured, Propagates, Decorates):
@@ -145,6 +150,7 @@ class Timeout(Configured, Propagates, Decorates):
             settings["thread_locals"],
             settings["max_abandoned"],
             settings.enabled,
+            self._metered(),
         )
 
     def _switch(self, compiled: _Plan) -> None:
@@ -161,6 +167,10 @@ class Timeout(Configured, Propagates, Decorates):
     @property
     def metrics(self) -> TimeoutMetrics:
         return TimeoutMetrics(self._expired.value, self._tally.abandoned, self._tally.rejected)
+
+    def _health(self) -> dict[str, Any]:
+        m = self.metrics
+        return {"seconds": self.seconds, **m._asdict()}
 
     def reset(self) -> None:
         """Count expiries and refusals from zero again (abandoned calls still run)."""
@@ -181,7 +191,7 @@ class Timeout(Configured, Propagates, Decorates):
         if by_deadline:
             seconds -= dl.AHEAD
         if seconds <= 0.0:
-            raise self._expire(0.0, " (the enclosing deadline had passed: not started)")
+            raise self._expire(0.0, " (the enclosing deadline had passed: not started)", True)
         return seconds, by_deadline
 
     def _scope(self, plan: _Plan, seconds: float, by_deadline: bool) -> tuple[Any, Any]:
@@ -193,9 +203,15 @@ class Timeout(Configured, Propagates, Decorates):
         scope = plan.expiries.open()  # the usual case; inner calls see its end as deadline
         return scope, dl.push(scope)
 
-    def _expire(self, seconds: float, detail: str) -> TimeoutExpired:
+    def _expire(self, seconds: float, detail: str, by_deadline: bool) -> TimeoutExpired:
         self._expired.incr()
+        if events.wanted(self, 20):
+            events.emit(self, TimedOut(self, time.monotonic(), seconds, by_deadline))
         return TimeoutExpired(self.name, seconds, detail)
+
+    def _exhausted(self) -> WorkersExhaustedError:
+        events.refused(self, "workers_exhausted", time.monotonic)
+        return WorkersExhaustedError(self.name)
 
     # -- wrappers ---------------------------------------------------------------------
 
@@ -209,6 +225,8 @@ class Timeout(Configured, Propagates, Decorates):
                 if result.__class__ is CoroutineType:
                     raise returned_coroutine(fn, result)
                 return result
+            meter = cfg.meter
+            started = perf_counter() if meter is not None else 0.0
             seconds, by_deadline = timeout._limit(cfg)
             if by_deadline:
                 context = copy_context()
@@ -227,12 +245,18 @@ class Timeout(Configured, Propagates, Decorates):
                     tally=timeout._tally,
                     cap=cfg.max_abandoned,
                 )
+                if not done:
+                    raise timeout._expire(seconds, _why(by_deadline), by_deadline)
+                if result.__class__ is CoroutineType:
+                    raise returned_coroutine(fn, result)
             except workers.Abandoned:
-                raise WorkersExhaustedError(timeout.name) from None
-            if not done:
-                raise timeout._expire(seconds, _why(by_deadline))
-            if result.__class__ is CoroutineType:
-                raise returned_coroutine(fn, result)
+                raise timeout._exhausted() from None  # a rejection: no call was made
+            except BaseException as exc:
+                if meter is not None:
+                    meter.call(timeout, failed(exc), perf_counter() - started, exc)
+                raise
+            if meter is not None:
+                meter.call(timeout, "success", perf_counter() - started, None)
             return result
 
         return timed
@@ -244,6 +268,8 @@ class Timeout(Configured, Propagates, Decorates):
             cfg = timeout._plan
             if not cfg.enabled:
                 return await fn(*args, **kwargs)
+            meter = cfg.meter
+            started = perf_counter() if meter is not None else 0.0
             seconds, by_deadline = timeout._limit(cfg)
             if by_deadline:  # (Timeout._scope, inlined: a frame is a tenth of the budget)
                 scope, token = backend.after(seconds, under=dl.current()), None
@@ -254,7 +280,15 @@ class Timeout(Configured, Propagates, Decorates):
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
                 if scope.close(exc):
-                    raise timeout._expire(seconds, _why(by_deadline)) from exc
+                    expired = timeout._expire(seconds, _why(by_deadline), by_deadline)
+                    if meter is not None:
+                        meter.call(timeout, "failure", perf_counter() - started, expired)
+                    try:
+                        raise expired from exc
+                    finally:  # no frame -> traceback -> exception -> frame cycle
+                        del expired
+                if meter is not None:
+                    meter.call(timeout, failed(exc), perf_counter() - started, exc)
                 if scope.redeliver:
                     await backend.redeliver()
                 raise
@@ -262,6 +296,8 @@ class Timeout(Configured, Propagates, Decorates):
                 if token is not None:
                     dl.unscoped(token)
             scope.close(None)
+            if meter is not None:
+                meter.call(timeout, "success", perf_counter() - started, None)
             return result
 
         return timed
@@ -290,7 +326,7 @@ class Timeout(Configured, Propagates, Decorates):
             dl.unscoped(token)
         if asynchronous:
             if begun.close(exc):
-                raise self._expire(seconds, _why(by_deadline)) from exc
+                raise self._expire(seconds, _why(by_deadline), by_deadline) from exc
             return Later(backend.redeliver()) if begun.redeliver else False
         took = time.monotonic() - begun
         if exc is None and took > seconds:
@@ -298,6 +334,7 @@ class Timeout(Configured, Propagates, Decorates):
                 seconds,
                 f"{_why(by_deadline)}: the block took {took:.3g}s (a sync block cannot be"
                 " interrupted, so it ran to its end)",
+                by_deadline,
             )
         return False
 

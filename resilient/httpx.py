@@ -199,8 +199,8 @@ class _Sending(_RetryPlan):
 
     rules: _Rules
 
-    def __init__(self, settings: Settings, owner: str, rules: _Rules) -> None:
-        super().__init__(settings, owner)
+    def __init__(self, settings: Settings, policy: Retry, rules: _Rules) -> None:
+        super().__init__(settings, policy)
         self.rules = rules
         self.checks_results = self._enabled  # answers are judged, by status
         self._user_results = self._on_result is not None or self._on_judges_results
@@ -310,7 +310,7 @@ class _Retrying(Retry):
         return f"Retry({self.name!r})"  # as users know it (its name is never None)
 
     def _compile(self, settings: Settings) -> _Sending:
-        return _Sending(settings, self._owner(), self._rules)
+        return _Sending(settings, self, self._rules)
 
 
 def _code_given(policy: Any) -> dict[str, Any]:
@@ -436,8 +436,8 @@ class _Hosts(Generic[S]):
         breaker: CircuitBreaker = self._kind._made(
             {"_family": self._families}, name=f"{self._family}.{origin}", **self._given
         )
-        for listener in self._template._listeners._fns:
-            breaker.add_listener(listener)
+        for entry in self._template._listeners._entries:
+            breaker._listeners.add(entry.fn, entry.kinds)
         made = _Host(breaker, self._guard(breaker))
         with self._lock:
             host = self._made.setdefault(origin, made)

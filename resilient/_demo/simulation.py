@@ -191,7 +191,7 @@ class Simulation:
         )
         self.first_state = policies.breaker.state
         self.changes: list[Transition] = []
-        policies.breaker.add_listener(self._changed)
+        policies.breaker.add_listener(self._changed, StateChange)
         self.over = False  # the clients have stopped and the grace period is past
         self.finished_at: float | None = None
 

@@ -1,54 +1,324 @@
-"""Events and their listeners: a listener's error is logged, never raised into the call.
+"""Events, their listeners, their log lines and the meters: what a policy tells, and to whom.
 
-Policies publish frozen event objects after the fact (a transition is complete before
-anyone hears of it), outside any lock, to listeners added with ``add``. Adding and
-removing copy the tuple of listeners, so publishing iterates a snapshot without a lock.
+A policy publishes frozen events (``resilient.events``) after the fact, outside any
+lock. Where a listener runs: on the thread that caused the event, right after it, in
+the order that thread caused its events; never on another caller's thread (a listener
+that is slow holds up only the call whose event it handles, and in async code that
+call's event loop). A policy that decides under a lock ``queue()``s its event there and
+``deliver()``s after letting go; a listener's own transitions are queued behind the
+event it is handling, not nested inside it.
+
+A listener's error is logged once per listener (with the first traceback), never per
+call, and never reaches the call: SystemExit and KeyboardInterrupt raised by a listener
+are logged and dropped too, so the call's own outcome stands.
+
+Each event also becomes a log line on the logger of its policy's kind
+(``resilient.breaker``, ``resilient.retry``...), with structured ``extra`` fields;
+rejections at most once per policy per ``REJECTION_LOG_SECONDS``, with a count of the
+lines held back. The meters (OpenTelemetry, Prometheus) see every event and, while any
+is on, every call's outcome and duration (``Meter``).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from resilient._core.configuration.options import is_async_callable
-from resilient._errors import logger
+from resilient.events import EVENTS, Rejected
 
-__all__ = ["Listeners"]
+if TYPE_CHECKING:
+    import logging
 
+__all__ = [
+    "GLOBAL",
+    "REJECTION_LOG_SECONDS",
+    "Listeners",
+    "Meter",
+    "deliver",
+    "emit",
+    "meters",
+    "queue",
+    "refused",
+    "wanted",
+]
 
 E = TypeVar("E")
 L = TypeVar("L", bound=Callable[..., object])
 
+#: At most one rejection line per policy this often (seconds).
+REJECTION_LOG_SECONDS = 5.0
+
+
+class _Entry:
+    """A listener, the events it wants, and whether its failure has been logged (once
+    per listener)."""
+
+    __slots__ = ("failed", "fn", "kinds")
+
+    def __init__(self, fn: Callable[[Any], object], kinds: tuple[type, ...]) -> None:
+        self.fn = fn
+        self.kinds = kinds
+        self.failed = 0
+
+    def __call__(self, event: object) -> None:
+        if self.kinds and not isinstance(event, self.kinds):
+            return
+        try:
+            self.fn(event)
+        except BaseException:  # SystemExit, KeyboardInterrupt too: never the call's
+            self.failed += 1
+            if self.failed == 1:
+                _root().exception(
+                    "listener %r failed on %r; the call goes on (this listener's later"
+                    " failures are not logged)",
+                    self.fn,
+                    event,
+                )
+
 
 class Listeners(Generic[E]):
-    """The listeners of one policy."""
+    """The listeners of one policy, or the global ones."""
 
-    __slots__ = ("_fns", "_lock")
+    __slots__ = ("_entries", "_lock")
 
     def __init__(self) -> None:
-        self._fns: tuple[Callable[[E], object], ...] = ()
+        self._entries: tuple[_Entry, ...] = ()
         self._lock = threading.Lock()
 
-    def add(self, fn: L) -> L:
+    def add(self, fn: L, kinds: tuple[type, ...] = ()) -> L:
+        """Add ``fn``, for the events of ``kinds`` (every event when empty)."""
         if not callable(fn) or is_async_callable(fn):
             raise TypeError(f"a listener must be a plain (not async) callable, not {fn!r}")
-        with self._lock:
-            self._fns = (*self._fns, fn)
+        for kind in kinds:
+            if kind not in EVENTS:
+                raise TypeError(
+                    f"listen for event classes of resilient.events (StateChange, Rejected,"
+                    f" RetryScheduled...), not {kind!r}"
+                )
+        with self._lock:  # copied on write: delivery iterates a snapshot, lock-free
+            self._entries = (*self._entries, _Entry(fn, kinds))
         return fn
 
     def remove(self, fn: Callable[[E], object]) -> None:
         with self._lock:
-            fns = list(self._fns)
-            fns.remove(fn)  # ValueError for a listener that was never added, as list does
-            self._fns = tuple(fns)
+            entries = list(self._entries)
+            for i, entry in enumerate(entries):
+                if entry.fn == fn:
+                    del entries[i]
+                    break
+            else:
+                raise ValueError(f"{fn!r} is not a listener here (list.remove(x): x not in list)")
+            self._entries = tuple(entries)
 
     def __bool__(self) -> bool:
-        return bool(self._fns)
+        return bool(self._entries)
 
-    def emit(self, event: E) -> None:
-        for fn in self._fns:
-            try:
-                fn(event)
-            except BaseException:  # SystemExit, KeyboardInterrupt too: never the call's
-                logger().exception("listener %r failed on %r; the call goes on", fn, event)
+
+#: Listeners to every policy (``resilient.add_listener``).
+GLOBAL: Listeners[Any] = Listeners()
+
+
+class Meter:
+    """What an exporter sees: every event, and, while it is on, every call's outcome
+    (``"success"`` or ``"failure"``), duration and error, and each attempt's of a retry.
+    Its methods run on the caller's thread; they must be quick and must not raise."""
+
+    def event(self, event: Any) -> None:
+        """Any event: a rejection, a retry, a timeout, a transition..."""
+
+    def call(self, policy: Any, outcome: str, seconds: float, error: BaseException | None) -> None:
+        """A call through ``policy`` ended."""
+
+    def attempt(
+        self, policy: Any, outcome: str, seconds: float, error: BaseException | None
+    ) -> None:
+        """One attempt of a call through a looping policy (a Retry) ended."""
+
+
+class _Meters(Meter):
+    """Every meter switched on, as one; ``current`` is None while none is."""
+
+    def __init__(self) -> None:
+        self._all: tuple[Meter, ...] = ()
+        self._lock = threading.Lock()
+        self.current: Meter | None = None
+        #: called after a meter comes or goes, to recompile every live policy's plan
+        self.changed: Callable[[], None] = lambda: None
+
+    def add(self, meter: Meter) -> None:
+        with self._lock:
+            if meter in self._all:
+                return
+            self._all = (*self._all, meter)
+            self.current = self
+        self.changed()
+
+    def remove(self, meter: Meter) -> None:
+        with self._lock:
+            if meter not in self._all:
+                return
+            self._all = tuple(m for m in self._all if m is not meter)
+            self.current = self if self._all else None
+        self.changed()
+
+    def event(self, event: Any) -> None:
+        for meter in self._all:
+            _guarded(meter.event, event)
+
+    def call(self, policy: Any, outcome: str, seconds: float, error: BaseException | None) -> None:
+        for meter in self._all:
+            _guarded(meter.call, policy, outcome, seconds, error)
+
+    def attempt(
+        self, policy: Any, outcome: str, seconds: float, error: BaseException | None
+    ) -> None:
+        for meter in self._all:
+            _guarded(meter.attempt, policy, outcome, seconds, error)
+
+
+_failed_meters: set[int] = set()
+
+
+def _guarded(fn: Callable[..., object], *args: Any) -> None:
+    """An exporter's error is logged once per exporter method and never reaches the call."""
+    try:
+        fn(*args)
+    except BaseException:
+        key = id(getattr(fn, "__func__", fn))
+        if key not in _failed_meters:
+            _failed_meters.add(key)
+            _root().exception("meter %r failed; the call goes on (logged once)", fn)
+
+
+meters = _Meters()
+
+
+# -- delivery: on the thread that caused the event ------------------------------------
+
+
+class _Pending(threading.local):
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, Any]] = []
+        self.delivering = False
+
+
+_pending = _Pending()
+
+
+def queue(policy: Any, event: Any) -> None:
+    """Under a policy's lock: the event, for ``deliver()`` once the lock is let go."""
+    _pending.events.append((policy, event))
+
+
+def deliver() -> None:
+    """Deliver what this thread queued, in order; a listener's own events queue behind."""
+    pending = _pending
+    if pending.delivering or not pending.events:
+        return
+    pending.delivering = True
+    try:
+        events = pending.events
+        while events:
+            policy, event = events.pop(0)
+            _publish(policy, event)
+    finally:
+        pending.delivering = False
+
+
+def emit(policy: Any, event: Any) -> None:
+    """Publish an event decided outside any lock."""
+    queue(policy, event)
+    deliver()
+
+
+def _publish(policy: Any, event: Any) -> None:
+    _log(policy, event)
+    for entry in policy._listeners._entries:
+        entry(event)
+    for entry in GLOBAL._entries:
+        entry(event)
+    meter = meters.current
+    if meter is not None:
+        meter.event(event)
+
+
+def listened(policy: Any) -> bool:
+    """Whether an event of ``policy`` would reach anyone but the log."""
+    return bool(policy._listeners._entries or GLOBAL._entries or meters.current)
+
+
+def wanted(policy: Any, level: int) -> bool:
+    """Whether an event of ``policy`` at ``level`` would reach anyone: made only then."""
+    return listened(policy) or _logger(policy.KIND).isEnabledFor(level)
+
+
+def refused(
+    policy: Any, reason: str, now: Callable[[], float], until: float | None = None
+) -> None:
+    """A rejection, the hot path of an outage: the event is made only for a listener or
+    a meter; the log line only when its gate is open (a time read and a comparison)."""
+    if listened(policy):
+        at = now()
+        emit(policy, Rejected(policy, at, reason, None if until is None else max(0.0, until - at)))
+        return
+    held = _gate(policy)
+    if held is not None:
+        _log(policy, Rejected(policy, now(), reason), held)
+
+
+# -- log lines ---------------------------------------------------------------------------
+
+_loggers: dict[str, logging.Logger] = {}
+
+
+def _root() -> logging.Logger:
+    return _logger("")
+
+
+def _logger(kind: str) -> logging.Logger:
+    found = _loggers.get(kind)
+    if found is None:
+        import logging
+
+        found = _loggers[kind] = logging.getLogger(f"resilient.{kind}" if kind else "resilient")
+    return found
+
+
+def _gate(policy: Any) -> str | None:
+    """None while a policy's rejection lines are held back (each one counted), else
+    what to add to the line that goes out: how many were held back before it."""
+    gate = policy.__dict__.get("_log_gate")
+    now = time.monotonic()
+    if gate is None:
+        gate = policy.__dict__["_log_gate"] = [0.0, 0]
+    if now < gate[0]:
+        gate[1] += 1
+        return None
+    held = f" ({gate[1]} more since the last line)" if gate[1] else ""
+    gate[0], gate[1] = now + REJECTION_LOG_SECONDS, 0
+    return held
+
+
+def _log(policy: Any, event: Any, held: str | None = None) -> None:
+    """The event's line on its kind's logger (``held``: a rejection's gate, passed)."""
+    level, message, extra = event._log()
+    log = _logger(policy.KIND)
+    if not log.isEnabledFor(level):
+        return
+    if held is None:
+        if event.__class__ is Rejected:
+            held = _gate(policy)
+            if held is None:
+                return
+        else:
+            held = ""
+    name = policy.name
+    extra = {"policy": name, "kind": policy.KIND, "event": type(event).__name__, **extra}
+    who = policy.KIND if name is None else f"{policy.KIND} {name!r}"
+    try:
+        log.log(level, "%s %s%s", who, message, held, extra=extra)
+    except BaseException:  # a handler's failure: logging reports its own, or we drop it
+        pass

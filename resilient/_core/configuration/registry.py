@@ -18,15 +18,17 @@ import itertools
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
-from resilient._core.configuration import config, shapes
+from resilient._core.configuration import config, events, shapes
 from resilient._core.configuration import options as opt
 from resilient._core.state import forking
 from resilient._errors import ConfigError
 
 __all__ = ["Configured", "Registry", "name_policies", "registry", "reload"]
+
+L = TypeVar("L", bound=Callable[..., object])
 
 
 class Registry:
@@ -152,6 +154,7 @@ class Configured:
 
     def _configure(self, name: str | None, given: Mapping[str, Any]) -> config.Settings:
         """The settings of a new policy: its name checked, the environment read."""
+        self._listeners: events.Listeners[Any] = events.Listeners()
         self.name = opt.check_name(name, type(self).__name__)
         settings = self._resolve(given)
         self._given = dict(given)
@@ -185,6 +188,30 @@ class Configured:
 
     def reset(self) -> None:
         """Forget counts and state gathered so far (the configuration stays)."""
+
+    def _health(self) -> dict[str, Any]:
+        """What ``resilient.health()`` shows of this policy, as plain data."""
+        return {}
+
+    def add_listener(self, listener: L, *kinds: type) -> L:
+        """Call ``listener(event)`` with each of this policy's events
+        (``resilient.events``), or only those of the classes given
+        (``breaker.add_listener(fn, StateChange)``); usable as a decorator.
+
+        A listener runs on the thread that caused the event, right after it, outside any
+        lock. Its errors (SystemExit and KeyboardInterrupt included) are logged once per
+        listener and never reach the call. Keep it quick: in async code it runs on the
+        event loop.
+        """
+        return self._listeners.add(listener, kinds)
+
+    def remove_listener(self, listener: Callable[[Any], object]) -> None:
+        """Stop calling ``listener``; ValueError if it was never added."""
+        self._listeners.remove(listener)
+
+    def _metered(self) -> events.Meter | None:
+        """The meter a plan compiled now reports to (None: nothing is counted)."""
+        return events.meters.current
 
     def _after_fork(self) -> None:
         """In a forked child, right after the fork: forget what belonged to the parent's
@@ -247,6 +274,17 @@ def reload(environ: Mapping[str, str] | None = None) -> None:
         _apply(_plan(policies, environ))
     known = config.known_variables((p.KIND, n) for p in policies for n in p._read_names())
     config.warn_unknown(config.unknown_variables(known, environ))
+
+
+def _recompile() -> None:
+    """A meter came or went: every live policy compiles its plan again, its settings as
+    they are, so that its calls are measured (or no longer are) from the next one on."""
+    with _RELOADING:
+        for policy in registry._live():
+            policy._switch(policy._compile(policy.settings))
+
+
+events.meters.changed = _recompile
 
 
 def name_policies(named: Sequence[tuple[Configured, str]]) -> None:

@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextvars import ContextVar
 from enum import Enum
+from time import perf_counter
 from types import CodeType, CoroutineType, TracebackType
 from typing import (
     TYPE_CHECKING,
@@ -50,6 +51,7 @@ from typing import (
     overload,
 )
 
+from resilient._core.configuration.events import Meter
 from resilient._core.configuration.options import (
     CO_ASYNC_GENERATOR,
     CO_COROUTINE,
@@ -86,10 +88,13 @@ T = TypeVar("T")
 class Gate(Protocol):
     """What the drivers read of a guard's state: may the call go straight in (``fast``),
     and if so what records a call that returned (``passed(result)``, in place of
-    ``_exit``); or is every call refused until a known time (``refusal``, else None)?"""
+    ``_exit``); or is every call refused until a known time (``refusal``, else None)?
+    And, read off the fast path only, is a meter on (``meter``: a metered state is
+    never fast), which hears of each call's outcome and duration."""
 
     fast: bool
     refusal: Refusal | None
+    meter: Meter | None
 
     @property
     def passed(self) -> Callable[[Any], object]: ...
@@ -409,13 +414,20 @@ class GuardForms(Propagates, Decorates):
 
     def _enter_block(self, asynchronous: bool) -> object:
         state: Any = self._state
-        token = state if state.fast else self._admit(state)
+        if state.fast:
+            return state
+        if state.meter is not None:
+            return _timed_block(self, state, asynchronous)
+        token = self._admit(state)
         if token is MUST_WAIT:
             return Later(self._wait_async(state)) if asynchronous else self._wait(state)
         return token
 
     def _exit_block(self, token: Any, exc: BaseException | None, asynchronous: bool) -> object:
-        self._exit(token, exc, NO_RESULT)
+        if token.__class__ is _Timed:
+            token.exit(self, exc)
+        else:
+            self._exit(token, exc, NO_RESULT)
         return False
 
     # A sync guard's block is a hot path (``with breaker:`` around every call): the two
@@ -423,9 +435,14 @@ class GuardForms(Propagates, Decorates):
 
     def __enter__(self) -> None:
         state: Any = self._state
-        token = state if state.fast else self._admit(state)
-        if token is MUST_WAIT:
-            token = self._wait(state)
+        if state.fast:
+            token = state
+        elif state.meter is not None:
+            token = _timed_block(self, state, False)
+        else:
+            token = self._admit(state)
+            if token is MUST_WAIT:
+                token = self._wait(state)
         push_block(self, token)
 
     def __exit__(
@@ -434,8 +451,47 @@ class GuardForms(Propagates, Decorates):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Literal[False]:
-        self._exit(pop_block(self), exc, NO_RESULT)
+        token = pop_block(self)
+        if token.__class__ is _Timed:
+            token.exit(self, exc)
+        else:
+            self._exit(token, exc, NO_RESULT)
         return False
+
+
+class _Timed:
+    """A metered block's token: the guard's own, and when the block began."""
+
+    __slots__ = ("meter", "started", "token")
+
+    def __init__(self, meter: Meter, started: float, token: object) -> None:
+        self.meter, self.started, self.token = meter, started, token
+
+    def exit(self, guard: GuardForms, exc: BaseException | None) -> None:
+        guard._exit(self.token, exc, NO_RESULT)
+        outcome = "success" if exc is None else failed(exc)
+        self.meter.call(guard, outcome, perf_counter() - self.started, exc)
+
+
+def _timed_block(guard: GuardForms, state: Any, asynchronous: bool) -> object:
+    """A metered block's admission: its token, timed from before any queueing."""
+    meter, started = state.meter, perf_counter()
+    token = guard._admit(state)
+    if token is MUST_WAIT:
+        if asynchronous:
+
+            async def queued() -> _Timed:
+                return _Timed(meter, started, await guard._wait_async(state))
+
+            return Later(queued())
+        token = guard._wait(state)
+    return _Timed(meter, started, token)
+
+
+def failed(exc: BaseException) -> str:
+    """A call's outcome by how it raised: an error, or cancelled (any BaseException
+    that is not an Exception: cancellation, KeyboardInterrupt, SystemExit)."""
+    return "failure" if isinstance(exc, Exception) else "cancelled"
 
 
 # The two drivers: admit, run, report. Every form of every guard goes through one of
@@ -454,6 +510,8 @@ def _sync_driver(guard: GuardForms, fn: Callable[P, R]) -> Callable[P, R]:
                     counted()
                     raise error()
             state = token
+            meter = state.meter  # (read off the fast path only: a metered state is slow)
+            started = perf_counter()
             token = guard._admit(state)
             if token is MUST_WAIT:
                 token = guard._wait(state)
@@ -463,11 +521,15 @@ def _sync_driver(guard: GuardForms, fn: Callable[P, R]) -> Callable[P, R]:
                 raise returned_coroutine(fn, result)
         except BaseException as exc:
             guard._exit(token, exc, None)
+            if not fast and meter is not None:
+                meter.call(guard, failed(exc), perf_counter() - started, exc)
             raise
         if fast:
             token.passed(result)  # read now: it may have changed while the call ran
         else:
             guard._exit(token, None, result)
+            if meter is not None:
+                meter.call(guard, "success", perf_counter() - started, None)
         return result
 
     return guarded
@@ -487,6 +549,8 @@ def _async_driver(
                     counted()
                     raise error()
             state = token
+            meter = state.meter  # (read off the fast path only: a metered state is slow)
+            started = perf_counter()
             token = guard._admit(state)
             if token is MUST_WAIT:
                 token = await guard._wait_async(state)
@@ -494,11 +558,15 @@ def _async_driver(
             result = await fn(*args, **kwargs)
         except BaseException as exc:
             guard._exit(token, exc, None)
+            if not fast and meter is not None:
+                meter.call(guard, failed(exc), perf_counter() - started, exc)
             raise
         if fast:
             token.passed(result)  # read now: it may have changed while the call ran
         else:
             guard._exit(token, None, result)
+            if meter is not None:
+                meter.call(guard, "success", perf_counter() - started, None)
         return result
 
     return guarded
@@ -590,10 +658,147 @@ class Attempts:
         self.release(result)
 
 
-class LoopForms(Decorates):
-    """Mixin: the decorator and call forms of a looping policy, from its ``_plan``."""
+class MeteredPlan(Plan):
+    """A looping policy's plan while a meter is on: ``policy``'s own plan, ``inner``,
+    whose every call ends through :class:`_MeteredAttempts` (it always "decides", and
+    always judges results), so the driver itself needs no branch for meters: an
+    unmetered call pays nothing for them."""
 
-    _plan: Plan
+    __slots__ = ("attempts_metered", "inner", "meter", "policy")
+
+    begins = True
+    checks_results = True
+
+    def __init__(self, inner: Plan, policy: Any, meter: Meter, attempts_metered: bool) -> None:
+        self.inner = inner
+        self.policy = policy
+        self.meter = meter
+        self.attempts_metered = attempts_metered  # a Retry's attempts each have a duration
+
+    def begin(self) -> float:
+        if self.inner.begins:
+            self.inner.begin()  # (a budget hears of the call; the time is ours)
+        return perf_counter()
+
+    def decides(self, exc: Exception) -> bool:
+        return True  # the metered attempts ask the policy's own plan
+
+    def result_fails(self, calls: Attempts | None, result: object) -> bool:
+        return True  # ... and judge the result by it
+
+    def sleep(self, seconds: float) -> None:
+        self.inner.sleep(seconds)
+
+    async def sleep_async(self, seconds: float) -> None:
+        await self.inner.sleep_async(seconds)
+
+    def calls(
+        self,
+        fn: Callable[..., Any] | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        started: float,
+    ) -> Attempts:
+        return _MeteredAttempts(self, fn, args, kwargs, started)
+
+
+class _MeteredAttempts(Attempts):
+    """One metered call: the policy's own attempts (made at the first failure, as the
+    driver would), each attempt's end and the call's told to the meter."""
+
+    __slots__ = ("answering", "args", "began", "fn", "inner", "kwargs", "plan", "started")
+
+    def __init__(
+        self,
+        plan: MeteredPlan,
+        fn: Callable[..., Any] | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        started: float,
+    ) -> None:
+        super().__init__()
+        self.plan = plan
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.started = self.began = started  # the call's start, the attempt's
+        self.inner: Attempts | None = None
+        self.answering = False  # answer() gives the policy's answer, not a result
+
+    @property
+    def releases(self) -> bool:  # type: ignore[override]
+        return self.inner is not None and self.inner.releases
+
+    @property
+    def awaits(self) -> bool:  # type: ignore[override]
+        return self.answering and self.inner is not None and self.inner.awaits
+
+    def next_wait(self, exc: BaseException | None, result: object) -> float | None:
+        plan = self.plan
+        own = plan.inner
+        now = perf_counter()
+        if exc is not None:
+            decided = isinstance(exc, Exception) and own.decides(exc)
+        else:
+            calls = self.inner
+            decided = own.checks_results and own.result_fails(calls, result)
+        if not decided:  # the attempt succeeded (or failed in a way not the policy's)
+            self._attempt(now, exc)
+            self._ended(now, exc, "success" if exc is None else failed(exc))
+            if exc is not None:
+                return None  # re-raised as it is
+            self.answering = False
+            return ANSWER  # answered with the result itself
+        inner = self.inner
+        if inner is None:
+            inner = self.inner = own.calls(self.fn, self.args, self.kwargs, self.started)
+        inner.attempt, inner.idle = self.attempt, self.idle
+        wait = inner.next_wait(exc, result)
+        self._attempt(now, exc, "failure")
+        if wait is None:
+            self._ended(now, exc, "failure")
+        elif wait == ANSWER:
+            self.answering = True
+            self._ended(now, exc, "fallback")
+        else:
+            self.began = now + wait
+        return wait
+
+    def answer(self, exc: BaseException | None, result: object) -> Any:
+        if not self.answering:
+            return result
+        assert self.inner is not None
+        return self.inner.answer(exc, result)
+
+    def release(self, result: object) -> None:
+        assert self.inner is not None
+        self.inner.release(result)
+
+    async def release_async(self, result: object) -> None:
+        assert self.inner is not None
+        await self.inner.release_async(result)
+
+    def _attempt(self, now: float, exc: BaseException | None, outcome: str = "") -> None:
+        plan = self.plan
+        if plan.attempts_metered:
+            outcome = outcome or ("success" if exc is None else failed(exc))
+            plan.meter.attempt(plan.policy, outcome, max(0.0, now - self.began), exc)
+
+    def _ended(self, now: float, exc: BaseException | None, outcome: str) -> None:
+        plan = self.plan
+        plan.meter.call(plan.policy, outcome, now - self.started, exc)
+
+
+class LoopForms(Decorates):
+    """Mixin: the decorator and call forms of a looping policy, from its ``_loop``: its
+    plan, or while a meter is on that plan metered (``_driven``)."""
+
+    _loop: Plan
+
+    def _driven(self, plan: Plan) -> Plan:
+        """What the drivers run for ``plan``: itself, or it metered while a meter is on."""
+        meter: Meter | None = self._metered()  # type: ignore[attr-defined]
+        if meter is None:
+            return plan
+        return MeteredPlan(plan, self, meter, attempts_metered=self.KIND == "retry")  # type: ignore[attr-defined]
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         return _sync_loop(self, fn)
@@ -604,7 +809,7 @@ class LoopForms(Decorates):
 
 def _sync_loop(policy: LoopForms, fn: Callable[P, R]) -> Callable[P, R]:
     def looped(*args: P.args, **kwargs: P.kwargs) -> R:
-        plan = policy._plan
+        plan = policy._loop
         started = plan.begin() if plan.begins else 0.0
         try:
             result: Any = fn(*args, **kwargs)
@@ -669,7 +874,7 @@ def _async_loop(
     policy: LoopForms, fn: Callable[P, Awaitable[R]]
 ) -> Callable[P, Coroutine[Any, Any, R]]:
     async def looped(*args: P.args, **kwargs: P.kwargs) -> R:
-        plan = policy._plan
+        plan = policy._loop
         started = plan.begin() if plan.begins else 0.0
         try:
             result: Any = await fn(*args, **kwargs)
@@ -722,13 +927,13 @@ class AttemptForms:
     """Mixin: the block form of a looping policy, ``for attempt in policy: with attempt:``
     (``async for`` in async code, whose waits are async and cancellable)."""
 
-    _plan: Plan
+    _loop: Plan
 
     def __iter__(self) -> Iterator[Attempt]:
-        return _Blocks(self._plan)
+        return _Blocks(self._loop)
 
     def __aiter__(self) -> AsyncIterator[Attempt]:
-        return _Blocks(self._plan)
+        return _Blocks(self._loop)
 
 
 class Attempt:
@@ -825,6 +1030,11 @@ class _Blocks:
     def ended(self, exc: BaseException | None) -> bool:
         """An attempt's block ended: True to swallow ``exc`` and go round again."""
         if self.done or exc is None or not isinstance(exc, Exception):
+            plan = self.plan
+            if not self.done and plan.__class__ is MeteredPlan:
+                assert isinstance(plan, MeteredPlan)
+                outcome = "success" if exc is None else failed(exc)
+                plan.meter.call(plan.policy, outcome, perf_counter() - self.started, exc)
             self.done = True  # (an attempt kept past the loop's end retries nothing)
             return False
         if not self.plan.decides(exc):

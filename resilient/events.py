@@ -1,0 +1,219 @@
+"""What policies tell: typed, frozen events, one class per thing that happened.
+
+Every event is a named tuple whose first two fields say who and when: the policy (a
+``StateChange`` calls it ``breaker``; every event also answers ``.policy``) and ``at``,
+the policy clock's monotonic time. Listen to one policy with ``policy.add_listener(fn)``,
+to every policy with :func:`resilient.add_listener`. A successful call publishes nothing.
+
+Events carry the error or the failing result they are about, for listeners to inspect;
+the log lines made from them never show a result or a call's arguments.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from resilient._breaker import CircuitBreaker, State
+
+__all__ = [
+    "EVENTS",
+    "BudgetExhausted",
+    "Event",
+    "FallbackUsed",
+    "Rejected",
+    "RetryGaveUp",
+    "RetryScheduled",
+    "StateChange",
+    "Tally",
+    "TimedOut",
+]
+
+
+def _error_type(error: BaseException | None) -> str | None:
+    """``error.type`` as OpenTelemetry spells it: the class, module-qualified unless builtin."""
+    if error is None:
+        return None
+    cls = type(error)
+    return (
+        cls.__qualname__
+        if cls.__module__ == "builtins"
+        else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+class Tally(NamedTuple):
+    """A breaker window's counts at one instant (in HALF_OPEN: its probes')."""
+
+    calls: int
+    failures: int
+    slow_calls: int
+
+    def __str__(self) -> str:
+        slow = f", {self.slow_calls} slow" if self.slow_calls else ""
+        return f"{self.failures} of {self.calls} calls failed{slow}"
+
+
+class StateChange(NamedTuple):
+    """A breaker moved from ``old`` to ``new``, for ``reason``, with its window at ``tally``.
+
+    ``tally`` is what decided the change (None for a manual one, or an elapsed
+    ``open_for``); ``until`` is when an OPEN spell ends (clock time), ``times_opened``
+    how many spells in a row it has opened for. Its history holds these, and replaying
+    them rebuilds its state (:meth:`CircuitBreaker.replay`).
+    """
+
+    breaker: CircuitBreaker
+    old: State
+    new: State
+    at: float
+    tally: Tally | None = None
+    reason: str = ""
+    until: float | None = None
+    times_opened: int = 0
+
+    @property
+    def policy(self) -> CircuitBreaker:
+        return self.breaker
+
+    def _log(self) -> tuple[int, str, dict[str, Any]]:
+        why = f": {self.reason}" if self.reason else ""
+        return 30, f"{self.old.value} -> {self.new.value}{why}", {"state": self.new.value}
+
+
+class Rejected(NamedTuple):
+    """A policy refused a call. ``reason`` is short and stable: ``"open"``,
+    ``"forced_open"``, ``"half_open_full"`` (a breaker); ``"full"`` (a bulkhead with
+    no free slot and no wait allowed), ``"queue_full"`` (its ``max_waiting`` reached),
+    ``"full_after_wait"`` (its ``max_wait`` ran out); ``"workers_exhausted"`` (a sync
+    Timeout's ``max_abandoned``). ``retry_after``: seconds until the policy expects to
+    admit calls again, when it knows."""
+
+    policy: Any
+    at: float
+    reason: str
+    retry_after: float | None = None
+
+    def _log(self) -> tuple[int, str, dict[str, Any]]:
+        return 10, f"rejected a call ({self.reason})", {"reason": self.reason}
+
+
+class RetryScheduled(NamedTuple):
+    """Attempt ``attempt`` failed, with ``error`` or the failing ``result``; the next
+    one starts after ``wait`` seconds."""
+
+    policy: Any
+    at: float
+    attempt: int
+    wait: float
+    error: BaseException | None = None
+    result: Any = None
+
+    def _log(self) -> tuple[int, str, dict[str, Any]]:
+        what = _failure(self.error)
+        return (
+            20,
+            f"attempt {self.attempt} failed ({what}); retrying in {self.wait:.3g}s",
+            {"attempt": self.attempt, "wait": self.wait, "error_type": _error_type(self.error)},
+        )
+
+
+class RetryGaveUp(NamedTuple):
+    """A retry stopped after ``attempts`` attempts, for ``reason``: ``"attempts"`` (that
+    was its last), ``"deadline"`` (its own, or the one in force), ``"budget"`` (its
+    RetryBudget is spent), ``"stop"`` (its stop strategy) or ``"retry_after"`` (a hinted
+    wait longer than ``max_wait``); the last ``error`` (or ``result``) is what the
+    caller gets."""
+
+    policy: Any
+    at: float
+    attempts: int
+    reason: str
+    error: BaseException | None = None
+    result: Any = None
+
+    def _log(self) -> tuple[int, str, dict[str, Any]]:
+        what = _failure(self.error)
+        return (
+            30,
+            f"gave up after {self.attempts} attempts ({self.reason}); last: {what}",
+            {
+                "attempt": self.attempts,
+                "reason": self.reason,
+                "error_type": _error_type(self.error),
+            },
+        )
+
+
+class TimedOut(NamedTuple):
+    """A call ran out of time after ``seconds``: its Timeout's own, or an enclosing
+    deadline's (``by_deadline``)."""
+
+    policy: Any
+    at: float
+    seconds: float
+    by_deadline: bool = False
+
+    def _log(self) -> tuple[int, str, dict[str, Any]]:
+        by = " (the enclosing deadline)" if self.by_deadline else ""
+        return 20, f"timed out after {self.seconds:.3g}s{by}", {"seconds": self.seconds}
+
+
+class FallbackUsed(NamedTuple):
+    """A fallback answered in place of ``error`` (or a failing ``result``)."""
+
+    policy: Any
+    at: float
+    error: BaseException | None = None
+    result: Any = None
+
+    def _log(self) -> tuple[int, str, dict[str, Any]]:
+        return (
+            20,
+            f"answered instead of {_failure(self.error)}",
+            {"error_type": _error_type(self.error)},
+        )
+
+
+class BudgetExhausted(NamedTuple):
+    """A retry's ``budget`` had nothing left for the retry after attempt ``attempt``."""
+
+    policy: Any
+    at: float
+    attempt: int
+    budget: Any = None
+
+    def _log(self) -> tuple[int, str, dict[str, Any]]:
+        return (
+            30,
+            f"retry budget exhausted after attempt {self.attempt}",
+            {"attempt": self.attempt},
+        )
+
+
+def _failure(error: BaseException | None) -> str:
+    """An error as a log line may show it: its type, not its text (which can hold a URL
+    with a token, a query, a user's data); a failing result is never shown."""
+    return "a failing result" if error is None else type(error).__name__
+
+
+Event = (
+    StateChange
+    | Rejected
+    | RetryScheduled
+    | RetryGaveUp
+    | TimedOut
+    | FallbackUsed
+    | BudgetExhausted
+)
+
+#: Every class of event, for ``isinstance`` and for listeners' filters.
+EVENTS = (
+    StateChange,
+    Rejected,
+    RetryScheduled,
+    RetryGaveUp,
+    TimedOut,
+    FallbackUsed,
+    BudgetExhausted,
+)
