@@ -235,6 +235,14 @@ def test_a_line_joins_its_ends_one_pixel_a_step_in_any_direction(
     assert len(lit) == max(abs(end[0] - start[0]), abs(end[1] - start[1])) + 1
 
 
+def test_the_docs_show_a_chart_of_the_demo() -> None:
+    root = Path(__file__).parent.parent
+    groups = read_svg((root / "docs" / "demo.svg").read_bytes())
+    assert {"unguarded", "resilient", "breaker", "phases"} <= set(groups)
+    assert "](demo.svg)" in (root / "docs" / "index.md").read_text()
+    assert "](docs/demo.svg)" in (root / "README.md").read_text()
+
+
 def test_the_help_tells_of_the_chart() -> None:
     text = make_parser("resilient demo").format_help()
     assert "--chart FILE" in text
