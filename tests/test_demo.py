@@ -398,9 +398,9 @@ def test_percentile_is_nearest_rank_and_says_when_it_is_a_lower_bound() -> None:
 
 
 def test_a_tally_counts_each_outcome_and_marks_a_wait_cut_short() -> None:
-    answers = [Answer(0, Outcome.OK, 0.03)] * 3 + [
-        Answer(0, Outcome.BREAKER, 0.001),
-        Answer(1, Outcome.UNANSWERED, 2.0),
+    answers = [Answer(0, Outcome.OK, 0.03, 0.1)] * 3 + [
+        Answer(0, Outcome.BREAKER, 0.001, 0.2),
+        Answer(1, Outcome.UNANSWERED, 2.0, 1.5),
     ]
     assert tally(answers) == {
         "requests": 5,

@@ -49,4 +49,7 @@ RESILIENT_* variables retune them with no code change. Try:
 #   view         the live panel on a terminal, or a line a second
 #   summary      what happened, as the data --json prints
 #   report       the banner before the run, the summary's text after it
+#   chart        the run drawn (--chart): composed once as shapes, from what the run recorded
+#   drawing      shapes, and their SVG and PNG renderings; no plotting library
+#   raster       the PNG's pixels: rectangles, lines, a bitmap font, the encoding
 #   command      main(): all of the above, in order

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from resilient import ConfigError
+from resilient._demo import chart
 from resilient._demo.policies import Policies
 from resilient._demo.report import banner, summary_lines
 from resilient._demo.settings import Settings, parse
@@ -17,7 +18,8 @@ from resilient._demo.view import make_view
 
 
 def main(argv: Sequence[str]) -> int:
-    """Exit codes: 0 done, 1 a bad RESILIENT_* variable, 2 a bad argument, 130 interrupted."""
+    """Exit codes: 0 done, 1 a bad RESILIENT_* variable or a chart that could not be
+    written, 2 a bad argument, 130 interrupted."""
     return run(parse(argv))
 
 
@@ -43,4 +45,11 @@ def run(settings: Settings) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print("\n".join(summary_lines(summary)))
+    if settings.chart:
+        try:
+            chart.write(sim, settings.chart)
+        except OSError as error:
+            print(f"resilient demo: could not write the chart: {error}", file=sys.stderr)
+            return 1
+        print(f"Chart: {settings.chart}", file=out)
     return 0

@@ -5,10 +5,12 @@ the option, the value and what it accepts."""
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from resilient import _demo
+from resilient._demo.drawing import RENDERERS
 from resilient._demo.scenario import INTENSITIES
 
 MAX_CLIENTS = 200  # beyond, one event loop falls behind the traffic it simulates
@@ -25,6 +27,7 @@ class Settings:
     seed: int = 1
     live: bool | None = None  # None: the live view on a terminal wide enough for it
     json: bool = False
+    chart: str | None = None  # a file to draw the run in, .svg or .png
 
 
 def positive_float(text: str) -> float:
@@ -47,6 +50,18 @@ def client_count(text: str) -> int:
     if not 1 <= value <= MAX_CLIENTS:
         raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_CLIENTS}, not {text}")
     return value
+
+
+def chart_file(text: str) -> str:
+    suffix = os.path.splitext(text)[1]
+    if suffix.lower() not in RENDERERS:
+        raise argparse.ArgumentTypeError(
+            f"expected a file name ending in {' or '.join(RENDERERS)}, not {text!r}"
+        )
+    directory = os.path.dirname(text) or "."
+    if not os.path.isdir(directory):
+        raise argparse.ArgumentTypeError(f"no directory {directory!r} to write {text!r} in")
+    return text
 
 
 def make_parser(prog: str) -> argparse.ArgumentParser:
@@ -97,6 +112,13 @@ def make_parser(prog: str) -> argparse.ArgumentParser:
         action="store_true",
         help="print the summary as JSON on stdout (progress goes to stderr)",
     )
+    parser.add_argument(
+        "--chart",
+        type=chart_file,
+        metavar="FILE",
+        help="also draw the run in FILE, an .svg or a .png (by its suffix): requests/s by"
+        " outcome for both groups, the breaker's state and the phases",
+    )
     return parser
 
 
@@ -110,4 +132,5 @@ def parse(argv: Sequence[str], prog: str = "resilient demo") -> Settings:
         seed=args.seed,
         live=args.live,
         json=args.json,
+        chart=args.chart,
     )

@@ -48,6 +48,12 @@ class Answer(NamedTuple):
     phase: int  # the index of the phase the request was sent in
     outcome: Outcome
     seconds: float  # from sending to the answer (or to the end, if unanswered)
+    sent: float  # seconds into the run
+
+
+class Seen(NamedTuple):
+    at: float  # seconds into the run
+    state: State
 
 
 class Transition(NamedTuple):
@@ -78,7 +84,8 @@ class Group:
     def end(self, request: Request, outcome: Outcome, now: float) -> None:
         self.in_flight -= 1
         self.outcomes[outcome] += 1
-        self.answers.append(Answer(request.phase, outcome, now - request.started))
+        sent = request.started - self.service.timeline.t0
+        self.answers.append(Answer(request.phase, outcome, now - request.started, sent))
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
@@ -160,6 +167,7 @@ async def client(index: int, group: Group, call: Call, sim: Simulation) -> None:
         if at >= sim.end:
             return
         await asyncio.sleep(at - time.monotonic())
+        sim.look_at_breaker()
         group.spawn(send(group, call, sim.timeline))
         at += REQUEST_INTERVAL * rng.uniform(0.5, 1.5)
 
@@ -194,9 +202,17 @@ class Simulation:
         policies.breaker.add_listener(self._changed, StateChange)
         self.over = False  # the clients have stopped and the grace period is past
         self.finished_at: float | None = None
+        self.seen = [Seen(0.0, self.first_state)]  # the breaker's state as requests met it
 
     def _changed(self, change: StateChange) -> None:
         self.changes.append(Transition(change.at - self.timeline.t0, change.old, change.new))
+
+    def look_at_breaker(self) -> None:
+        """Note the breaker's state if it changed: polled as each request is sent, so the
+        chart's band shows the state that requests met, a property read per request."""
+        state = self.policies.breaker.state
+        if state is not self.seen[-1].state:
+            self.seen.append(Seen(self.elapsed(), state))
 
     def restart_clock(self) -> None:
         """Start the timeline now (the event loop is up)."""
