@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +25,9 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run(settings: Settings) -> int:
+    # The policies' log lines would break into the live view; what they tell, the view
+    # and the summary show. (An application that configured logging still gets them.)
+    logging.getLogger("resilient").addHandler(logging.NullHandler())
     try:
         policies = Policies.make(settings.clients, settings.seed)
     except ConfigError as error:  # a bad RESILIENT_* variable, found as the policy was made

@@ -14,9 +14,10 @@ are logged and dropped too, so the call's own outcome stands.
 
 Each event also becomes a log line on the logger of its policy's kind
 (``resilient.breaker``, ``resilient.retry``...), with structured ``extra`` fields;
-rejections at most once per policy per ``REJECTION_LOG_SECONDS``, with a count of the
-lines held back. The meters (OpenTelemetry, Prometheus) see every event and, while any
-is on, every call's outcome and duration (``Meter``).
+rejections and give-ups (one per call in an outage) at most once per policy per
+``REJECTION_LOG_SECONDS`` each, with a count of the lines held back. The meters
+(OpenTelemetry, Prometheus) see every event and, while any is on, every call's outcome
+and duration (``Meter``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from resilient._core.configuration.options import is_async_callable
-from resilient.events import EVENTS, Rejected
+from resilient.events import EVENTS, Rejected, RetryGaveUp
 
 if TYPE_CHECKING:
     import logging
@@ -48,8 +49,9 @@ __all__ = [
 E = TypeVar("E")
 L = TypeVar("L", bound=Callable[..., object])
 
-#: At most one rejection line per policy this often (seconds).
+#: At most one rejection line, and one give-up line, per policy this often (seconds).
 REJECTION_LOG_SECONDS = 5.0
+_GATED = (Rejected, RetryGaveUp)
 
 
 class _Entry:
@@ -287,13 +289,17 @@ def _logger(kind: str) -> logging.Logger:
     return found
 
 
-def _gate(policy: Any) -> str | None:
-    """None while a policy's rejection lines are held back (each one counted), else
-    what to add to the line that goes out: how many were held back before it."""
-    gate = policy.__dict__.get("_log_gate")
+def _gate(policy: Any, kind: str = "Rejected") -> str | None:
+    """None while a policy's lines of this kind (rejections, give-ups: one per call in
+    an outage) are held back, each one counted; else what to add to the line that goes
+    out: how many were held back before it."""
+    gates = policy.__dict__.get("_log_gates")
+    if gates is None:
+        gates = policy.__dict__["_log_gates"] = {}
+    gate = gates.get(kind)
     now = time.monotonic()
     if gate is None:
-        gate = policy.__dict__["_log_gate"] = [0.0, 0]
+        gate = gates[kind] = [0.0, 0]
     if now < gate[0]:
         gate[1] += 1
         return None
@@ -309,8 +315,8 @@ def _log(policy: Any, event: Any, held: str | None = None) -> None:
     if not log.isEnabledFor(level):
         return
     if held is None:
-        if event.__class__ is Rejected:
-            held = _gate(policy)
+        if event.__class__ in _GATED:
+            held = _gate(policy, event.__class__.__name__)
             if held is None:
                 return
         else:
