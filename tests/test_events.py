@@ -662,9 +662,8 @@ def test_a_meter_that_raises_never_reaches_the_call(caplog: pytest.LogCaptureFix
     assert len([r for r in caplog.records if "meter" in r.getMessage()]) == 1
 
 
+@pytest.mark.parametrize("mode", ["asyncio", "trio"])
 def test_a_meter_on_async_calls(recorder: Recorder, mode: str) -> None:
-    if mode == "sync":
-        pytest.skip("async only")
     b = CircuitBreaker()
     retry = Retry(2, clock=ManualClock())
 
