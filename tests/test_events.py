@@ -828,3 +828,23 @@ def test_health_is_a_json_view_of_every_live_named_policy() -> None:
     b.reset()
     after = {(p["kind"], p["name"]): p for p in resilient.health()["policies"]}
     assert after["breaker", "health-pay"]["open_for_seconds"] is None
+
+
+def test_a_pipeline_listener_hears_every_member() -> None:
+    clock = ManualClock()
+    heard: list[Any] = []
+    pipeline = resilient.Pipeline(
+        Retry(2, clock=clock), CircuitBreaker(min_calls=1, clock=clock), name="piped"
+    )
+    pipeline.add_listener(heard.append)
+    with pytest.raises((ConnectionError, CircuitOpenError)):
+        pipeline.call(fail)
+    assert [(type(e).__name__, e.policy.KIND) for e in heard] == [
+        ("StateChange", "breaker"),
+        ("RetryScheduled", "retry"),
+        ("Rejected", "breaker"),
+        ("RetryGaveUp", "retry"),
+    ]
+    pipeline.remove_listener(heard.append)
+    with pytest.raises(ValueError, match="not a listener"):
+        pipeline.remove_listener(heard.append)

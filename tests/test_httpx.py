@@ -981,6 +981,7 @@ def test_a_transport_listener_hears_every_policy_of_it_and_every_host() -> None:
     assert heard[-1].policy is early
     transport.remove_listener(heard.append)
     early.reset()
-    assert heard[-1].policy is early and heard[-1].new is State.FORCED_OPEN
+    assert heard[-1].policy is early
+    assert heard[-1].new is State.FORCED_OPEN
     with pytest.raises(ValueError, match="not"):
         transport.remove_listener(heard.append)
