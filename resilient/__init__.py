@@ -17,6 +17,7 @@ from resilient._breaker import BreakerMetrics, CircuitBreaker, State, StateChang
 from resilient._budget import RetryBudget
 from resilient._bulkhead import Bulkhead, BulkheadMetrics
 from resilient._core.configuration import events as _events
+from resilient._core.configuration import registry as _registry
 from resilient._core.configuration.registry import registry, reload
 from resilient._core.execution.deadline import deadline, remaining
 from resilient._core.state.clock import Clock, MonotonicClock, SystemClock
@@ -69,12 +70,15 @@ def add_listener(listener: _Listener, *kinds: type) -> _Listener:
     It runs as a policy's own listeners do: on the thread that caused the event, its
     errors logged once and never the call's.
     """
-    return _events.GLOBAL.add(listener, kinds)
+    _events.GLOBAL.add(listener, kinds)
+    _registry.listening_changed()
+    return listener
 
 
 def remove_listener(listener: _abc.Callable[[_typing.Any], object]) -> None:
     """Stop calling a listener added with :func:`add_listener`; ValueError if it was not."""
     _events.GLOBAL.remove(listener)
+    _registry.listening_changed()
 
 
 def health() -> dict[str, _typing.Any]:

@@ -103,12 +103,14 @@ class _Phase:
         "plain",
         "record",
         "refusal",
+        "rejected_before",
         "reopen_for",
         "reported",
         "since",
         "slow",
         "success",
         "times_opened",
+        "told",
         "until",
         "window",
     )
@@ -154,6 +156,9 @@ class _Phase:
         # HALF_OPEN probe bookkeeping; only touched under the breaker's lock.
         self.admitted = self.reported = self.failures = self.slow = 0
         self.cause: BaseException | None = None  # HALF_OPEN: the last probe's failure
+        # OPEN, FORCED_OPEN: the breaker's count of rejections when the spell began, and
+        # when its last rejection was told (a log line tells those held back since)
+        self.rejected_before = self.told = 0
         # CLOSED, replaced by a reload that changed its window or its flags: the phase
         # that took over, where the outcomes of calls admitted under this one now go.
         self.forward: _Phase | None = None
@@ -543,10 +548,11 @@ class CircuitBreaker(Configured, GuardForms):
             elif st is not None:
                 st.meter = c.meter  # (a meter came or went: the phase stays)
         events.deliver()
+        self._listening_changed()  # (a meter came or went, perhaps)
 
     # -- the call path ----------------------------------------------------------------
 
-    def _exit(self, token: _Token, exc: BaseException | None, result: object) -> None:
+    def _exit(self, token: _Token, exc: BaseException | None, result: object) -> str | None:
         if token.__class__ is _Phase and token.plain:  # CLOSED, untimed, count window
             if exc is None:
                 token.success()
@@ -554,21 +560,21 @@ class CircuitBreaker(Configured, GuardForms):
                 c = self._plan
                 neither = c.neither
                 if neither is None:
-                    self._settle(token, exc, result)
-                    return
+                    return self._settle(token, exc, result)
                 if not isinstance(exc, Exception) or isinstance(exc, neither):
-                    return  # cancellation, an ignored error...: counts as nothing
+                    return None  # cancellation, an ignored error...: counts as nothing
                 if isinstance(exc, c.failing):
                     token.record(FAILURE, 0.0)
                     self._judge(c, token, None, exc)
-                    return
+                    return None
                 token.success()
             if token.pending:
                 self._judge(self._plan, token, None)
-            return
-        self._settle(token, exc, result)
+            return None
+        return self._settle(token, exc, result)
 
-    def _settle(self, token: _Token, exc: BaseException | None, result: object) -> None:
+    def _settle(self, token: _Token, exc: BaseException | None, result: object) -> str | None:
+        """Record the outcome; "failure" if a returned value counts as one."""
         c = self._plan
         now = c.now()
         if isinstance(token, tuple):
@@ -577,13 +583,14 @@ class CircuitBreaker(Configured, GuardForms):
         else:
             st, outcome = token, SUCCESS
         if st.kind is DISABLED:
-            return
+            return None
         try:
             counted = c.classify(outcome, exc, result)
         except BaseException:
             self._report(c, st, None, now)  # a raising predicate must not leak a probe permit
             raise
         self._report(c, st, counted, now, exc)
+        return "failure" if exc is None and counted in (FAILURE, SLOW_FAILURE) else None
 
     def _report(
         self,
@@ -607,6 +614,7 @@ class CircuitBreaker(Configured, GuardForms):
             with self._lock:
                 if self._state is not st:
                     return  # a probe of a half-open spell that has ended: stale
+                c = self._plan  # (as of now: a reload or a meter may have switched it)
                 if outcome is None:
                     st.admitted -= 1  # ignored or cancelled: let another probe in
                     return
@@ -715,16 +723,31 @@ class CircuitBreaker(Configured, GuardForms):
         """Under the lock: make ``new`` current, keep the change in the history and
         queue its event (stamped ``now``), which this thread delivers once it lets go."""
         old = getattr(self, "_state", None)
-        new.meter = self._plan.meter
-        self._state = new
+        self._adopt(new)
         if old is not None and old.kind is not new.kind:
+            if old.refusal is not None:  # the spell's rejections, told once at its end
+                rejected = self._rejected.value - old.rejected_before
+                if rejected > 0:
+                    calls = "call" if rejected == 1 else "calls"
+                    why = f"{why}; {rejected} {calls} rejected while {old.kind.value}"
             counted = None if tally is None else Counted(tally.calls, tally.failures, tally.slow)
             until = new.until if new.kind is OPEN else None
             change = StateChange(
                 self, old.kind, new.kind, now, counted, why, until, new.times_opened
             )
-            self._history.append(change)
+            self._history.append(change._replace(breaker=None))  # type: ignore[arg-type]
             events.queue(self, change)
+
+    def _adopt(self, new: _Phase) -> None:
+        """Under the lock: make ``new`` current, metered and counted as the plan says now
+        (a phase made from a plan read before a switch takes the current one's flags)."""
+        c = self._plan
+        if new.kind is CLOSED and new.fast != c.fast:
+            new = self._closed(c, new.window, new)
+        new.meter = c.meter
+        if new.refusal is not None:
+            new.rejected_before = new.told = self._rejected.value
+        self._state = new
 
     def _closed(self, c: _Plan, window: Window | None = None, was: _Phase | None = None) -> _Phase:
         """A CLOSED phase under ``c``: a fresh window, or ``window`` carried over into
@@ -749,7 +772,9 @@ class CircuitBreaker(Configured, GuardForms):
         error = functools.partial(
             BaseException.__new__, CircuitOpenError, self.name, None, OPEN, until, c.clock, cause
         )
-        refusal = Refusal(c.now, until, functools.partial(self._refused, "open", until), error)
+        # The drivers refuse on their own only from the spell's first rejection on, which
+        # comes through _admit: until=now (see _reject).
+        refusal = Refusal(c.now, now, self._rejected.incr, error)
         opened = _Phase(
             OPEN,
             st.window,
@@ -769,8 +794,7 @@ class CircuitBreaker(Configured, GuardForms):
             error = functools.partial(
                 BaseException.__new__, CircuitOpenError, self.name, None, FORCED_OPEN
             )
-            counted = functools.partial(self._refused, "forced_open")
-            refusal = Refusal(self._plan.now, math.inf, counted, error)
+            refusal = Refusal(self._plan.now, now, self._rejected.incr, error)
         return _Phase(kind, window, since=now, refusal=refusal)
 
     def _probing(self, c: _Plan, st: _Phase, now: float) -> _Phase:
@@ -789,10 +813,8 @@ class CircuitBreaker(Configured, GuardForms):
             kind = st.kind
             if kind is OPEN:
                 now = c.now()
-                if now < st.until:  # (the drivers refuse before asking; the with-form asks)
-                    assert st.refusal is not None
-                    st.refusal.counted()
-                    raise st.refusal.error()
+                if now < st.until:  # (the drivers refuse on their own, once armed: _reject)
+                    raise self._reject(st, now)
                 # lazily, on the first call after
                 self._swap(st, self._probing(c, st, now), now, "open_for has passed")
             elif kind is HALF_OPEN:
@@ -814,9 +836,7 @@ class CircuitBreaker(Configured, GuardForms):
                         hint = None if until is None else until - now
                         raise CircuitOpenError(self.name, hint, st.kind, st.cause)
             elif kind is FORCED_OPEN:
-                assert st.refusal is not None
-                st.refusal.counted()
-                raise st.refusal.error()
+                raise self._reject(st, c.now())
             else:  # CLOSED when timed, DISABLED
                 return (st, c.now()) if c.timed and kind is CLOSED else st
             st = self._state
@@ -827,45 +847,96 @@ class CircuitBreaker(Configured, GuardForms):
         self._rejected.incr()
         events.refused(self, reason, self._plan.now, until)
 
+    # An OPEN spell's rejections are the hot path of an outage. While nobody listens, the
+    # drivers refuse on their own (a clock read, the counter's C-level increment, the
+    # error) until the refusal's ``until``: the spell's end, or sooner, the time of the
+    # next log line, at most one every REJECTION_LOG_SECONDS (of the breaker's clock).
+    # Then a rejection comes through _admit, which tells it with the count held back
+    # since the last line and arms the refusal again. While a listener or a meter is on,
+    # every rejection comes through here, to be told. The spell's count is told at its
+    # end, in its transition's reason.
+
+    def _reject(self, st: _Phase, now: float) -> CircuitOpenError:
+        """A rejection off the drivers' own path: counted, told, the refusal armed."""
+        refusal = st.refusal
+        assert refusal is not None
+        self._rejected.incr()
+        until = st.until if st.kind is OPEN else None
+        held = self._rejected.value - st.told - 1
+        st.told = self._rejected.value
+        events.refused(self, st.kind.value, self._plan.now, until, held)
+        self._arm_refusal(st, now)
+        error = refusal.error()
+        assert isinstance(error, CircuitOpenError)
+        return error
+
+    def _arm_refusal(self, st: _Phase, now: float) -> None:
+        """Let the drivers refuse on their own until the next line is due (never while
+        someone listens: each rejection is told then)."""
+        refusal = st.refusal
+        if refusal is None:
+            return
+        if events.listened(self):
+            st.refusal = refusal._replace(until=now)
+        else:
+            end = st.until if st.kind is OPEN else math.inf
+            st.refusal = refusal._replace(until=min(end, now + events.REJECTION_LOG_SECONDS))
+
+    def _listening_changed(self) -> None:
+        """Someone started or stopped listening: a refusing phase counts accordingly."""
+        st = self._state
+        if st.refusal is not None:
+            self._arm_refusal(st, self._plan.now() if events.listened(self) else -math.inf)
+
     # -- inspection and manual control ------------------------------------------------
 
     @property
     def history(self) -> list[StateChange]:
-        """The last transitions (at most ``resilient.HISTORY``), oldest first: enough to
+        """The last transitions (at most ``HISTORY``, 100), oldest first: enough to
         rebuild the state (:meth:`replay`). Only transitions are kept, never calls."""
-        return self._history.items()
+        return [change._replace(breaker=self) for change in self._history.items()]
 
     def replay(self, history: Iterable[StateChange]) -> None:
         """Take the state the transitions in ``history`` lead to, as told by another
         breaker's :attr:`history` (times on this breaker's clock): the state, an OPEN
-        spell's end and how many spells in a row it opened for. The window starts empty;
-        listeners hear nothing (the changes happened elsewhere, before). The history is
-        kept as this breaker's own."""
+        spell's end, how many spells in a row it opened for, and a pin made in code
+        (``force_open()``, ``disable()``). A pin the environment made there belongs to
+        that process and is not replayed; this breaker's own environment pins it as
+        usual (and a replayed state is then dropped: the pin's lift applies as always).
+        The window starts empty; listeners hear nothing (the changes happened before,
+        elsewhere). The history becomes this breaker's own."""
         changes = list(history)
         for change in changes:
             if not isinstance(change, StateChange):
                 raise TypeError(f"replay() takes StateChange events, not {change!r}")
         if not changes:
             return
-        last = changes[-1]
+        code_pin: State | None = None
+        last: StateChange | None = None  # the last change not made by the environment
+        for change in changes:
+            if change.reason in ("force_open()", "disable()"):
+                code_pin = State(change.new)
+            elif change.reason == "reset()":
+                code_pin = None
+            if not change.reason.startswith(_BY_ENVIRONMENT):
+                last = change
         c = self._plan
-        kind = State(last.new)
         window = c.new_window()
-        if kind is OPEN:  # (made outside the lock: open_for may be the user's callable)
+        kind = CLOSED if last is None else State(last.new)
+        new: _Phase | None = None
+        if last is not None and kind is OPEN:  # (outside the lock: open_for is the user's)
             base = _Phase(CLOSED, window, times_opened=last.times_opened - 1)
             new = self._opened(base, last.at, (last.until or last.at) - last.at)
-        elif kind is HALF_OPEN:
+        elif last is not None and kind is HALF_OPEN:
             new = self._probing(c, _Phase(OPEN, window, times_opened=last.times_opened), last.at)
-        elif kind is CLOSED:
-            new = self._closed(c)
-        else:
+        elif last is not None and kind in (FORCED_OPEN, DISABLED):
             new = self._pinned(kind, window, last.at)
         with self._lock:
-            self._code_pin = kind if kind in (FORCED_OPEN, DISABLED) else None
+            self._code_pin = code_pin
+            for change in changes:  # (kept without a breaker: no cycle through it)
+                self._history.append(change._replace(breaker=None))  # type: ignore[arg-type]
             if not self._pinned_by_env:
-                self._state = new
-            for change in changes:
-                self._history.append(change._replace(breaker=self))
+                self._adopt(new if new is not None else self._closed(self._plan))
 
     @property
     def state(self) -> State:
@@ -972,3 +1043,6 @@ class CircuitBreaker(Configured, GuardForms):
 
 
 _OPTION_NAMES = frozenset(option.name for option in OPTIONS)
+
+#: How a transition the environment made says so (``_switch``): not replayed elsewhere.
+_BY_ENVIRONMENT = ("RESILIENT_ENABLED=0", "the environment's state=")

@@ -354,7 +354,7 @@ def test_a_raising_listener_is_logged_once_not_per_call(caplog: pytest.LogCaptur
         with pytest.raises(ConnectionError) as info:
             retry.call(fail)
         assert info.value is BOOM  # the call's own error, every time
-    told = [r for r in caplog.records if "listener bug" in (r.exc_text or "")]
+    told = [r for r in caplog.records if "listener bug" in r.getMessage()]
     assert len(told) == 1  # 10 scheduled retries and 5 give-ups: one line
     assert told[0].name == "resilient"
 
@@ -505,9 +505,11 @@ def test_each_kind_logs_on_its_own_logger_with_structured_fields(
     assert gave_up.error_type == "ConnectionError"  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("listening", [False, True], ids=["quiet", "listened"])
 def test_rejections_log_at_debug_at_most_once_per_policy_per_few_seconds(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, listening: bool
 ) -> None:
+    """A breaker gates its lines on its own clock; the others on the real one."""
     caplog.set_level(logging.DEBUG, logger="resilient")
     now = [1000.0]
 
@@ -517,20 +519,46 @@ def test_rejections_log_at_debug_at_most_once_per_policy_per_few_seconds(
             return now[0]
 
     monkeypatch.setattr(core, "time", Time)
-    b = tripped(ManualClock())
+    clock = ManualClock()
+    b = tripped(clock)
     other = tripped(ManualClock())
+    heard: list[Any] = []
+    if listening:
+        b.add_listener(heard.append, Rejected)
     for _ in range(100):
         for breaker in (b, other):
             with pytest.raises(CircuitOpenError):
                 breaker.call(lambda: "never")
     lines = [r for r in records(caplog, "resilient.breaker") if r.levelno == logging.DEBUG]
     assert len(lines) == 2  # one per breaker
+    assert len(heard) == (100 if listening else 0)
+    clock.advance(core.REJECTION_LOG_SECONDS)
     now[0] += core.REJECTION_LOG_SECONDS
     with pytest.raises(CircuitOpenError):
         b.call(lambda: "never")
     last = [r for r in records(caplog, "resilient.breaker") if r.levelno == logging.DEBUG][-1]
     assert last.getMessage() == "breaker rejected a call (open) (99 more since the last line)"
     assert last.reason == "open"  # type: ignore[attr-defined]
+    clock.advance(10)  # the spell ends: its transition tells how many it rejected
+    b.call(lambda: "probe")
+    assert records(caplog, "resilient.breaker")[-1].getMessage() == (
+        "breaker open -> half_open: open_for has passed; 101 calls rejected while open"
+    )
+    assert b.metrics.rejected == 101
+
+    pool = Bulkhead(1)
+    with pool:
+        for _ in range(50):
+            with pytest.raises(BulkheadFullError):
+                pool.call(lambda: None)
+        now[0] += core.REJECTION_LOG_SECONDS
+        with pytest.raises(BulkheadFullError):
+            pool.call(lambda: None)
+    told = [r.getMessage() for r in records(caplog, "resilient.bulkhead")]
+    assert told == [
+        "bulkhead rejected a call (full)",
+        "bulkhead rejected a call (full) (49 more since the last line)",
+    ]
 
 
 def test_no_line_shows_a_calls_arguments_or_result(caplog: pytest.LogCaptureFixture) -> None:
@@ -848,3 +876,189 @@ def test_a_pipeline_listener_hears_every_member() -> None:
     pipeline.remove_listener(heard.append)
     with pytest.raises(ValueError, match="not a listener"):
         pipeline.remove_listener(heard.append)
+
+
+# -- found by review: a meter changes nothing but what is counted ------------------------
+
+
+@pytest.mark.parametrize("form", ["call", "block"])
+def test_a_meter_never_changes_a_retrys_decisions(recorder: Recorder, form: str) -> None:
+    def attempts_made(metered: bool) -> int:
+        clock = ManualClock(start=500.0)  # (not perf_counter's time)
+        retry = Retry(100, wait=1, deadline=3.5, clock=clock)
+        made = [0]
+
+        def failing() -> None:
+            made[0] += 1
+            raise BOOM
+
+        if not metered:
+            core.meters.remove(recorder)
+        try:
+            if form == "call":
+                with pytest.raises(ConnectionError):
+                    retry.call(failing)
+            else:
+                with pytest.raises(ConnectionError):  # noqa: PT012 - the block form
+                    for attempt in retry:
+                        with attempt:
+                            failing()
+        finally:
+            if not metered:
+                core.meters.add(recorder)
+        return made[0]
+
+    assert attempts_made(metered=True) == attempts_made(metered=False) == 4
+
+
+def test_block_form_attempts_and_calls_are_metered(recorder: Recorder) -> None:
+    retry = Retry(3, clock=ManualClock())
+    outcomes = iter([BOOM, None])
+    for attempt in retry:
+        with attempt:
+            error = next(outcomes)
+            if error is not None:
+                raise error
+    assert recorder.attempts == [("retry", "failure"), ("retry", "success")]
+    assert recorder.calls == [("retry", "success", "NoneType")]
+
+
+@pytest.mark.parametrize("mode", ["sync", "asyncio", "trio"])
+def test_a_fallback_whose_handler_raises_is_a_failure(recorder: Recorder, mode: str) -> None:
+    def broken(exc: BaseException) -> str:
+        raise KeyError("no cache")
+
+    async def broken_async(exc: BaseException) -> str:
+        await anyio.lowlevel.checkpoint()
+        raise KeyError("no cache")
+
+    if mode == "sync":
+        with pytest.raises(KeyError):
+            Fallback(handler=broken).call(fail)
+    else:
+
+        async def failing() -> None:
+            raise BOOM
+
+        async def main() -> None:
+            with pytest.raises(KeyError):
+                await Fallback(handler=broken_async).call_async(failing)
+            assert await Fallback("cached").call_async(failing) == "cached"
+
+        anyio.run(main, backend=mode)
+    expected = [("fallback", "failure", "KeyError")]
+    if mode != "sync":
+        expected.append(("fallback", "fallback", "ConnectionError"))
+    assert recorder.calls == expected
+
+
+def test_a_breakers_failing_result_is_a_failure_to_the_meter(recorder: Recorder) -> None:
+    b = CircuitBreaker(failure_result=lambda r: r == 503)
+    assert b.call(lambda: 503) == 503
+    assert b.call(lambda: 200) == 200
+    with b:
+        pass
+    assert recorder.calls == [
+        ("breaker", "failure", "NoneType"),
+        ("breaker", "success", "NoneType"),
+        ("breaker", "success", "NoneType"),
+    ]
+
+
+def test_a_replayed_breaker_is_metered_as_any_other(recorder: Recorder) -> None:
+    clock = ManualClock()
+    old = CircuitBreaker(min_calls=1, clock=clock, open_for=5)
+    with pytest.raises(ConnectionError):
+        old.call(fail)
+    clock.advance(5)
+    for _ in range(5):
+        old.call(lambda: "ok")
+    assert old.state is State.CLOSED
+    new = CircuitBreaker(min_calls=1, clock=clock)
+    new.replay(old.history)
+    recorder.calls.clear()
+    assert new.call(lambda: "ok") == "ok"
+    assert recorder.calls == [("breaker", "success", "NoneType")]
+
+
+def test_replay_keeps_a_pin_made_in_code_but_not_one_the_environment_made() -> None:
+    clock = ManualClock()
+    source = CircuitBreaker("replayed-pins", min_calls=1, clock=clock)
+    source.force_open()
+    resilient.reload({"RESILIENT_ENABLED": "0"})
+    try:
+        assert source.state is State.DISABLED
+        fresh = CircuitBreaker(clock=clock)
+    finally:
+        resilient.reload({})
+    assert [c.reason for c in source.history] == [
+        "force_open()",
+        "RESILIENT_ENABLED=0",
+        "the environment's pin was lifted",
+    ]
+    under_the_pin = source.history[:2]
+    fresh.replay(under_the_pin)  # (made under the pin, replayed after it was lifted)
+    assert fresh.state is State.FORCED_OPEN  # the code's pin, not the environment's
+    fresh.reset()
+    assert fresh.state is State.CLOSED
+    other = CircuitBreaker(clock=clock)
+    other.replay(under_the_pin[1:])  # only the environment's pin: not replayed
+    assert other.state is State.CLOSED
+
+
+def test_a_breaker_with_a_history_is_freed_without_the_cycle_collector() -> None:
+    import gc
+    import weakref
+
+    clock = ManualClock()
+    gc.disable()
+    try:
+        b = CircuitBreaker(min_calls=1, clock=clock)
+        with pytest.raises(ZeroDivisionError):  # (a fresh error: BOOM's traceback would
+            b.call(lambda: 1 / 0)  # hold this frame, and this frame the breaker)
+        with pytest.raises(CircuitOpenError):
+            b.call(lambda: 1 / 0)
+        assert b.history
+        ref = weakref.ref(b)
+        del b
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_no_log_line_shows_an_errors_text_or_a_result(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="resilient")
+    secret = "token=s3cr3t"
+
+    class Broken(core.Meter):
+        def call(self, *args: Any) -> None:
+            raise RuntimeError("exporter down")
+
+    retry = Retry(2, on_result=lambda r: True, clock=ManualClock())
+    retry.add_listener(lambda event: 1 / 0)
+    fallback = Fallback("cached")
+    fallback.add_listener(lambda event: 1 / 0)
+    meter = Broken()
+    core.meters.add(meter)
+    try:
+        retry.call(lambda: {"body": secret})
+        assert fallback.call(lambda: (_ for _ in ()).throw(ConnectionError(secret))) == "cached"
+    finally:
+        core.meters.remove(meter)
+    assert "ZeroDivisionError" in caplog.text  # the listeners' failures are told
+    assert "exporter down" in caplog.text
+    assert secret not in caplog.text
+
+
+def test_a_spent_budget_is_logged_at_most_once_per_few_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    budget = RetryBudget(ratio=0.01, min_per_second=0)
+    retry = Retry(3, budget=budget, clock=ManualClock())
+    for _ in range(50):
+        with pytest.raises(ConnectionError):
+            retry.call(fail)
+    lines = [r.getMessage() for r in records(caplog, "resilient.retry")]
+    assert len(lines) == 2  # one "exhausted", one "gave up"

@@ -22,6 +22,7 @@ and duration (``Meter``).
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from resilient._core.configuration.options import is_async_callable
 from resilient._core.state import forking
-from resilient.events import EVENTS, Rejected, RetryGaveUp
+from resilient.events import EVENTS, BudgetExhausted, Rejected, RetryGaveUp
 
 if TYPE_CHECKING:
     import logging
@@ -52,7 +53,7 @@ L = TypeVar("L", bound=Callable[..., object])
 
 #: At most one rejection line, and one give-up line, per policy this often (seconds).
 REJECTION_LOG_SECONDS = 5.0
-_GATED = (Rejected, RetryGaveUp)
+_GATED = (Rejected, RetryGaveUp, BudgetExhausted)
 
 
 class _Entry:
@@ -74,11 +75,9 @@ class _Entry:
         except BaseException:  # SystemExit, KeyboardInterrupt too: never the call's
             self.failed += 1
             if self.failed == 1:
-                _root().exception(
-                    "listener %r failed on %r; the call goes on (this listener's later"
-                    " failures are not logged)",
-                    self.fn,
-                    event,
+                _told_once(
+                    f"listener {_named(self.fn)} failed on a {type(event).__name__}; the"
+                    " call goes on (its later failures are not logged)"
                 )
 
 
@@ -193,7 +192,28 @@ def _guarded(fn: Callable[..., object], *args: Any) -> None:
         key = id(getattr(fn, "__func__", fn))
         if key not in _failed_meters:
             _failed_meters.add(key)
-            _root().exception("meter %r failed; the call goes on (logged once)", fn)
+            _told_once(f"meter {_named(fn)} failed; the call goes on (logged once)")
+
+
+def _named(fn: Callable[..., object]) -> str:
+    """A callable by name: its repr may show what it holds (a partial's arguments)."""
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+def _told_once(message: str) -> None:
+    """Log the error being handled with its own traceback only: it was raised while the
+    call's error was being handled, whose text the chained traceback would show."""
+    import traceback
+
+    error = sys.exc_info()[1]
+    assert error is not None
+    shown = "".join(
+        traceback.format_exception(type(error), error, error.__traceback__, chain=False)
+    )
+    try:
+        _root().error("%s\n%s", message, shown.rstrip())
+    except BaseException:  # a handler's failure: logging reports its own, or we drop it
+        pass
 
 
 meters = _Meters()
@@ -213,9 +233,12 @@ _pending = _Pending()
 
 @forking.after_fork_in_child
 def _after_fork() -> None:
-    """A child forked mid-delivery starts with nothing queued and nobody delivering."""
+    """A child forked mid-delivery starts with nothing queued and nobody delivering, and
+    with fresh locks (another thread of the parent may have held one)."""
     global _pending
     _pending = _Pending()
+    GLOBAL._lock = threading.Lock()
+    meters._lock = threading.Lock()
 
 
 def queue(policy: Any, event: Any) -> None:
@@ -266,17 +289,27 @@ def wanted(policy: Any, level: int) -> bool:
 
 
 def refused(
-    policy: Any, reason: str, now: Callable[[], float], until: float | None = None
+    policy: Any,
+    reason: str,
+    now: Callable[[], float],
+    until: float | None = None,
+    held: int | None = None,
 ) -> None:
-    """A rejection, the hot path of an outage: the event is made only for a listener or
-    a meter; the log line only when its gate is open (a time read and a comparison)."""
+    """A rejection: the event is made only for a listener or a meter; the log line
+    goes out when its gate is open, telling how many were held back since the last.
+    ``held``: the policy keeps the gate itself (a breaker, on its own clock) and this
+    many went untold since its last line."""
+    at = now()
+    event = Rejected(policy, at, reason, None if until is None else max(0.0, until - at))
     if listened(policy):
-        at = now()
-        emit(policy, Rejected(policy, at, reason, None if until is None else max(0.0, until - at)))
+        emit(policy, event)  # (its line through the gate)
         return
-    held = _gate(policy)
-    if held is not None:
-        _log(policy, Rejected(policy, now(), reason), held)
+    if held is None:
+        text = _gate(policy)
+    else:
+        text = f" ({held} more since the last line)" if held > 0 else ""
+    if text is not None:
+        _log(policy, event, text)
 
 
 # -- log lines ---------------------------------------------------------------------------

@@ -206,11 +206,18 @@ class Configured:
         listener and never reach the call. Keep it quick: in async code it runs on the
         event loop.
         """
-        return self._listeners.add(listener, kinds)
+        self._listeners.add(listener, kinds)
+        self._listening_changed()
+        return listener
 
     def remove_listener(self, listener: Callable[[Any], object]) -> None:
         """Stop calling ``listener``; ValueError if it was never added."""
         self._listeners.remove(listener)
+        self._listening_changed()
+
+    def _listening_changed(self) -> None:
+        """A listener or a meter came or went (a policy that tells some events only
+        while someone listens adjusts; most need not)."""
 
     def _metered(self) -> events.Meter | None:
         """The meter a plan compiled now reports to (None: nothing is counted)."""
@@ -259,6 +266,7 @@ def _after_fork() -> None:
     _RELOADING = threading.Lock()
     registry._lock = threading.Lock()
     for policy in list(registry._all):
+        policy._listeners._lock = threading.Lock()
         policy._after_fork()
 
 
@@ -288,6 +296,12 @@ def _recompile() -> None:
 
 
 events.meters.changed = _recompile
+
+
+def listening_changed() -> None:
+    """A global listener came or went: every live policy adjusts."""
+    for policy in registry._live():
+        policy._listening_changed()
 
 
 def name_policies(named: Sequence[tuple[Configured, str]]) -> None:

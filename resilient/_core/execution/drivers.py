@@ -395,7 +395,8 @@ class GuardForms(Propagates, Decorates):
     def _admit(self, state: Any) -> object:
         raise NotImplementedError
 
-    def _exit(self, token: Any, exc: BaseException | None, result: object) -> None:
+    def _exit(self, token: Any, exc: BaseException | None, result: object) -> str | None:
+        """Record the outcome; "failure" if a returned value counts as one (else None)."""
         raise NotImplementedError
 
     def _wait(self, state: Any) -> object:
@@ -468,8 +469,8 @@ class _Timed:
         self.meter, self.started, self.token = meter, started, token
 
     def exit(self, guard: GuardForms, exc: BaseException | None) -> None:
-        guard._exit(self.token, exc, NO_RESULT)
-        outcome = "success" if exc is None else failed(exc)
+        judged = guard._exit(self.token, exc, NO_RESULT)
+        outcome = (judged or "success") if exc is None else failed(exc)
         self.meter.call(guard, outcome, perf_counter() - self.started, exc)
 
 
@@ -511,7 +512,8 @@ def _sync_driver(guard: GuardForms, fn: Callable[P, R]) -> Callable[P, R]:
                     raise error()
             state = token
             meter = state.meter  # (read off the fast path only: a metered state is slow)
-            started = perf_counter()
+            if meter is not None:
+                started = perf_counter()  # (queueing included)
             token = guard._admit(state)
             if token is MUST_WAIT:
                 token = guard._wait(state)
@@ -526,10 +528,11 @@ def _sync_driver(guard: GuardForms, fn: Callable[P, R]) -> Callable[P, R]:
             raise
         if fast:
             token.passed(result)  # read now: it may have changed while the call ran
-        else:
+        elif meter is None:
             guard._exit(token, None, result)
-            if meter is not None:
-                meter.call(guard, "success", perf_counter() - started, None)
+        else:  # the guard says if a returned value failed (a breaker's failure_result)
+            outcome = guard._exit(token, None, result) or "success"
+            meter.call(guard, outcome, perf_counter() - started, None)
         return result
 
     return guarded
@@ -550,7 +553,8 @@ def _async_driver(
                     raise error()
             state = token
             meter = state.meter  # (read off the fast path only: a metered state is slow)
-            started = perf_counter()
+            if meter is not None:
+                started = perf_counter()  # (queueing included)
             token = guard._admit(state)
             if token is MUST_WAIT:
                 token = await guard._wait_async(state)
@@ -563,10 +567,11 @@ def _async_driver(
             raise
         if fast:
             token.passed(result)  # read now: it may have changed while the call ran
-        else:
+        elif meter is None:
             guard._exit(token, None, result)
-            if meter is not None:
-                meter.call(guard, "success", perf_counter() - started, None)
+        else:  # the guard says if a returned value failed (a breaker's failure_result)
+            outcome = guard._exit(token, None, result) or "success"
+            meter.call(guard, outcome, perf_counter() - started, None)
         return result
 
     return guarded
@@ -595,8 +600,9 @@ class Plan:
     #: whether a returned value may be a failure (``result_fails``)
     checks_results = False
 
-    def begin(self) -> float:
-        """Before a first attempt: when it started (0.0 when nothing measures from it)."""
+    def begin(self) -> Any:
+        """Before a first attempt: what ``calls()`` is given back as ``started`` (a
+        Retry: when it started; 0.0 when nothing measures from it)."""
         return 0.0
 
     def decides(self, exc: Exception) -> bool:
@@ -675,10 +681,10 @@ class MeteredPlan(Plan):
         self.meter = meter
         self.attempts_metered = attempts_metered  # a Retry's attempts each have a duration
 
-    def begin(self) -> float:
-        if self.inner.begins:
-            self.inner.begin()  # (a budget hears of the call; the time is ours)
-        return perf_counter()
+    def begin(self) -> tuple[Any, float]:
+        """The policy's own start (its ``calls()`` gets it), and ours, for durations."""
+        inner = self.inner
+        return (inner.begin() if inner.begins else 0.0), perf_counter()
 
     def decides(self, exc: Exception) -> bool:
         return True  # the metered attempts ask the policy's own plan
@@ -697,16 +703,17 @@ class MeteredPlan(Plan):
         fn: Callable[..., Any] | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        started: float,
+        started: Any,
     ) -> Attempts:
-        return _MeteredAttempts(self, fn, args, kwargs, started)
+        own, ours = started
+        return _MeteredAttempts(self, fn, args, kwargs, own, ours)
 
 
 class _MeteredAttempts(Attempts):
     """One metered call: the policy's own attempts (made at the first failure, as the
     driver would), each attempt's end and the call's told to the meter."""
 
-    __slots__ = ("answering", "args", "began", "fn", "inner", "kwargs", "plan", "started")
+    __slots__ = ("answering", "args", "began", "fn", "inner", "kwargs", "own", "plan", "started")
 
     def __init__(
         self,
@@ -714,12 +721,14 @@ class _MeteredAttempts(Attempts):
         fn: Callable[..., Any] | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        own: Any,
         started: float,
     ) -> None:
         super().__init__()
         self.plan = plan
         self.fn, self.args, self.kwargs = fn, args, kwargs
-        self.started = self.began = started  # the call's start, the attempt's
+        self.own = own  # what the policy's own begin() gave, for its calls()
+        self.started = self.began = started  # the call's start, the attempt's (ours)
         self.inner: Attempts | None = None
         self.answering = False  # answer() gives the policy's answer, not a result
 
@@ -749,15 +758,14 @@ class _MeteredAttempts(Attempts):
             return ANSWER  # answered with the result itself
         inner = self.inner
         if inner is None:
-            inner = self.inner = own.calls(self.fn, self.args, self.kwargs, self.started)
+            inner = self.inner = own.calls(self.fn, self.args, self.kwargs, self.own)
         inner.attempt, inner.idle = self.attempt, self.idle
         wait = inner.next_wait(exc, result)
         self._attempt(now, exc, "failure")
         if wait is None:
             self._ended(now, exc, "failure")
         elif wait == ANSWER:
-            self.answering = True
-            self._ended(now, exc, "fallback")
+            self.answering = True  # told once the answer is made (it may fail)
         else:
             self.began = now + wait
         return wait
@@ -766,7 +774,30 @@ class _MeteredAttempts(Attempts):
         if not self.answering:
             return result
         assert self.inner is not None
-        return self.inner.answer(exc, result)
+        try:
+            answer = self.inner.answer(exc, result)
+        except BaseException as error:
+            self._ended(perf_counter(), error, failed(error))
+            raise
+        if self.inner.awaits and isinstance(answer, Awaitable):
+            return self._awaited(answer, exc)
+        self._ended(perf_counter(), exc, "fallback")
+        return answer
+
+    async def _awaited(self, answer: Awaitable[Any], exc: BaseException | None) -> Any:
+        """An async answer (a Fallback's async handler): told once it is made."""
+        try:
+            value = await answer
+        except BaseException as error:
+            self._ended(perf_counter(), error, failed(error))
+            raise
+        self._ended(perf_counter(), exc, "fallback")
+        return value
+
+    def succeeded(self, now: float) -> None:
+        """A block-form attempt (``with attempt:``) ended without an error: done."""
+        self._attempt(now, None)
+        self._ended(now, None, "success")
 
     def release(self, result: object) -> None:
         assert self.inner is not None
@@ -982,6 +1013,8 @@ class _Blocks:
 
     __slots__ = ("calls", "done", "number", "plan", "started", "wait")
 
+    started: Any  # (what the plan's begin() gave)
+
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.calls: Attempts | None = None  # made on the first failure, as by the decorator
@@ -1032,9 +1065,13 @@ class _Blocks:
         if self.done or exc is None or not isinstance(exc, Exception):
             plan = self.plan
             if not self.done and plan.__class__ is MeteredPlan:
-                assert isinstance(plan, MeteredPlan)
-                outcome = "success" if exc is None else failed(exc)
-                plan.meter.call(plan.policy, outcome, perf_counter() - self.started, exc)
+                if self.calls is None:  # (made now: the attempt's end is told by it)
+                    self.calls = plan.calls(None, (), {}, self.started)
+                assert isinstance(self.calls, _MeteredAttempts)
+                if exc is None:
+                    self.calls.succeeded(perf_counter())
+                else:
+                    self.calls._ended(perf_counter(), exc, failed(exc))
             self.done = True  # (an attempt kept past the loop's end retries nothing)
             return False
         if not self.plan.decides(exc):

@@ -142,9 +142,10 @@ class _Job:
             if abandoned:
                 self.tally.abandoned -= 1
         self.done.release()
-        if abandoned:
-            how = "returned" if self.error is None else f"raised {self.error!r}"
-            logger().info("%r finished after its caller had timed out: it %s", self.fn, how)
+        if abandoned:  # (the function by name, an error by type: never their contents)
+            how = "returned" if self.error is None else f"raised {type(self.error).__name__}"
+            name = getattr(self.fn, "__qualname__", type(self.fn).__qualname__)
+            logger().info("%s finished after its caller had timed out: it %s", name, how)
         self.fn = self.args = self.kwargs = self.context = None  # type: ignore[assignment]
 
 
