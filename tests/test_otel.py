@@ -219,16 +219,15 @@ def test_error_type_is_only_on_failures_and_names_the_module(readout: Readout) -
 
 
 def test_durations_are_in_seconds(readout: Readout) -> None:
-    """A call that sleeps 0.05 s records about 0.05, in a bucket far below 50 (what
-    milliseconds would give); only a lower bound and a generous upper one are timed."""
+    """A call that sleeps 0.05 s lands in a bucket of at most 1 s, never near 50 (what
+    milliseconds would give): only a lower bound and a generous upper one are timed."""
     name = fresh("slow")
     CircuitBreaker(name)(time.sleep)(0.05)
     [point] = readout.points(CALL_DURATION.name, name)
     assert point.count == 1
-    assert 0.05 <= point.sum < 10.0
+    assert 0.05 <= point.sum <= 1.0
     landed = next(i for i, n in enumerate(point.bucket_counts) if n)
-    assert landed < len(BUCKETS)
-    assert BUCKETS[landed] <= 10.0
+    assert BUCKETS[landed] <= 1.0
 
 
 # -- a retry: attempts, retries, give-ups ------------------------------------------------
@@ -454,14 +453,15 @@ def test_an_open_breaker_rejects_and_its_state_gauge_says_open(readout: Readout)
 
 
 def test_the_state_gauge_shows_the_newest_breaker_of_a_name(readout: Readout) -> None:
+    """Two live breakers of one name (the older not yet collected): one series per state,
+    the newest's, as ``registry.get`` finds it."""
     name = fresh("twice")
-    old = CircuitBreaker(name)
-    old.force_open()
-    new = CircuitBreaker(name)
-    assert state_gauge(readout, name)["closed"] == 1
+    older = CircuitBreaker(name)
+    older.force_open()
+    newer = CircuitBreaker(name)
+    assert (older.state.value, newer.state.value) == ("forced_open", "closed")
+    assert state_gauge(readout, name) == dict.fromkeys(STATES, 0) | {"closed": 1}
     assert len(readout.points(STATE.name, name)) == len(STATES)
-    assert old.state.value == "forced_open"
-    del new
 
 
 # -- on and off --------------------------------------------------------------------------
