@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from resilient.events import _error_type
+from resilient.events import Rejected, RetryGaveUp, RetryScheduled, StateChange, _error_type
 
 __all__ = [
     "BUCKETS",
@@ -21,6 +21,7 @@ __all__ = [
     "STATES",
     "Metric",
     "call_attributes",
+    "event_counts",
     "policy_attributes",
 ]
 
@@ -161,8 +162,36 @@ def call_attributes(policy: Any, outcome: str, error: BaseException | None) -> d
     """A call's or an attempt's attributes: ``error.type`` only on a failure."""
     attributes = {**policy_attributes(policy), "outcome": outcome}
     if outcome == "failure":
-        attributes["error.type"] = _error_type(error) or "failure_result"  # (a result)
+        attributes["error.type"] = _failure(error)
     return attributes
+
+
+def event_counts(event: Any) -> tuple[tuple[Metric, dict[str, str]], ...]:
+    """The counters an event adds one to, each with its attributes. A rejection is also
+    a call (outcome ``rejected``: it ran nothing, so it has no duration); a timeout or a
+    fallback is counted by its call's outcome, so counts in none here."""
+    cls = event.__class__
+    if cls is Rejected:
+        who = policy_attributes(event.policy)
+        return (
+            (REJECTIONS, {**who, "reason": event.reason}),
+            (CALLS, {**who, "outcome": "rejected"}),
+        )
+    if cls is RetryScheduled:
+        return (
+            (RETRIES, {**policy_attributes(event.policy), "error.type": _failure(event.error)}),
+        )
+    if cls is RetryGaveUp:
+        who = policy_attributes(event.policy)
+        return ((GAVE_UP, {**who, "reason": event.reason, "error.type": _failure(event.error)}),)
+    if cls is StateChange:
+        return ((TRANSITIONS, {**policy_attributes(event.policy), "state": event.new.value}),)
+    return ()
+
+
+def _failure(error: BaseException | None) -> str:
+    """``error.type`` of a failure: the error's, or ``failure_result`` (a failing result)."""
+    return _error_type(error) or "failure_result"
 
 
 def markdown_table() -> str:

@@ -29,6 +29,7 @@ NEVER = (
     "tenacity",
     "httpx",
     "starlette",
+    "opentelemetry",
     "wrapt",
     "importlib.metadata",
     "inspect",
