@@ -29,6 +29,7 @@ NEVER = (
     "tenacity",
     "httpx",
     "starlette",
+    "prometheus_client",
     "wrapt",
     "importlib.metadata",
     "inspect",

@@ -12,8 +12,9 @@ Optional modules are imported inside functions only, never by ``import resilient
 - trio, only from code that runs inside a trio run: the program brought trio, so no extra.
 
 Integration modules are the exception: a public module named after its library
-(``resilient/starlette.py``, ``resilient/httpx.py``) imports that library eagerly, since
-only ``import resilient.starlette`` loads it. Each has an extra of the same name, and
+(``resilient/starlette.py``, ``resilient/httpx.py``, ``resilient/prometheus.py``) imports
+that library eagerly, since only ``import resilient.starlette`` loads it. Each has an extra
+of the same name, and
 nothing else in resilient/ imports the library eagerly (tests/test_imports.py checks that
 ``import resilient`` loads none of them).
 
@@ -43,7 +44,11 @@ OPTIONAL: dict[str, str | None] = {"tenacity": "tenacity", "trio": None}
 
 #: Integration modules (``resilient/<name>.py``, with an extra called <name>) and the one
 #: library each imports eagerly; one whose file does not exist yet is skipped.
-INTEGRATIONS: dict[str, str] = {"httpx": "httpx", "starlette": "starlette"}
+INTEGRATIONS: dict[str, str] = {
+    "httpx": "httpx",
+    "starlette": "starlette",
+    "prometheus": "prometheus_client",
+}
 
 
 def integrations() -> dict[str, str]:
