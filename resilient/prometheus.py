@@ -79,9 +79,23 @@ def _newest(kind: str) -> list[Any]:
     return list({policy.name: policy for policy in registry.policies(kind)}.values())
 
 
+#: A call's and an attempt's metrics have the same attributes: one label tuple serves all.
+assert (
+    _metrics.CALLS.attributes
+    == _metrics.CALL_DURATION.attributes
+    == _metrics.ATTEMPT_DURATION.attributes
+)
+
+
 class _Recorder(events.Meter):
     """Calls and events as counts and observations of the declared metrics, written once
-    for both ways of keeping them (``count``, ``observe``)."""
+    for both ways of keeping them (``count``, ``observe``, ``called``)."""
+
+    def __init__(self) -> None:
+        #: a call's labels by what decides them (its policy's name and kind, its outcome,
+        #: its error's class): made once each, since a call is the hot path. As many as
+        #: the series they label; a race makes one twice, alike.
+        self._known: dict[tuple[Any, ...], tuple[str, ...]] = {}
 
     def count(self, metric: _M, labels: tuple[str, ...]) -> None:
         raise NotImplementedError
@@ -89,27 +103,38 @@ class _Recorder(events.Meter):
     def observe(self, metric: _M, labels: tuple[str, ...], seconds: float) -> None:
         raise NotImplementedError
 
-    def call(self, policy: Any, outcome: str, seconds: float, error: BaseException | None) -> None:
-        labels = _labels(_metrics.CALLS, _metrics.call_attributes(policy, outcome, error))
+    def called(self, labels: tuple[str, ...], seconds: float) -> None:
+        """A call ended: counted, and its duration observed."""
         self.count(_metrics.CALLS, labels)
-        self.observe(_metrics.CALL_DURATION, labels, seconds)  # (the same attributes)
+        self.observe(_metrics.CALL_DURATION, labels, seconds)
+
+    def _call_labels(
+        self, policy: Any, outcome: str, error: BaseException | None
+    ) -> tuple[str, ...]:
+        key = (policy.name, policy.KIND, outcome, error.__class__)
+        labels = self._known.get(key)
+        if labels is None:
+            attributes = _metrics.call_attributes(policy, outcome, error)
+            labels = self._known[key] = _labels(_metrics.CALLS, attributes)
+        return labels
+
+    def call(self, policy: Any, outcome: str, seconds: float, error: BaseException | None) -> None:
+        self.called(self._call_labels(policy, outcome, error), seconds)
 
     def attempt(
         self, policy: Any, outcome: str, seconds: float, error: BaseException | None
     ) -> None:
-        attributes = _metrics.call_attributes(policy, outcome, error)
-        self.observe(
-            _metrics.ATTEMPT_DURATION, _labels(_metrics.ATTEMPT_DURATION, attributes), seconds
-        )
+        labels = self._call_labels(policy, outcome, error)
+        self.observe(_metrics.ATTEMPT_DURATION, labels, seconds)
 
     def event(self, event: Any) -> None:
         kind = event.__class__
         if kind is Rejected:
             # A refused call never ran, so no driver tells the meter of it: it is counted
             # here, in calls (outcome "rejected", no duration) and in rejections.
-            attributes = _metrics.call_attributes(event.policy, "rejected", None)
-            self.count(_metrics.CALLS, _labels(_metrics.CALLS, attributes))
-            attributes["reason"] = event.reason
+            policy = event.policy
+            self.count(_metrics.CALLS, self._call_labels(policy, "rejected", None))
+            attributes = {**_metrics.policy_attributes(policy), "reason": event.reason}
             self.count(_metrics.REJECTIONS, _labels(_metrics.REJECTIONS, attributes))
         elif kind is RetryScheduled:
             attributes = _metrics.call_attributes(event.policy, "failure", event.error)
@@ -135,6 +160,7 @@ class _Tally(_Recorder):
     interleaving; a scrape copies them under the same lock."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._lock = threading.Lock()
         self.counts: dict[_M, dict[tuple[str, ...], int]] = {}
         #: per label set: each bucket's own count (not cumulative), +Inf's last, then the sum
@@ -144,6 +170,8 @@ class _Tally(_Recorder):
                 self.counts[metric] = {}
             elif metric.kind == "histogram":
                 self.histograms[metric] = {}
+        self._calls = self.counts[_metrics.CALLS]  # a call's own, bound: the hot path
+        self._durations = self.histograms[_metrics.CALL_DURATION]
 
     def count(self, metric: _M, labels: tuple[str, ...]) -> None:
         counts = self.counts[metric]
@@ -151,12 +179,18 @@ class _Tally(_Recorder):
             counts[labels] = counts.get(labels, 0) + 1
 
     def observe(self, metric: _M, labels: tuple[str, ...], seconds: float) -> None:
-        bucket = bisect_left(_BOUNDS, seconds)  # le: a bound holds what equals it
         histograms = self.histograms[metric]
         with self._lock:
-            histogram = histograms.get(labels)
+            _observe(histograms, labels, seconds)
+
+    def called(self, labels: tuple[str, ...], seconds: float) -> None:
+        bucket = bisect_left(_BOUNDS, seconds)  # (_observe inlined: this is per call)
+        calls, durations = self._calls, self._durations
+        with self._lock:
+            calls[labels] = calls.get(labels, 0) + 1
+            histogram = durations.get(labels)
             if histogram is None:
-                histogram = histograms[labels] = [0.0] * (len(_BOUNDS) + 2)
+                histogram = durations[labels] = [0.0] * (len(_BOUNDS) + 2)
             histogram[bucket] += 1
             histogram[-1] += seconds
 
@@ -170,6 +204,18 @@ class _Tally(_Recorder):
                 for metric, each in self.histograms.items()
             }
         return counts, histograms
+
+
+def _observe(
+    histograms: dict[tuple[str, ...], list[float]], labels: tuple[str, ...], seconds: float
+) -> None:
+    """Under the tally's lock: ``seconds`` into its bucket (``le``: a bound holds what
+    equals it) and the sum."""
+    histogram = histograms.get(labels)
+    if histogram is None:
+        histogram = histograms[labels] = [0.0] * (len(_BOUNDS) + 2)
+    histogram[bisect_left(_BOUNDS, seconds)] += 1
+    histogram[-1] += seconds
 
 
 class Collector:
@@ -299,6 +345,7 @@ class MultiprocessMetrics(_Recorder):
             else:
                 mode = _GAUGE_MODES[metric]
                 self._gauges[metric] = Gauge(*args, registry=None, multiprocess_mode=mode)  # type: ignore[arg-type]
+        super().__init__()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.refresh()
