@@ -163,3 +163,21 @@ def call_attributes(policy: Any, outcome: str, error: BaseException | None) -> d
     if outcome == "failure":
         attributes["error.type"] = _error_type(error) or "failure_result"  # (a result)
     return attributes
+
+
+def markdown_table() -> str:
+    """The docs' table of metrics (docs/observability.md holds it; a test checks)."""
+    rows = [
+        "| OpenTelemetry | Prometheus | kind | unit | attributes | what it counts |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for metric in METRICS:
+        prometheus = metric.prometheus + ("_total" if metric.kind == "counter" else "")
+        attributes = ", ".join(
+            f"`{a}`" for a in ("policy.name", "policy.kind", *metric.attributes)
+        )
+        rows.append(
+            f"| `{metric.name}` | `{prometheus}` | {metric.kind} | `{metric.unit}` |"
+            f" {attributes} | {metric.description} |"
+        )
+    return "\n".join(rows)

@@ -28,6 +28,7 @@ __all__ = ["Pipeline", "Policy", "is_policy"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+L = TypeVar("L", bound=Callable[..., object])
 
 
 @runtime_checkable
@@ -96,6 +97,24 @@ class Pipeline(Decorates):
     def __repr__(self) -> str:
         name = "" if self.name is None else f", name={self.name!r}"
         return f"Pipeline({', '.join(map(repr, self.policies))}{name})"
+
+    def add_listener(self, listener: L, *kinds: type) -> L:
+        """Listen to the events of every policy of the pipeline (``policy.add_listener``)."""
+        for member in _configured(self.policies):
+            member.add_listener(listener, *kinds)
+        return listener
+
+    def remove_listener(self, listener: Callable[[Any], object]) -> None:
+        """Stop listening to them; ValueError if it listened to none."""
+        removed = 0
+        for member in _configured(self.policies):
+            try:
+                member.remove_listener(listener)
+                removed += 1
+            except ValueError:
+                pass
+        if not removed:
+            raise ValueError(f"{listener!r} is not a listener of {self!r}")
 
     # A policy of our own gives its wrapper straight; another one guards as it decorates.
 

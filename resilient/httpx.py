@@ -11,6 +11,7 @@ Install with ``pip install "resilient-toolkit[httpx]"``; docs/clients.md has the
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -30,6 +31,7 @@ from resilient._bulkhead import Bulkhead
 from resilient._core.configuration import config
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
+from resilient._core.configuration.events import Listeners
 from resilient._core.configuration.registry import registry
 from resilient._core.execution.deadline import Ends, limit, remaining, scoped, unscoped
 from resilient._core.state import forking
@@ -392,6 +394,7 @@ class _Hosts(Generic[S]):
         # again at each reload, which then knows RESILIENT_<FAMILY>_BREAKER_* is read.
         self._prototype = self._kind._made({"_family": names}, **given)
         self._lock = threading.Lock()  # for making and dropping, never for a hit
+        self._listeners: Listeners[Any] = Listeners()  # the transport's, for every host
         self._ticks = itertools.count(1)
         #: origin -> its host, oldest first
         self._made: OrderedDict[str, _Host] = OrderedDict()
@@ -426,6 +429,20 @@ class _Hosts(Generic[S]):
         with self._lock:
             return {origin: host.breaker for origin, host in self._made.items()}
 
+    def listen(self, fn: Callable[[Any], object], kinds: tuple[type, ...]) -> None:
+        """``fn`` hears every host's breaker, those made later too."""
+        with self._lock:
+            self._listeners.add(fn, kinds)
+            for host in self._made.values():
+                host.breaker._listeners.add(fn, kinds)
+
+    def unlisten(self, fn: Callable[[Any], object]) -> None:
+        with self._lock:
+            self._listeners.remove(fn)
+            for host in self._made.values():
+                with contextlib.suppress(ValueError):
+                    host.breaker._listeners.remove(fn)
+
     def _host(self, origin: str) -> _Host:
         with self._lock:
             host = self._made.get(origin)
@@ -442,6 +459,8 @@ class _Hosts(Generic[S]):
         with self._lock:
             host = self._made.setdefault(origin, made)
             if host is made:
+                for entry in self._listeners._entries:  # (under the lock: see listen)
+                    breaker._listeners.add(entry.fn, entry.kinds)
                 self._evict(origin)
         if host is not made:
             registry._discard(breaker)  # the loser: never found by name, even before GC
@@ -475,6 +494,7 @@ _UNSET: Any = object()
 # -- the transports ------------------------------------------------------------------------
 
 T = TypeVar("T")
+L = TypeVar("L", bound=Callable[..., object])
 
 
 def _positive_or_none(option: str, value: object, owner: str) -> float | None:
@@ -642,6 +662,27 @@ class _Transport(Generic[T]):
         """The transport's own Retry, made from the one given (named after the transport
         unless that one has a name): ``RESILIENT_<NAME>_RETRY_*`` retunes it."""
         return self._retry
+
+    def add_listener(self, listener: L, *kinds: type) -> L:
+        """Listen to every policy of the transport (``policy.add_listener``): its
+        timeouts, its retry, the bulkhead given (other code may share it), and every
+        host's breaker, those made later too. Usable as a decorator."""
+        for policy in self._policies():
+            policy.add_listener(listener, *kinds)
+        if self._hosts is not None:
+            self._hosts.listen(listener, kinds)
+        return listener
+
+    def remove_listener(self, listener: Callable[[Any], object]) -> None:
+        """Stop listening to them; ValueError if ``listener`` was not added."""
+        if self._hosts is not None:
+            self._hosts.unlisten(listener)  # (raises first if it was never added)
+        for policy in self._policies():
+            policy.remove_listener(listener)
+
+    def _policies(self) -> list[Any]:
+        layers = (self._total_limit, self._bulkhead, self._retry, self._attempt_limit)
+        return [policy for policy in layers if policy is not None]
 
     @property
     def breakers(self) -> dict[str, CircuitBreaker]:

@@ -33,6 +33,12 @@ def test_the_variables_table_matches_the_declarations() -> None:
     assert config.markdown_table() in (DOCS / "configuration.md").read_text()
 
 
+def test_the_metrics_table_matches_the_declarations() -> None:
+    from resilient import _metrics
+
+    assert _metrics.markdown_table() in (DOCS / "observability.md").read_text()
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (DOCS.parent / "README.md").read_text()
     command = (

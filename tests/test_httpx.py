@@ -961,3 +961,27 @@ def test_an_attempt_timeout_set_above_the_total_by_a_variable_names_it(
         rh.ResilientTransport(name="long")
     assert info.value.option == "RESILIENT_LONG_ATTEMPT_TIMEOUT_SECONDS"
     assert "at most total_timeout (30s)" in str(info.value)
+
+
+def test_a_transport_listener_hears_every_policy_of_it_and_every_host() -> None:
+    heard: list[Any] = []
+    answers = iter([503, 503, 200])
+    transport = rh.ResilientTransport(
+        httpx.MockTransport(lambda request: httpx.Response(next(answers, 200))),
+        name="heard",
+        retry=Retry(3, wait=0.0),
+        breaker=CircuitBreaker(),
+    )
+    early = transport.breaker_for("early.example:443")  # made before the listener
+    transport.add_listener(heard.append)
+    with httpx.Client(transport=transport) as client:
+        assert client.get("https://x.example/").status_code == 200
+    assert [type(event).__name__ for event in heard] == ["RetryScheduled", "RetryScheduled"]
+    early.force_open()
+    assert heard[-1].policy is early
+    transport.remove_listener(heard.append)
+    early.reset()
+    assert heard[-1].policy is early
+    assert heard[-1].new is State.FORCED_OPEN
+    with pytest.raises(ValueError, match="not"):
+        transport.remove_listener(heard.append)

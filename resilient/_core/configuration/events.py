@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from resilient._core.configuration.options import is_async_callable
+from resilient._core.state import forking
 from resilient.events import EVENTS, Rejected, RetryGaveUp
 
 if TYPE_CHECKING:
@@ -208,6 +209,13 @@ class _Pending(threading.local):
 
 
 _pending = _Pending()
+
+
+@forking.after_fork_in_child
+def _after_fork() -> None:
+    """A child forked mid-delivery starts with nothing queued and nobody delivering."""
+    global _pending
+    _pending = _Pending()
 
 
 def queue(policy: Any, event: Any) -> None:

@@ -177,8 +177,11 @@ class Configured:
     def _register(self, settings: config.Settings) -> None:
         """The last step of ``__init__``: apply the settings, then become findable."""
         self.settings = settings
+        meter = events.meters.current
         self._switch(self._compile(settings))
         registry._add(self)
+        if events.meters.current is not meter:  # a meter came or went as it was made,
+            self._switch(self._compile(settings))  # perhaps after the others recompiled
 
     def _compile(self, settings: config.Settings) -> Any:
         raise NotImplementedError
