@@ -30,6 +30,7 @@ NEVER = (
     "httpx",
     "starlette",
     "opentelemetry",
+    "prometheus_client",
     "wrapt",
     "importlib.metadata",
     "inspect",

@@ -12,8 +12,9 @@ Optional modules are imported inside functions only, never by ``import resilient
 - trio, only from code that runs inside a trio run: the program brought trio, so no extra.
 
 Integration modules are the exception: a public module named after its library
-(``resilient/starlette.py``, ``resilient/httpx.py``) imports that library eagerly, since
-only ``import resilient.starlette`` loads it. Each has an extra of the same name, and
+(``resilient/starlette.py``, ``resilient/httpx.py``, ``resilient/prometheus.py``) imports
+that library eagerly, since only ``import resilient.starlette`` loads it. Each has an extra
+of the same name, and
 nothing else in resilient/ imports the library eagerly (tests/test_imports.py checks that
 ``import resilient`` loads none of them).
 
@@ -47,6 +48,7 @@ INTEGRATIONS: dict[str, str] = {
     "httpx": "httpx",
     "starlette": "starlette",
     "otel": "opentelemetry",
+    "prometheus": "prometheus_client",
 }
 
 #: The distribution (as an import name) that installs a library, where the names differ.
