@@ -16,7 +16,15 @@ from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.options import is_async_callable
 from resilient._core.configuration.registry import Configured
-from resilient._core.execution.drivers import ANSWER, Attempts, BlockForms, Later, LoopForms, Plan
+from resilient._core.execution.drivers import (
+    ANSWER,
+    NO_RESULT,
+    Attempts,
+    BlockForms,
+    Later,
+    LoopForms,
+    Plan,
+)
 from resilient._errors import ConfigError, UsageError
 from resilient.events import FallbackUsed
 
@@ -166,15 +174,21 @@ class Fallback(Configured, BlockForms, LoopForms):
 
     # A block has no value to replace: the forms swallow the exception, after the handler.
 
-    _BLOCK_TOKENS = False  # a block keeps nothing between its entry and its exit
+    # A block's token is its meter and start, while a meter is on (else None).
 
     def _enter_block(self, asynchronous: bool) -> object:
-        return None
+        loop = self._loop
+        return None if loop is self._plan else loop.begin()
 
     def _exit_block(self, token: Any, exc: BaseException | None, asynchronous: bool) -> object:
-        if not isinstance(exc, Exception) or not self._plan.decides(exc):
+        if token is not None:  # metered: its attempts decide, and tell how the block ended
+            calls = self._loop.calls(None, (), {}, token)
+            if calls.next_wait(exc, NO_RESULT) != ANSWER or exc is None:
+                return False  # (a success, or an error not for this Fallback)
+        elif not isinstance(exc, Exception) or not self._plan.decides(exc):
             return False
-        calls = self._plan.calls(None, (), {}, 0.0)
+        else:
+            calls = self._plan.calls(None, (), {}, 0.0)
         if not asynchronous and self._async_handler:
             raise UsageError("Fallback's handler is async: use 'async with'") from exc
         answer = calls.answer(exc, None)

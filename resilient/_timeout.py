@@ -312,31 +312,43 @@ class Timeout(Configured, Propagates, Decorates):
         plan = self._plan
         if not plan.enabled:
             return None
+        meter = plan.meter
+        metered = None if meter is None else (meter, perf_counter())
         seconds, by_deadline = self._limit(plan)
         if asynchronous:
-            return (*self._scope(plan, seconds, by_deadline), seconds, by_deadline)
+            return (*self._scope(plan, seconds, by_deadline), seconds, by_deadline, metered)
         token = None if by_deadline else dl.scoped(seconds)
-        return (time.monotonic(), token, seconds, by_deadline)
+        return (time.monotonic(), token, seconds, by_deadline, metered)
 
     def _exit_block(self, block: Any, exc: BaseException | None, asynchronous: bool) -> object:
         if block is None:  # entered while switched off
             return False
-        begun, token, seconds, by_deadline = block
+        begun, token, seconds, by_deadline, metered = block
         if token is not None:
             dl.unscoped(token)
-        if asynchronous:
-            if begun.close(exc):
-                raise self._expire(seconds, _why(by_deadline), by_deadline) from exc
-            return Later(backend.redeliver()) if begun.redeliver else False
-        took = time.monotonic() - begun
-        if exc is None and took > seconds:
-            raise self._expire(
-                seconds,
-                f"{_why(by_deadline)}: the block took {took:.3g}s (a sync block cannot be"
-                " interrupted, so it ran to its end)",
-                by_deadline,
-            )
-        return False
+        try:
+            if asynchronous:
+                if begun.close(exc):
+                    raise self._expire(seconds, _why(by_deadline), by_deadline) from exc
+                return Later(backend.redeliver()) if begun.redeliver else False
+            took = time.monotonic() - begun
+            if exc is None and took > seconds:
+                raise self._expire(
+                    seconds,
+                    f"{_why(by_deadline)}: the block took {took:.3g}s (a sync block cannot"
+                    " be interrupted, so it ran to its end)",
+                    by_deadline,
+                )
+            return False
+        except TimeoutExpired as expired:
+            exc = expired
+            raise
+        finally:
+            if metered is not None:
+                meter, started = metered
+                outcome = "success" if exc is None else failed(exc)
+                meter.call(self, outcome, perf_counter() - started, exc)
+            exc = None  # (no frame -> traceback -> exception -> frame cycle)
 
 
 def _why(by_deadline: bool) -> str:

@@ -375,8 +375,6 @@ def test_an_expired_sync_timeout_is_a_failure_too(readout: Readout) -> None:
 
 def test_a_fallbacks_answer_is_the_outcome_fallback(readout: Readout, flavour: Flavour) -> None:
     """A Fallback has no name: its series say policy.name "" and kind "fallback"."""
-    if flavour.form == "with":
-        pytest.skip("a Fallback's with block is not metered (docs/observability.md says so)")
     fallback = Fallback(0)
     flavour.call(fallback, ValueError("bad"))
     flavour.call(fallback, "ok")
@@ -391,10 +389,6 @@ def test_a_fallbacks_answer_is_the_outcome_fallback(readout: Readout, flavour: F
     assert readout.count(CALL_DURATION.name, "", outcome="fallback") == 1
 
 
-@pytest.mark.xfail(
-    reason="the block form of a Retry tells the meter a failed attempt's duration but not"
-    " the successful last one's (the decorator and call forms tell both)"
-)
 def test_a_retrys_attempts_as_blocks_are_each_timed(readout: Readout) -> None:
     name = fresh("block")
     for n, attempt in enumerate(Retry(2, clock=ManualClock(), name=name)):
