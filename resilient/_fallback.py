@@ -125,6 +125,7 @@ class Fallback(Configured, BlockForms, LoopForms):
         handler: Callable[..., Any] | None = None,
         with_args: bool = False,
         on: opt.Exceptions = Exception,
+        name: str | None = None,
     ) -> None:
         if (value is _MISSING) == (handler is None):
             raise ConfigError(
@@ -155,7 +156,7 @@ class Fallback(Configured, BlockForms, LoopForms):
         self._handler = handler
         self._with_args = with_args
         self._async_handler = handler is not None and is_async_callable(handler)
-        self._register(self._configure(None, {}))
+        self._register(self._configure(name, {}))
 
     def _compile(self, settings: Settings) -> _Plan:
         return _Plan(self, settings.enabled)

@@ -178,20 +178,21 @@ def event_counts(event: Any) -> tuple[tuple[Metric, dict[str, str]], ...]:
             (CALLS, {**who, "outcome": "rejected"}),
         )
     if cls is RetryScheduled:
-        return (
-            (RETRIES, {**policy_attributes(event.policy), "error.type": _failure(event.error)}),
-        )
+        failure = _failure(event.error, event.result)
+        return ((RETRIES, {**policy_attributes(event.policy), "error.type": failure}),)
     if cls is RetryGaveUp:
         who = policy_attributes(event.policy)
-        return ((GAVE_UP, {**who, "reason": event.reason, "error.type": _failure(event.error)}),)
+        failure = _failure(event.error, event.result)
+        return ((GAVE_UP, {**who, "reason": event.reason, "error.type": failure}),)
     if cls is StateChange:
         return ((TRANSITIONS, {**policy_attributes(event.policy), "state": event.new.value}),)
     return ()
 
 
-def _failure(error: BaseException | None) -> str:
-    """``error.type`` of a failure: the error's, or ``failure_result`` (a failing result)."""
-    return _error_type(error) or "failure_result"
+def _failure(error: BaseException | None, result: object = None) -> str:
+    """``error.type`` of a failure: the error's, a failing result's HTTP status, or
+    ``failure_result``."""
+    return _error_type(error, result) or "failure_result"
 
 
 def markdown_table() -> str:

@@ -100,14 +100,18 @@ class Pipeline(Decorates):
 
     def add_listener(self, listener: L, *kinds: type) -> L:
         """Listen to the events of every policy of the pipeline (``policy.add_listener``)."""
-        for member in _configured(self.policies):
+        for member in self._ours():
             member.add_listener(listener, *kinds)
         return listener
+
+    def _ours(self) -> list[Configured]:
+        """The members that are policies of ours (a Fallback too), each once."""
+        return list({id(p): p for p in self.policies if isinstance(p, Configured)}.values())
 
     def remove_listener(self, listener: Callable[[Any], object]) -> None:
         """Stop listening to them; ValueError if it listened to none."""
         removed = 0
-        for member in _configured(self.policies):
+        for member in self._ours():
             try:
                 member.remove_listener(listener)
                 removed += 1

@@ -30,10 +30,13 @@ __all__ = [
 ]
 
 
-def _error_type(error: BaseException | None) -> str | None:
-    """``error.type`` as OpenTelemetry spells it: the class, module-qualified unless builtin."""
+def _error_type(error: BaseException | None, result: Any = None) -> str | None:
+    """``error.type`` as OpenTelemetry spells it: the class, module-qualified unless
+    builtin; of a failing result, its HTTP status code if it has one (as OpenTelemetry's
+    HTTP conventions say), else None."""
     if error is None:
-        return None
+        status = getattr(result, "status_code", None)
+        return str(status) if isinstance(status, int) else None
     cls = type(error)
     return (
         cls.__qualname__
@@ -78,7 +81,8 @@ class StateChange(NamedTuple):
 
     def _log(self) -> tuple[int, str, dict[str, Any]]:
         why = f": {self.reason}" if self.reason else ""
-        return 30, f"{self.old.value} -> {self.new.value}{why}", {"state": self.new.value}
+        fields = {"state": self.new.value, "old_state": self.old.value, "reason": self.reason}
+        return 30, f"{self.old.value} -> {self.new.value}{why}", fields
 
 
 class Rejected(NamedTuple):
@@ -95,7 +99,8 @@ class Rejected(NamedTuple):
     retry_after: float | None = None
 
     def _log(self) -> tuple[int, str, dict[str, Any]]:
-        return 10, f"rejected a call ({self.reason})", {"reason": self.reason}
+        fields = {"reason": self.reason, "retry_after": self.retry_after}
+        return 10, f"rejected a call ({self.reason})", fields
 
 
 class RetryScheduled(NamedTuple):
@@ -110,11 +115,15 @@ class RetryScheduled(NamedTuple):
     result: Any = None
 
     def _log(self) -> tuple[int, str, dict[str, Any]]:
-        what = _failure(self.error)
+        what = _failure(self.error, self.result)
         return (
             20,
             f"attempt {self.attempt} failed ({what}); retrying in {self.wait:.3g}s",
-            {"attempt": self.attempt, "wait": self.wait, "error_type": _error_type(self.error)},
+            {
+                "attempt": self.attempt,
+                "wait": self.wait,
+                "error_type": _error_type(self.error, self.result),
+            },
         )
 
 
@@ -133,14 +142,15 @@ class RetryGaveUp(NamedTuple):
     result: Any = None
 
     def _log(self) -> tuple[int, str, dict[str, Any]]:
-        what = _failure(self.error)
+        what = _failure(self.error, self.result)
+        attempts = "1 attempt" if self.attempts == 1 else f"{self.attempts} attempts"
         return (
             30,
-            f"gave up after {self.attempts} attempts ({self.reason}); last: {what}",
+            f"gave up after {attempts} ({self.reason}); last: {what}",
             {
                 "attempt": self.attempts,
                 "reason": self.reason,
-                "error_type": _error_type(self.error),
+                "error_type": _error_type(self.error, self.result),
             },
         )
 
@@ -170,8 +180,8 @@ class FallbackUsed(NamedTuple):
     def _log(self) -> tuple[int, str, dict[str, Any]]:
         return (
             20,
-            f"answered instead of {_failure(self.error)}",
-            {"error_type": _error_type(self.error)},
+            f"answered instead of {_failure(self.error, self.result)}",
+            {"error_type": _error_type(self.error, self.result)},
         )
 
 
@@ -191,10 +201,14 @@ class BudgetExhausted(NamedTuple):
         )
 
 
-def _failure(error: BaseException | None) -> str:
+def _failure(error: BaseException | None, result: Any = None) -> str:
     """An error as a log line may show it: its type, not its text (which can hold a URL
-    with a token, a query, a user's data); a failing result is never shown."""
-    return "a failing result" if error is None else type(error).__name__
+    with a token, a query, a user's data); a failing result is never shown, but for its
+    HTTP status, if it has one."""
+    if error is not None:
+        return type(error).__name__
+    status = _error_type(None, result)
+    return "a failing result" if status is None else f"HTTP {status}"
 
 
 Event = (

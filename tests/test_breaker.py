@@ -458,7 +458,7 @@ class TestClassification:
         assert b.state is State.OPEN
         logged = [r for r in caplog.records if "its record callable failed" in r.getMessage()]
         assert len(logged) == 1
-        assert "LookupError('predicate bug')" in logged[0].getMessage()
+        assert "(LookupError)" in logged[0].getMessage()
 
     def test_a_raising_failure_result_counts_neither_and_returns_the_value(
         self, clock: ManualClock, caplog: pytest.LogCaptureFixture

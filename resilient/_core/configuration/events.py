@@ -22,9 +22,9 @@ and duration (``Meter``).
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -92,6 +92,13 @@ class Listeners(Generic[E]):
 
     def add(self, fn: L, kinds: tuple[type, ...] = ()) -> L:
         """Add ``fn``, for the events of ``kinds`` (every event when empty)."""
+        if fn in EVENTS:
+            kind = getattr(fn, "__name__", "")
+            raise TypeError(
+                f"add_listener({kind}) is given an event class where the listener goes:"
+                f" write add_listener(fn, {kind}), or decorate with plain @add_listener"
+                " and test isinstance(event, ...) inside"
+            )
         if not callable(fn) or is_async_callable(fn):
             raise TypeError(f"a listener must be a plain (not async) callable, not {fn!r}")
         for kind in kinds:
@@ -305,7 +312,7 @@ def refused(
         emit(policy, event)  # (its line through the gate)
         return
     if held is None:
-        text = _gate(policy)
+        text = _gate(policy, "Rejected", at)
     else:
         text = f" ({held} more since the last line)" if held > 0 else ""
     if text is not None:
@@ -330,17 +337,17 @@ def _logger(kind: str) -> logging.Logger:
     return found
 
 
-def _gate(policy: Any, kind: str = "Rejected") -> str | None:
+def _gate(policy: Any, kind: str, now: float) -> str | None:
     """None while a policy's lines of this kind (rejections, give-ups: one per call in
     an outage) are held back, each one counted; else what to add to the line that goes
-    out: how many were held back before it."""
+    out: how many were held back before it. ``now``: the event's time, on the policy's
+    clock (a ManualClock moves the gate as it moves the policy)."""
     gates = policy.__dict__.get("_log_gates")
     if gates is None:
         gates = policy.__dict__["_log_gates"] = {}
     gate = gates.get(kind)
-    now = time.monotonic()
     if gate is None:
-        gate = gates[kind] = [0.0, 0]
+        gate = gates[kind] = [-math.inf, 0]
     if now < gate[0]:
         gate[1] += 1
         return None
@@ -357,7 +364,7 @@ def _log(policy: Any, event: Any, held: str | None = None) -> None:
         return
     if held is None:
         if event.__class__ in _GATED:
-            held = _gate(policy, event.__class__.__name__)
+            held = _gate(policy, event.__class__.__name__, event.at)
             if held is None:
                 return
         else:

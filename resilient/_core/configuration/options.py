@@ -194,7 +194,9 @@ class Fallback:
     def failed(self, error: Exception, asked: str, instead: str) -> str:
         """Tell that the callable raised ``error`` (logged once), and what was done
         ``instead``: the line for a note on the downstream's error."""
-        why = f"{self.owner}: its {self.option} callable failed {asked} ({error!r}); {instead}"
+        # (its type, not its text: a predicate's error can quote the value it was given)
+        what = type(error).__name__
+        why = f"{self.owner}: its {self.option} callable failed {asked} ({what}); {instead}"
         if not self._logged:
             self._logged = True
             logger().warning(why)
