@@ -81,13 +81,15 @@ def remove_listener(listener: _abc.Callable[[_typing.Any], object]) -> None:
     _registry.listening_changed()
 
 
-def health() -> dict[str, _typing.Any]:
-    """A JSON-able view of every live named policy, for a readiness probe or a debug
-    page: each one's state, window tally and rates, open-until as seconds from now,
-    bulkhead slots in use and queued, and the tail of a breaker's history."""
+def health(*, names: _abc.Iterable[str] | None = None) -> dict[str, _typing.Any]:
+    """A JSON-able view of every live named policy (or of those called one of ``names``),
+    for a readiness probe or a debug page: each one's state, window tally and rates,
+    open-until as seconds from now, bulkhead slots in use and queued, and the tail of a
+    breaker's history; ``status`` is "degraded" while a breaker refuses calls, and
+    ``degraded`` names them."""
     from resilient._health import health as view
 
-    found: dict[str, _typing.Any] = view()
+    found: dict[str, _typing.Any] = view(names)
     return found
 
 

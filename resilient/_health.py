@@ -6,6 +6,7 @@ only gathers them and says whether anything is refusing calls right now.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from resilient._core.configuration.registry import registry
@@ -16,7 +17,18 @@ __all__ = ["health"]
 _REFUSING = {"open", "forced_open", "half_open"}
 
 
-def health() -> dict[str, Any]:
-    policies = [{"kind": p.KIND, "name": p.name, **p._health()} for p in registry.policies()]
-    degraded = [p for p in policies if p.get("state") in _REFUSING]
-    return {"status": "degraded" if degraded else "ok", "policies": policies}
+def health(names: Iterable[str] | None = None) -> dict[str, Any]:
+    if isinstance(names, str):
+        raise TypeError(f"health(names=...) takes policy names, not one string: {names!r}")
+    wanted = None if names is None else set(names)
+    policies = [
+        {"kind": p.KIND, "name": p.name, **p._health()}
+        for p in registry.policies()
+        if wanted is None or p.name in wanted
+    ]
+    degraded = sorted({p["name"] for p in policies if p.get("state") in _REFUSING})
+    return {
+        "status": "degraded" if degraded else "ok",
+        "degraded": degraded,
+        "policies": policies,
+    }

@@ -1063,3 +1063,41 @@ def test_a_spent_budget_is_logged_at_most_once_per_few_seconds(
             retry.call(fail)
     lines = [r.getMessage() for r in records(caplog, "resilient.retry")]
     assert len(lines) == 2  # one "exhausted", one "gave up"
+
+
+def test_health_names_what_it_looks_at_and_what_is_degraded() -> None:
+    clock = ManualClock()
+    keep = [CircuitBreaker(f"probe-{n}", clock=clock) for n in ("a", "b", "c")]
+    keep[1].force_open()
+    view = resilient.health(names=["probe-a", "probe-b"])
+    assert [p["name"] for p in view["policies"]] == ["probe-a", "probe-b"]
+    assert (view["status"], view["degraded"]) == ("degraded", ["probe-b"])
+    assert resilient.health(names=["probe-a", "probe-c"])["status"] == "ok"
+    with pytest.raises(TypeError, match="not one string"):
+        resilient.health(names="probe-a")
+
+
+def test_a_named_fallback_tells_its_name_and_add_listener_refuses_an_event_class() -> None:
+    heard: list[Any] = []
+    fallback = Fallback("cached", name="prices")
+    fallback.add_listener(heard.append)
+    assert fallback.call(fail) == "cached"
+    assert [(type(e).__name__, e.policy.name) for e in heard] == [("FallbackUsed", "prices")]
+    with pytest.raises(TypeError, match=r"add_listener\(fn, Rejected\)"):
+        fallback.add_listener(Rejected)
+    with pytest.raises(TypeError, match="event class"):
+        resilient.add_listener(StateChange)
+
+
+def test_a_failing_http_result_is_told_by_its_status(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="resilient")
+
+    class Response:
+        status_code = 503
+
+    retry = Retry(2, on_result=lambda r: r.status_code >= 500, clock=ManualClock(), name="h")
+    retry.call(Response)
+    scheduled, gave_up = records(caplog, "resilient.retry")[-2:]
+    assert scheduled.getMessage() == "retry 'h' attempt 1 failed (HTTP 503); retrying in 0s"
+    assert scheduled.error_type == "503"  # type: ignore[attr-defined]
+    assert gave_up.getMessage() == "retry 'h' gave up after 2 attempts (attempts); last: HTTP 503"

@@ -302,10 +302,7 @@ class TestAttempts:
         with pytest.raises(ConnectionError) as info:
             flavour.run(Retry(3, on=on), script)
         assert script.calls == 1
-        assert (
-            "its on callable failed on it (LookupError); not retried"
-            in (notes(info.value)[0])
-        )
+        assert "its on callable failed on it (LookupError); not retried" in (notes(info.value)[0])
 
     def test_a_raising_on_result_predicate_returns_the_value(
         self, fn_flavour: RetryFlavour
