@@ -1101,3 +1101,27 @@ def test_a_failing_http_result_is_told_by_its_status(caplog: pytest.LogCaptureFi
     assert scheduled.getMessage() == "retry 'h' attempt 1 failed (HTTP 503); retrying in 0s"
     assert scheduled.error_type == "503"  # type: ignore[attr-defined]
     assert gave_up.getMessage() == "retry 'h' gave up after 2 attempts (attempts); last: HTTP 503"
+
+
+def test_a_policy_that_cannot_compile_again_never_stops_a_meter(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = [0]
+
+    def open_for(times_opened: int) -> float:
+        calls[0] += 1
+        if calls[0] > 1:
+            raise RuntimeError("a stateful open_for")
+        return 5.0
+
+    stubborn = CircuitBreaker("stubborn", open_for=open_for)
+    fine = CircuitBreaker("fine")
+    meter = Recorder()
+    core.meters.add(meter)
+    try:
+        fine.call(lambda: "ok")
+        stubborn.call(lambda: "ok")
+    finally:
+        core.meters.remove(meter)
+    assert meter.calls == [("breaker", "success", "NoneType")]  # stubborn kept its plan
+    assert "CircuitBreaker('stubborn') (ConfigError)" in caplog.text

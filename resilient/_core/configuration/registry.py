@@ -24,7 +24,7 @@ from typing import Any, ClassVar, TypeVar
 from resilient._core.configuration import config, events, shapes
 from resilient._core.configuration import options as opt
 from resilient._core.state import forking
-from resilient._errors import ConfigError
+from resilient._errors import ConfigError, logger
 
 __all__ = ["Configured", "Registry", "name_policies", "registry", "reload"]
 
@@ -290,9 +290,19 @@ def reload(environ: Mapping[str, str] | None = None) -> None:
 def _recompile() -> None:
     """A meter came or went: every live policy compiles its plan again, its settings as
     they are, so that its calls are measured (or no longer are) from the next one on."""
+    failed: list[str] = []
     with _RELOADING:
         for policy in registry._live():
-            policy._switch(policy._compile(policy.settings))
+            try:  # (a user's callable, asked again, may fail now: the others go on)
+                policy._switch(policy._compile(policy.settings))
+            except Exception as error:
+                failed.append(f"{policy._owner()} ({type(error).__name__})")
+    if failed:
+        logger().warning(
+            "a meter came or went, but these policies could not compile their plans again"
+            " and keep them as they were: %s",
+            ", ".join(failed),
+        )
 
 
 events.meters.changed = _recompile
