@@ -52,6 +52,15 @@ def fail() -> None:
     raise BOOM
 
 
+@pytest.fixture(autouse=True)
+def _boom_lets_go() -> Iterator[None]:
+    """BOOM is raised again and again: its traceback must not keep a test's policies
+    (and the registry's count of them) alive after it."""
+    yield
+    BOOM.__traceback__ = None
+    BOOM.__context__ = BOOM.__cause__ = None
+
+
 def tripped(clock: ManualClock, **options: Any) -> CircuitBreaker:
     b = CircuitBreaker(min_calls=2, window_size=4, open_for=10, clock=clock, **options)
     for _ in range(2):

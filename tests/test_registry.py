@@ -135,9 +135,8 @@ def test_len_iteration_and_policies_agree() -> None:
     assert len(registry) == before + 4
     assert list(registry) == registry.policies()
     assert len(list(registry)) == len(registry)
-    assert sum(len(registry.policies(k)) for k in ("breaker", "retry", "timeout", "bulkhead")) == (
-        len(registry)
-    )
+    kinds = ("breaker", "retry", "timeout", "bulkhead", "fallback")
+    assert sum(len(registry.policies(k)) for k in kinds) == len(registry)
     del policies
     gc.collect()
     assert len(registry) == before
