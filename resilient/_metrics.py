@@ -11,8 +11,10 @@ underscores, plus ``_seconds`` for a duration.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from resilient._core.configuration.registry import registry
 from resilient.events import Rejected, RetryGaveUp, RetryScheduled, StateChange, _error_type
 
 __all__ = [
@@ -187,6 +189,37 @@ def event_counts(event: Any) -> tuple[tuple[Metric, dict[str, str]], ...]:
     if cls is StateChange:
         return ((TRANSITIONS, {**policy_attributes(event.policy), "state": event.new.value}),)
     return ()
+
+
+def readings(
+    policy: Any, state: str | None = None
+) -> Iterator[tuple[Metric, dict[str, str], float]]:
+    """What ``policy``'s gauges read now, as (metric, attributes, value): a breaker's
+    state, one reading per state (1 for ``state``, its current one unless given, else
+    0); a bulkhead's calls inside and queued."""
+    who = policy_attributes(policy)
+    if policy.KIND == "breaker":
+        current = policy.state.value if state is None else state
+        for each in STATES:
+            yield STATE, {**who, "state": each}, float(each == current)
+    elif policy.KIND == "bulkhead":
+        m = policy.metrics
+        yield IN_USE, who, m.in_use
+        yield QUEUED, who, m.waiting
+
+
+def newest(kind: str) -> list[Any]:
+    """The live named policies of ``kind``, one per name (the newest, as
+    ``registry.get`` finds it): a series per name, never two with the same attributes."""
+    return list({policy.name: policy for policy in registry.policies(kind)}.values())
+
+
+def gauge(metric: Metric) -> Iterator[tuple[dict[str, str], float]]:
+    """A gauge's readings now, from the live named policies: (attributes, value)."""
+    for policy in newest("breaker" if metric is STATE else "bulkhead"):
+        for each, attributes, value in readings(policy):
+            if each is metric:
+                yield attributes, value
 
 
 def _failure(error: BaseException | None, result: object = None) -> str:

@@ -23,14 +23,13 @@ its exporters are the application's choice. ``import resilient`` never loads it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, CallbackT, MeterProvider, Observation
 
 from resilient._core.configuration import events
-from resilient._core.configuration.registry import registry
 from resilient._metrics import (
     ATTEMPT_DURATION,
     BUCKETS,
@@ -42,11 +41,11 @@ from resilient._metrics import (
     REJECTIONS,
     RETRIES,
     STATE,
-    STATES,
     TRANSITIONS,
+    Metric,
     call_attributes,
     event_counts,
-    policy_attributes,
+    gauge,
 )
 
 __all__ = ["instrument", "uninstrument"]
@@ -82,10 +81,10 @@ class _Exporter(events.Meter):
             )
             for m in (CALL_DURATION, ATTEMPT_DURATION)
         )
-        for metric, callback in ((STATE, _states), (IN_USE, _in_use), (QUEUED, _queued)):
+        for metric in (STATE, IN_USE, QUEUED):
             meter.create_observable_gauge(
                 metric.name,
-                callbacks=[_observed(provider, callback)],
+                callbacks=[_observed(provider, metric)],
                 unit=metric.unit,
                 description=metric.description,
             )
@@ -115,42 +114,17 @@ class _Exporter(events.Meter):
 # -- the gauges: read from the registry of live policies when the reader collects ------
 
 
-def _observed(provider: MeterProvider, read: Callable[[], Iterator[Observation]]) -> CallbackT:
-    """A gauge's callback: ``read()``'s observations while ``provider`` is the one on,
-    none otherwise (after ``uninstrument()``, or once another provider replaced it)."""
+def _observed(provider: MeterProvider, metric: Metric) -> CallbackT:
+    """A gauge's callback: its readings while ``provider`` is the one on, none
+    otherwise (after ``uninstrument()``, or once another provider replaced it)."""
 
     def callback(options: CallbackOptions) -> Iterable[Observation]:
         on = _on
         if on is None or on.provider is not provider:
             return ()
-        return list(read())
+        return [Observation(value, attributes) for attributes, value in gauge(metric)]
 
     return callback
-
-
-def _newest(kind: str) -> Iterator[Any]:
-    """The live named policies of ``kind``, the newest of each name (as registry.get
-    finds it): a series per name, never two with the same attributes."""
-    newest = {p.name: p for p in registry.policies(kind)}  # by age: the newest wins
-    return iter(newest.values())
-
-
-def _states() -> Iterator[Observation]:
-    for breaker in _newest("breaker"):
-        current = breaker.state.value
-        who = policy_attributes(breaker)
-        for state in STATES:
-            yield Observation(1 if state == current else 0, {**who, "state": state})
-
-
-def _in_use() -> Iterator[Observation]:
-    for bulkhead in _newest("bulkhead"):
-        yield Observation(bulkhead.metrics.in_use, policy_attributes(bulkhead))
-
-
-def _queued() -> Iterator[Observation]:
-    for bulkhead in _newest("bulkhead"):
-        yield Observation(bulkhead.metrics.waiting, policy_attributes(bulkhead))
 
 
 # -- on and off ------------------------------------------------------------------------

@@ -47,9 +47,8 @@ from prometheus_client.core import (
 
 from resilient import _metrics
 from resilient._core.configuration import events
-from resilient._core.configuration.registry import registry
 from resilient._errors import ConfigError
-from resilient.events import Rejected, RetryGaveUp, RetryScheduled, StateChange
+from resilient.events import Rejected, StateChange
 
 __all__ = ["Collector", "MultiprocessMetrics", "instrument_multiprocess"]
 
@@ -71,12 +70,6 @@ def _labels(metric: _M, attributes: Mapping[str, str]) -> tuple[str, ...]:
         attributes["policy.kind"],
         *(attributes.get(a, "") for a in metric.attributes),
     )
-
-
-def _newest(kind: str) -> list[Any]:
-    """The live named policies of ``kind``, one per name (the newest, as
-    ``registry.get`` finds it): two series with the same labels would be refused."""
-    return list({policy.name: policy for policy in registry.policies(kind)}.values())
 
 
 #: A call's and an attempt's metrics have the same attributes: one label tuple serves all.
@@ -128,25 +121,10 @@ class _Recorder(events.Meter):
         self.observe(_metrics.ATTEMPT_DURATION, labels, seconds)
 
     def event(self, event: Any) -> None:
-        kind = event.__class__
-        if kind is Rejected:
-            # A refused call never ran, so no driver tells the meter of it: it is counted
-            # here, in calls (outcome "rejected", no duration) and in rejections.
-            policy = event.policy
-            self.count(_metrics.CALLS, self._call_labels(policy, "rejected", None))
-            attributes = {**_metrics.policy_attributes(policy), "reason": event.reason}
-            self.count(_metrics.REJECTIONS, _labels(_metrics.REJECTIONS, attributes))
-        elif kind is RetryScheduled:
-            attributes = _metrics.call_attributes(event.policy, "failure", event.error)
-            self.count(_metrics.RETRIES, _labels(_metrics.RETRIES, attributes))
-        elif kind is RetryGaveUp:
-            attributes = _metrics.call_attributes(event.policy, "failure", event.error)
-            attributes["reason"] = event.reason
-            self.count(_metrics.GAVE_UP, _labels(_metrics.GAVE_UP, attributes))
-        elif kind is StateChange:
-            attributes = _metrics.policy_attributes(event.breaker)
-            attributes["state"] = event.new.value
-            self.count(_metrics.TRANSITIONS, _labels(_metrics.TRANSITIONS, attributes))
+        # (a refused call never ran, so no driver tells of it: it counts here, in calls
+        # with outcome "rejected" and no duration, and in rejections)
+        for metric, attributes in _metrics.event_counts(event):
+            self.count(metric, _labels(metric, attributes))
 
 
 # -- one process: a collector ---------------------------------------------------------------
@@ -301,16 +279,8 @@ def _cumulative(histogram: list[float]) -> list[tuple[str, float]]:
 def _gauge(metric: _M, family: Metric) -> None:
     """A gauge's samples, read from the live policies now."""
     assert isinstance(family, GaugeMetricFamily)
-    if metric is _metrics.STATE:
-        for breaker in _newest("breaker"):
-            current = breaker.state.value
-            for state in _metrics.STATES:
-                family.add_metric((breaker.name, breaker.KIND, state), float(state == current))
-    else:
-        for bulkhead in _newest("bulkhead"):
-            m = bulkhead.metrics
-            value = m.in_use if metric is _metrics.IN_USE else m.waiting
-            family.add_metric((bulkhead.name, bulkhead.KIND), value)
+    for attributes, value in _metrics.gauge(metric):
+        family.add_metric(_labels(metric, attributes), value)
 
 
 # -- several processes: prometheus_client's own metrics -------------------------------------
@@ -368,34 +338,28 @@ class MultiprocessMetrics(_Recorder):
     def call(self, policy: Any, outcome: str, seconds: float, error: BaseException | None) -> None:
         super().call(policy, outcome, seconds, error)
         if policy.KIND == "bulkhead" and policy.name is not None:
-            self._bulkhead(policy)
+            self._set(policy)
 
     def event(self, event: Any) -> None:
         super().event(event)
         if event.__class__ is StateChange:
             if event.breaker.name is not None:
-                self._breaker(event.breaker, event.new.value)
+                self._set(event.breaker, event.new.value)
         elif event.__class__ is Rejected:
             policy = event.policy
             if policy.KIND == "bulkhead" and policy.name is not None:
-                self._bulkhead(policy)
+                self._set(policy)
 
     def refresh(self) -> None:
         """Set the gauges from the live named policies now."""
-        for breaker in _newest("breaker"):
-            self._breaker(breaker, breaker.state.value)
-        for bulkhead in _newest("bulkhead"):
-            self._bulkhead(bulkhead)
+        for kind in ("breaker", "bulkhead"):
+            for policy in _metrics.newest(kind):
+                self._set(policy)
 
-    def _breaker(self, breaker: Any, current: str) -> None:
-        gauge = self._gauges[_metrics.STATE]
-        for state in _metrics.STATES:
-            gauge.labels(breaker.name, breaker.KIND, state).set(float(state == current))
-
-    def _bulkhead(self, bulkhead: Any) -> None:
-        m = bulkhead.metrics
-        self._gauges[_metrics.IN_USE].labels(bulkhead.name, bulkhead.KIND).set(m.in_use)
-        self._gauges[_metrics.QUEUED].labels(bulkhead.name, bulkhead.KIND).set(m.waiting)
+    def _set(self, policy: Any, state: str | None = None) -> None:
+        """``policy``'s gauges, from what it reads now (a breaker: in ``state``)."""
+        for metric, attributes, value in _metrics.readings(policy, state):
+            self._gauges[metric].labels(*_labels(metric, attributes)).set(value)
 
     def _sample(self, interval: float) -> None:
         while not self._stop.wait(interval):

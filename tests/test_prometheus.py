@@ -200,6 +200,24 @@ def test_a_retry_counts_retries_give_ups_and_each_attempts_duration(
     assert got.value(calls, policy_name=name, outcome="failure", error_type="KeyError") == 1
 
 
+def test_a_retried_http_answer_is_counted_by_its_status(scrape: Callable[[], Scrape]) -> None:
+    """As OpenTelemetry's (the same declarations): a failing result's error type is its
+    HTTP status, where it has one."""
+
+    class Answer:
+        status_code = 503
+
+    name = fresh("http")
+    retry = Retry(
+        2, on_result=lambda answer: answer.status_code >= 500, clock=ManualClock(), name=name
+    )
+    assert isinstance(retry.call(Answer), Answer)  # given up: the last answer returned
+    got = scrape()
+    assert got.value("resilient_retry_retries_total", policy_name=name, error_type="503") == 1
+    give_ups = "resilient_retry_give_ups_total"
+    assert got.value(give_ups, policy_name=name, reason="attempts", error_type="503") == 1
+
+
 def test_a_bulkhead_shows_its_calls_inside_and_queued_and_counts_its_rejections(
     scrape: Callable[[], Scrape],
 ) -> None:
