@@ -26,7 +26,7 @@ from resilient._core.execution.drivers import (
     Plan,
 )
 from resilient._errors import ConfigError, UsageError
-from resilient.events import FallbackUsed
+from resilient.events import LEVELS, FallbackUsed
 
 __all__ = ["Fallback"]
 
@@ -198,7 +198,7 @@ class Fallback(Configured, BlockForms, LoopForms):
         return True
 
     def _used(self, exc: BaseException | None, result: object) -> None:
-        if events.wanted(self, 20):
+        if events.wanted(self, LEVELS[FallbackUsed]):
             events.emit(self, FallbackUsed(self, time.monotonic(), exc, result))
 
     def __repr__(self) -> str:

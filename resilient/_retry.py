@@ -34,7 +34,7 @@ from resilient._core.execution.drivers import (
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
 from resilient._errors import ResilienceError, UsageError, failure_line, remade
 from resilient.backoff import MAKERS, Backoff
-from resilient.events import BudgetExhausted, RetryGaveUp, RetryScheduled
+from resilient.events import LEVELS, BudgetExhausted, RetryGaveUp, RetryScheduled
 
 __all__ = ["Attempt", "Retry"]
 
@@ -549,7 +549,7 @@ class _Call(Attempts):
                 )
         budget = retry._budget
         if budget is not None and not budget._withdraw():
-            if events.wanted(retry.policy, 30):
+            if events.wanted(retry.policy, LEVELS[BudgetExhausted]):
                 at = retry._clock.monotonic()
                 events.emit(retry.policy, BudgetExhausted(retry.policy, at, self.attempt, budget))
             return self._give_up(
@@ -557,7 +557,7 @@ class _Call(Attempts):
             )
         self.previous = own  # decorrelated jitter grows from its own last wait, not a hint
         policy = retry.policy
-        if events.wanted(policy, 20):
+        if events.wanted(policy, LEVELS[RetryScheduled]):
             at = retry._clock.monotonic()
             events.emit(policy, RetryScheduled(policy, at, self.attempt, wait, exc, result))
         return wait
@@ -605,7 +605,7 @@ class _Call(Attempts):
     ) -> float | None:
         """Give up, for ``reason`` (told to listeners), noting ``why`` on the error."""
         policy = self.retry.policy
-        if reason and events.wanted(policy, 30):
+        if reason and events.wanted(policy, LEVELS[RetryGaveUp]):
             at = self.retry._clock.monotonic()
             events.emit(policy, RetryGaveUp(policy, at, self.attempt, reason, exc, result))
         if exc is not None and why:

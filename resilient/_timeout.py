@@ -36,7 +36,7 @@ from resilient._core.execution.drivers import (
 )
 from resilient._core.state.primitives import counter
 from resilient._errors import RejectedError, TimeoutExpired
-from resilient.events import TimedOut
+from resilient.events import LEVELS, TimedOut
 
 __all__ = ["OPTIONS", "Timeout", "TimeoutMetrics", "WorkersExhaustedError"]
 
@@ -205,7 +205,7 @@ class Timeout(Configured, Propagates, Decorates):
 
     def _expire(self, seconds: float, detail: str, by_deadline: bool) -> TimeoutExpired:
         self._expired.incr()
-        if events.wanted(self, 20):
+        if events.wanted(self, LEVELS[TimedOut]):
             events.emit(self, TimedOut(self, time.monotonic(), seconds, by_deadline))
         return TimeoutExpired(self.name, seconds, detail)
 

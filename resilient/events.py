@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVENTS",
+    "LEVELS",
     "BudgetExhausted",
     "Event",
     "FallbackUsed",
@@ -79,10 +80,10 @@ class StateChange(NamedTuple):
     def policy(self) -> CircuitBreaker:
         return self.breaker
 
-    def _log(self) -> tuple[int, str, dict[str, Any]]:
+    def _log(self) -> tuple[str, dict[str, Any]]:
         why = f": {self.reason}" if self.reason else ""
         fields = {"state": self.new.value, "old_state": self.old.value, "reason": self.reason}
-        return 30, f"{self.old.value} -> {self.new.value}{why}", fields
+        return f"{self.old.value} -> {self.new.value}{why}", fields
 
 
 class Rejected(NamedTuple):
@@ -98,9 +99,9 @@ class Rejected(NamedTuple):
     reason: str
     retry_after: float | None = None
 
-    def _log(self) -> tuple[int, str, dict[str, Any]]:
+    def _log(self) -> tuple[str, dict[str, Any]]:
         fields = {"reason": self.reason, "retry_after": self.retry_after}
-        return 10, f"rejected a call ({self.reason})", fields
+        return f"rejected a call ({self.reason})", fields
 
 
 class RetryScheduled(NamedTuple):
@@ -114,10 +115,9 @@ class RetryScheduled(NamedTuple):
     error: BaseException | None = None
     result: Any = None
 
-    def _log(self) -> tuple[int, str, dict[str, Any]]:
+    def _log(self) -> tuple[str, dict[str, Any]]:
         what = _failure(self.error, self.result)
         return (
-            20,
             f"attempt {self.attempt} failed ({what}); retrying in {self.wait:.3g}s",
             {
                 "attempt": self.attempt,
@@ -141,11 +141,10 @@ class RetryGaveUp(NamedTuple):
     error: BaseException | None = None
     result: Any = None
 
-    def _log(self) -> tuple[int, str, dict[str, Any]]:
+    def _log(self) -> tuple[str, dict[str, Any]]:
         what = _failure(self.error, self.result)
         attempts = "1 attempt" if self.attempts == 1 else f"{self.attempts} attempts"
         return (
-            30,
             f"gave up after {attempts} ({self.reason}); last: {what}",
             {
                 "attempt": self.attempts,
@@ -164,9 +163,9 @@ class TimedOut(NamedTuple):
     seconds: float
     by_deadline: bool = False
 
-    def _log(self) -> tuple[int, str, dict[str, Any]]:
+    def _log(self) -> tuple[str, dict[str, Any]]:
         by = " (the enclosing deadline)" if self.by_deadline else ""
-        return 20, f"timed out after {self.seconds:.3g}s{by}", {"seconds": self.seconds}
+        return f"timed out after {self.seconds:.3g}s{by}", {"seconds": self.seconds}
 
 
 class FallbackUsed(NamedTuple):
@@ -177,9 +176,8 @@ class FallbackUsed(NamedTuple):
     error: BaseException | None = None
     result: Any = None
 
-    def _log(self) -> tuple[int, str, dict[str, Any]]:
+    def _log(self) -> tuple[str, dict[str, Any]]:
         return (
-            20,
             f"answered instead of {_failure(self.error, self.result)}",
             {"error_type": _error_type(self.error, self.result)},
         )
@@ -193,9 +191,8 @@ class BudgetExhausted(NamedTuple):
     attempt: int
     budget: Any = None
 
-    def _log(self) -> tuple[int, str, dict[str, Any]]:
+    def _log(self) -> tuple[str, dict[str, Any]]:
         return (
-            30,
             f"retry budget exhausted after attempt {self.attempt}",
             {"attempt": self.attempt},
         )
@@ -231,3 +228,14 @@ EVENTS = (
     FallbackUsed,
     BudgetExhausted,
 )
+
+#: Each event's log level (logging's numbers: this module imports no logging).
+LEVELS: dict[type, int] = {
+    StateChange: 30,
+    Rejected: 10,
+    RetryScheduled: 20,
+    RetryGaveUp: 30,
+    TimedOut: 20,
+    FallbackUsed: 20,
+    BudgetExhausted: 30,
+}

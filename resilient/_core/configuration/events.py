@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from resilient._core.configuration.options import is_async_callable
 from resilient._core.state import forking
-from resilient.events import EVENTS, BudgetExhausted, Rejected, RetryGaveUp
+from resilient.events import EVENTS, LEVELS, BudgetExhausted, Rejected, RetryGaveUp
 
 if TYPE_CHECKING:
     import logging
@@ -306,9 +306,12 @@ def refused(
     goes out when its gate is open, telling how many were held back since the last.
     ``held``: the policy keeps the gate itself (a breaker, on its own clock) and this
     many went untold since its last line."""
+    heard = listened(policy)
+    if not heard and not _logger(policy.KIND).isEnabledFor(LEVELS[Rejected]):
+        return  # (nobody to tell: no event, no line, no gate)
     at = now()
     event = Rejected(policy, at, reason, None if until is None else max(0.0, until - at))
-    if listened(policy):
+    if heard:
         emit(policy, event)  # (its line through the gate)
         return
     if held is None:
@@ -358,10 +361,11 @@ def _gate(policy: Any, kind: str, now: float) -> str | None:
 
 def _log(policy: Any, event: Any, held: str | None = None) -> None:
     """The event's line on its kind's logger (``held``: a rejection's gate, passed)."""
-    level, message, extra = event._log()
     log = _logger(policy.KIND)
+    level = LEVELS[event.__class__]
     if not log.isEnabledFor(level):
         return
+    message, extra = event._log()
     if held is None:
         if event.__class__ in _GATED:
             held = _gate(policy, event.__class__.__name__, event.at)
