@@ -31,7 +31,7 @@ from resilient._core.execution.drivers import (
     Decorates,
     Later,
     Propagates,
-    failed,
+    outcome_of,
     returned_coroutine,
 )
 from resilient._core.state.primitives import counter
@@ -253,7 +253,7 @@ class Timeout(Configured, Propagates, Decorates):
                 raise timeout._exhausted() from None  # a rejection: no call was made
             except BaseException as exc:
                 if meter is not None:
-                    meter.call(timeout, failed(exc), perf_counter() - started, exc)
+                    meter.call(timeout, outcome_of(exc), perf_counter() - started, exc)
                 raise
             if meter is not None:
                 meter.call(timeout, "success", perf_counter() - started, None)
@@ -288,7 +288,7 @@ class Timeout(Configured, Propagates, Decorates):
                     finally:  # no frame -> traceback -> exception -> frame cycle
                         del expired
                 if meter is not None:
-                    meter.call(timeout, failed(exc), perf_counter() - started, exc)
+                    meter.call(timeout, outcome_of(exc), perf_counter() - started, exc)
                 if scope.redeliver:
                     await backend.redeliver()
                 raise
@@ -346,7 +346,7 @@ class Timeout(Configured, Propagates, Decorates):
         finally:
             if metered is not None:
                 meter, started = metered
-                outcome = "success" if exc is None else failed(exc)
+                outcome = outcome_of(exc)
                 meter.call(self, outcome, perf_counter() - started, exc)
             exc = None  # (no frame -> traceback -> exception -> frame cycle)
 

@@ -470,7 +470,7 @@ class _Timed:
 
     def exit(self, guard: GuardForms, exc: BaseException | None) -> None:
         judged = guard._exit(self.token, exc, NO_RESULT)
-        outcome = (judged or "success") if exc is None else failed(exc)
+        outcome = judged or outcome_of(exc)  # (judged: a returned value's, only)
         self.meter.call(guard, outcome, perf_counter() - self.started, exc)
 
 
@@ -489,9 +489,12 @@ def _timed_block(guard: GuardForms, state: Any, asynchronous: bool) -> object:
     return _Timed(meter, started, token)
 
 
-def failed(exc: BaseException) -> str:
-    """A call's outcome by how it raised: an error, or cancelled (any BaseException
-    that is not an Exception: cancellation, KeyboardInterrupt, SystemExit)."""
+def outcome_of(exc: BaseException | None) -> str:
+    """A call's outcome by how it ended: returned (success), raised an error (failure),
+    or cancelled (any BaseException that is not an Exception: cancellation,
+    KeyboardInterrupt, SystemExit)."""
+    if exc is None:
+        return "success"
     return "failure" if isinstance(exc, Exception) else "cancelled"
 
 
@@ -524,7 +527,7 @@ def _sync_driver(guard: GuardForms, fn: Callable[P, R]) -> Callable[P, R]:
         except BaseException as exc:
             guard._exit(token, exc, None)
             if not fast and meter is not None:
-                meter.call(guard, failed(exc), perf_counter() - started, exc)
+                meter.call(guard, outcome_of(exc), perf_counter() - started, exc)
             raise
         if fast:
             token.passed(result)  # read now: it may have changed while the call ran
@@ -563,7 +566,7 @@ def _async_driver(
         except BaseException as exc:
             guard._exit(token, exc, None)
             if not fast and meter is not None:
-                meter.call(guard, failed(exc), perf_counter() - started, exc)
+                meter.call(guard, outcome_of(exc), perf_counter() - started, exc)
             raise
         if fast:
             token.passed(result)  # read now: it may have changed while the call ran
@@ -751,7 +754,7 @@ class _MeteredAttempts(Attempts):
             decided = own.checks_results and own.result_fails(calls, result)
         if not decided:  # the attempt succeeded (or failed in a way not the policy's)
             self._attempt(now, exc)
-            self._ended(now, exc, "success" if exc is None else failed(exc))
+            self._ended(now, exc, outcome_of(exc))
             if exc is not None:
                 return None  # re-raised as it is
             self.answering = False
@@ -777,7 +780,7 @@ class _MeteredAttempts(Attempts):
         try:
             answer = self.inner.answer(exc, result)
         except BaseException as error:
-            self._ended(perf_counter(), error, failed(error))
+            self._ended(perf_counter(), error, outcome_of(error))
             raise
         if self.inner.awaits and isinstance(answer, Awaitable):
             return self._awaited(answer, exc)
@@ -789,7 +792,7 @@ class _MeteredAttempts(Attempts):
         try:
             value = await answer
         except BaseException as error:
-            self._ended(perf_counter(), error, failed(error))
+            self._ended(perf_counter(), error, outcome_of(error))
             raise
         self._ended(perf_counter(), exc, "fallback")
         return value
@@ -810,7 +813,7 @@ class _MeteredAttempts(Attempts):
     def _attempt(self, now: float, exc: BaseException | None, outcome: str = "") -> None:
         plan = self.plan
         if plan.attempts_metered:
-            outcome = outcome or ("success" if exc is None else failed(exc))
+            outcome = outcome or outcome_of(exc)
             plan.meter.attempt(plan.policy, outcome, max(0.0, now - self.began), exc)
 
     def _ended(self, now: float, exc: BaseException | None, outcome: str) -> None:
@@ -1071,7 +1074,7 @@ class _Blocks:
                 if exc is None:
                     self.calls.succeeded(perf_counter())
                 else:
-                    self.calls._ended(perf_counter(), exc, failed(exc))
+                    self.calls._ended(perf_counter(), exc, outcome_of(exc))
             self.done = True  # (an attempt kept past the loop's end retries nothing)
             return False
         if not self.plan.decides(exc):
