@@ -188,7 +188,9 @@ class _Meters(Meter):
             _guarded(meter.attempt, policy, outcome, seconds, error)
 
 
-_failed_meters: set[int] = set()
+#: The exporter methods whose failure was logged, kept (not their ids: a freed one's id
+#: is soon another's, which would then never be told): one per method that ever failed.
+_failed_meters: set[object] = set()
 
 
 def _guarded(fn: Callable[..., object], *args: Any) -> None:
@@ -196,7 +198,7 @@ def _guarded(fn: Callable[..., object], *args: Any) -> None:
     try:
         fn(*args)
     except BaseException:
-        key = id(getattr(fn, "__func__", fn))
+        key = getattr(fn, "__func__", fn)
         if key not in _failed_meters:
             _failed_meters.add(key)
             _told_once(f"meter {_named(fn)} failed; the call goes on (logged once)")
