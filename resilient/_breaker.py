@@ -39,7 +39,7 @@ from resilient._core.state.window import (
     count_window,
     time_window,
 )
-from resilient._errors import CircuitOpenError, ConfigError, UsageError, detached
+from resilient._errors import CircuitOpenError, ConfigError, RejectedError, UsageError, detached
 from resilient.events import StateChange
 from resilient.events import Tally as Counted
 
@@ -245,7 +245,9 @@ OPTIONS = (
         Exception,
         opt.counted_exceptions,
         "an Exception subclass, a tuple or list of them, or a predicate(exc) -> bool",
-        "Exceptions counted as failures; other exceptions count as successes.",
+        "Exceptions counted as failures; other exceptions count as successes. An inner"
+        " policy's `RejectedError` (a rate limiter's, a bulkhead's: nothing reached the"
+        " downstream) counts as neither.",
     ),
     opt.Option(
         "ignore",
@@ -350,7 +352,7 @@ class _Plan:
         if isinstance(self.is_failure, opt.TypeFilter) and isinstance(
             self.is_ignored, opt.TypeFilter
         ):
-            self.neither = (UsageError, *self.is_ignored.types)
+            self.neither = (UsageError, RejectedError, *self.is_ignored.types)
             self.failing = self.is_failure.types
         self.failure_result: Callable[[Any], bool] | None = settings["failure_result"]
         # A predicate that raises is logged (once) and never replaces the call's outcome.
@@ -411,8 +413,8 @@ class _Plan:
                     self.judging["failure_result"].failed(error, "on a result", "not counted")
                     return None
             return outcome
-        if not isinstance(exc, Exception) or isinstance(exc, UsageError):
-            return None  # cancellation, KeyboardInterrupt, SystemExit, GeneratorExit
+        if not isinstance(exc, Exception) or isinstance(exc, (UsageError, RejectedError)):
+            return None  # cancellation, KeyboardInterrupt...; an inner policy's refusal
         try:
             if self.is_ignored(exc):
                 return None

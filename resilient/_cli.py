@@ -30,6 +30,7 @@ _TITLES = {
     "retry": "Retry",
     "timeout": "Timeout",
     "bulkhead": "Bulkhead",
+    "rate_limiter": "RateLimiter",
 }
 
 

@@ -6,6 +6,7 @@
       RejectedError (name, retry_after)   a policy refused to run the call
         CircuitOpenError (state)
         BulkheadFullError                 no slot came free in time
+        RateLimitedError                  over the rate, and no turn within max_wait
       TimeoutExpired (also TimeoutError)  the call ran out of time
       ConfigError (also ValueError)       an option got a value outside its range
       UsageError (also TypeError)         a policy was called the wrong way
@@ -26,6 +27,7 @@ __all__ = [
     "CircuitOpenError",
     "ConfigError",
     "ConfigWarning",
+    "RateLimitedError",
     "RejectedError",
     "ResilienceError",
     "TimeoutExpired",
@@ -206,6 +208,17 @@ class BulkheadFullError(RejectedError):
 
     def _what(self, named: bool = True) -> str:
         return f"{self._subject('bulkhead', named)} is full"
+
+
+class RateLimitedError(RejectedError):
+    """The rate limiter refused the call: over its rate, with no turn within ``max_wait``.
+
+    ``retry_after`` is exactly how many seconds later a call would have been admitted."""
+
+    __slots__ = ()
+
+    def _what(self, named: bool = True) -> str:
+        return f"{self._subject('rate limiter', named)} is over its rate"
 
 
 class TimeoutExpired(ResilienceError, TimeoutError):

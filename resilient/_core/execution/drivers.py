@@ -525,16 +525,18 @@ def _sync_driver(guard: GuardForms, fn: Callable[P, R]) -> Callable[P, R]:
             if result.__class__ is CoroutineType:
                 raise returned_coroutine(fn, result)
         except BaseException as exc:
-            guard._exit(token, exc, None)
+            if token is not None:
+                guard._exit(token, exc, None)
             if not fast and meter is not None:
                 meter.call(guard, outcome_of(exc), perf_counter() - started, exc)
             raise
         if fast:
             token.passed(result)  # read now: it may have changed while the call ran
         elif meter is None:
-            guard._exit(token, None, result)
+            if token is not None:
+                guard._exit(token, None, result)
         else:  # the guard says if a returned value failed (a breaker's failure_result)
-            outcome = guard._exit(token, None, result) or "success"
+            outcome = (token is not None and guard._exit(token, None, result)) or "success"
             meter.call(guard, outcome, perf_counter() - started, None)
         return result
 
@@ -564,16 +566,18 @@ def _async_driver(
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            guard._exit(token, exc, None)
+            if token is not None:
+                guard._exit(token, exc, None)
             if not fast and meter is not None:
                 meter.call(guard, outcome_of(exc), perf_counter() - started, exc)
             raise
         if fast:
             token.passed(result)  # read now: it may have changed while the call ran
         elif meter is None:
-            guard._exit(token, None, result)
+            if token is not None:
+                guard._exit(token, None, result)
         else:  # the guard says if a returned value failed (a breaker's failure_result)
-            outcome = guard._exit(token, None, result) or "success"
+            outcome = (token is not None and guard._exit(token, None, result)) or "success"
             meter.call(guard, outcome, perf_counter() - started, None)
         return result
 

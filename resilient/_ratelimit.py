@@ -1,0 +1,330 @@
+"""RateLimiter: at most ``rate`` calls per ``per`` seconds, with bursts up to ``burst``.
+
+GCRA (the generic cell rate algorithm): one number, the theoretical arrival time
+``tat`` of the next call were calls spaced evenly, ``interval = per / rate`` apart. A
+call at ``now`` is admitted if ``tat - now <= tolerance`` (``(burst - 1) * interval``),
+and moves ``tat`` on by one interval. No window edges (a window that resets on the
+second lets two bursts through around the reset), no refill task, and in any span of T
+seconds at most ``burst + rate * T / per`` calls are admitted.
+
+A call over the rate is refused with :class:`RateLimitedError`, whose ``retry_after`` is
+exactly when it would have been admitted; with ``max_wait`` it reserves its turn instead
+and sleeps until then (through the clock, so a ManualClock's tests take no time). Turns
+are handed out in the order calls reach the lock: FIFO. A waiting call that is cancelled
+gives its turn back when no later call has reserved one; otherwise the turn goes unused
+(the limiter errs towards fewer calls, never more).
+
+The lock is held for a few arithmetic operations, never while a call runs or waits; it
+is the one way to move ``tat`` exactly with or without a GIL (a read-modify-write of a
+float is several bytecodes).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any, NamedTuple
+
+from resilient._core.configuration import events, testmode
+from resilient._core.configuration import options as opt
+from resilient._core.configuration.config import Settings
+from resilient._core.configuration.registry import Configured
+from resilient._core.execution import deadline as dl
+from resilient._core.execution.drivers import MUST_WAIT, GuardForms, Refusal
+from resilient._core.state.clock import SYSTEM_CLOCK, Clock
+from resilient._errors import RateLimitedError
+
+__all__ = ["OPTIONS", "RateLimiter", "RateLimiterMetrics"]
+
+
+def _calls_rate(value: Any) -> float:
+    """Calls per period: more than 0, at most a million (more is a typo, not a limit)."""
+    number = opt.real(value)
+    if not 0.0 < number <= opt.MAX_COUNT:
+        raise opt.Invalid
+    return number
+
+
+opt.written(_calls_rate, opt.text.parse_float, "a decimal number, e.g. 100")
+
+OPTIONS = (
+    opt.Option(
+        "rate",
+        opt.REQUIRED,
+        _calls_rate,
+        "a number > 0, at most 1,000,000",
+        "How many calls may start per `per` seconds, on average.",
+    ),
+    opt.Option(
+        "per",
+        1.0,
+        opt.time_span,
+        "seconds from 0.001 to a year",
+        "The period `rate` is counted over.",
+    ),
+    opt.Option(
+        "burst",
+        None,
+        opt.optional(opt.positive_int),
+        "None, or a whole number from 1 to 1,000,000",
+        "How many calls may start at once after a quiet spell. None: `rate` (at least 1).",
+    ),
+    opt.Option(
+        "max_wait",
+        0.0,
+        opt.duration(allow_zero=True),
+        "seconds >= 0, a finite number",
+        "How long a call over the rate may wait for its turn; 0 refuses it at once. A"
+        " call whose turn is further off is refused at once, without waiting. An"
+        " enclosing `resilient.deadline` that ends sooner wins.",
+    ),
+    opt.Option(
+        "clock",
+        None,
+        opt.clock("monotonic", "sleep", "sleep_async"),
+        "None or an object with monotonic(), sleep() and sleep_async()",
+        "Where time comes from and how waits are made; tests pass ManualClock.",
+    ),
+)
+_OPTION_NAMES = frozenset(option.name for option in OPTIONS)
+
+
+class RateLimiterMetrics(NamedTuple):
+    """A rate limiter's state at one instant."""
+
+    rate: float
+    per: float
+    burst: int
+    available: int  #: calls that could start now without waiting
+    waiting: int  #: calls waiting for their turn now
+    rejected: int  #: calls refused since the limiter was made (or reset)
+
+
+class _Plan:
+    """What a call reads, switched whole by a reload; also the gate the drivers read."""
+
+    __slots__ = (
+        "burst",
+        "clock",
+        "early",
+        "fast",
+        "interval",
+        "max_wait",
+        "meter",
+        "now",
+        "per",
+        "rate",
+        "tolerance",
+    )
+
+    refusal: Refusal | None = None
+
+    @staticmethod
+    def passed(result: object) -> None:
+        """Switched off (fast): nothing to record."""
+
+    def __init__(self, settings: Settings, meter: events.Meter | None) -> None:
+        self.rate: float = settings["rate"]
+        self.per: float = settings["per"]
+        burst = settings["burst"]
+        self.burst: int = max(1, int(self.rate)) if burst is None else burst
+        self.interval = self.per / self.rate
+        # How early a call may be: burst - 1 intervals (a whole burst at once); ``early``
+        # adds a millionth of one more, so that float rounding (0.1 + 0.2 > 0.3) never
+        # refuses a call that is exactly on time.
+        self.tolerance = (self.burst - 1) * self.interval
+        self.early = self.tolerance + self.interval * 1e-6
+        self.max_wait: float = settings["max_wait"]
+        self.clock: Clock = settings["clock"] or SYSTEM_CLOCK
+        self.now = self.clock.monotonic
+        self.fast = not settings.enabled
+        self.meter = meter
+
+
+class RateLimiter(Configured, GuardForms):
+    """At most ``rate`` calls per ``per`` seconds, up to ``burst`` at once; over it, a call
+    is refused with RateLimitedError, or waits its turn up to ``max_wait`` seconds.
+
+    A decorator for ``def`` and ``async def``, ``with``/``async with``, and
+    ``call``/``call_async``. A reload that changes the rate keeps the calls already
+    owed: a limiter that was just emptied stays empty, at the new pace.
+    """
+
+    KIND = "rate_limiter"
+    OPTIONS = OPTIONS
+    _plan: _Plan
+    _state: _Plan  # the same object: what the drivers read
+
+    def __init__(
+        self,
+        rate: float,
+        per: opt.Duration = 1.0,
+        *,
+        burst: int | None = None,
+        max_wait: opt.Duration = 0.0,
+        name: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        given = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
+        settings = self._configure(name, given)
+        self._lock = threading.Lock()
+        self._tat = -math.inf  # no call yet: the first finds a full burst
+        self._waiting = 0
+        self._rejected = 0
+        self._register(settings)
+
+    def _compile(self, settings: Settings) -> _Plan:
+        return _Plan(settings, self._metered())
+
+    def _switch(self, compiled: _Plan) -> None:
+        """Install a plan; the calls owed (how far ``tat`` is ahead) carry over, each
+        now owed at the new interval."""
+        with self._lock:
+            old = getattr(self, "_plan", None)
+            if old is not None and old.interval != compiled.interval:
+                now = compiled.now()
+                ahead = self._tat - now
+                if ahead > 0:
+                    self._tat = now + ahead / old.interval * compiled.interval
+            self._plan = self._state = compiled
+
+    @property
+    def rate(self) -> float:
+        return self._plan.rate
+
+    @property
+    def per(self) -> float:
+        return self._plan.per
+
+    @property
+    def burst(self) -> int:
+        return self._plan.burst
+
+    @property
+    def max_wait(self) -> float:
+        return self._plan.max_wait
+
+    def __repr__(self) -> str:
+        name = "" if self.name is None else f", name={self.name!r}"
+        return (
+            f"RateLimiter({self.rate:g}, per={self.per:g}, burst={self.burst},"
+            f" max_wait={self.max_wait:g}{name})"
+        )
+
+    @property
+    def metrics(self) -> RateLimiterMetrics:
+        plan = self._plan
+        with self._lock:
+            ahead = max(0.0, self._tat - plan.now())
+            waiting, rejected = self._waiting, self._rejected
+        # Calls that fit before tat - now passes the tolerance.
+        room = (plan.early - ahead) / plan.interval
+        available = 0 if room < 0 else min(plan.burst, math.floor(room) + 1)
+        return RateLimiterMetrics(plan.rate, plan.per, plan.burst, available, waiting, rejected)
+
+    def _health(self) -> dict[str, Any]:
+        m = self.metrics
+        return {
+            "rate": m.rate,
+            "per": m.per,
+            "burst": m.burst,
+            "available": m.available,
+            "waiting": m.waiting,
+            "rejected": m.rejected,
+        }
+
+    def reset(self) -> None:
+        """A full burst again, and rejections counted from zero (turns that calls are
+        waiting for are kept: they were given)."""
+        with self._lock:
+            self._tat = -math.inf if not self._waiting else self._tat
+            self._rejected = 0
+
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh lock, and nobody waits (the waiting calls were the
+        parent's other threads). The child keeps the parent's pace: it was forked from
+        the same budget of calls, which it does not get twice."""
+        self._lock = threading.Lock()
+        self._waiting = 0
+
+    # -- the guard protocol -----------------------------------------------------------
+
+    def _admit(self, plan: _Plan) -> object:
+        now = plan.now()
+        lock = self._lock
+        lock.acquire()
+        try:  # (not ``with``: the admitted path is the hot one, and this is 50 ns less)
+            tat = self._tat
+            if tat < now:
+                tat = now
+            if tat - now <= plan.early:
+                self._tat = tat + plan.interval
+                return None  # nothing to give back: the drivers call no _exit
+        finally:
+            lock.release()
+        if plan.max_wait:
+            return MUST_WAIT
+        raise self._refuse(plan, now, tat - now - plan.tolerance)
+
+    def _exit(self, token: object, exc: BaseException | None, result: object) -> None:
+        """A started call is spent whatever its outcome: nothing to record."""
+
+    def _reserve(self, plan: _Plan) -> tuple[float, float]:
+        """Take the next turn if it comes within ``max_wait`` (and the deadline): the
+        seconds to wait for it, and the ``tat`` it left (to give the turn back)."""
+        limit = dl.limit(plan.max_wait)[0]  # first: once reserved, nothing else may raise
+        now = plan.now()
+        with self._lock:
+            tat = self._tat
+            if tat < now:
+                tat = now
+            wait = tat - now - plan.tolerance
+            if tat - now <= plan.early:
+                wait = 0.0
+            if wait <= limit:
+                self._tat = end = tat + plan.interval
+                if wait > 0:
+                    self._waiting += 1
+                return wait, end
+        raise self._refuse(plan, now, wait)
+
+    def _refuse(self, plan: _Plan, now: float, wait: float) -> RateLimitedError:
+        """A refusal, counted and told (outside the lock: a listener may read metrics)."""
+        with self._lock:
+            self._rejected += 1
+        events.refused(self, "rate_limited", plan.now, now + wait)
+        return RateLimitedError(self.name, wait)
+
+    def _give_back(self, end: float, plan: _Plan) -> None:
+        """A waiting call left before its turn: if it holds the last turn given, the
+        turn is free again; else a later call waits for its own, and this one lapses."""
+        with self._lock:
+            self._waiting -= 1
+            if self._tat == end:
+                self._tat = end - plan.interval
+
+    def _wait(self, plan: _Plan) -> object:
+        wait, end = self._reserve(plan)
+        if wait > 0:
+            try:
+                if not testmode._mode.enabled:
+                    plan.clock.sleep(wait)
+            except BaseException:
+                self._give_back(end, plan)
+                raise
+            with self._lock:
+                self._waiting -= 1
+        return None
+
+    async def _wait_async(self, plan: _Plan) -> object:
+        wait, end = self._reserve(plan)
+        if wait > 0:
+            try:
+                if not testmode._mode.enabled:
+                    await plan.clock.sleep_async(wait)
+            except BaseException:
+                self._give_back(end, plan)
+                raise
+            with self._lock:
+                self._waiting -= 1
+        return None
