@@ -25,7 +25,7 @@ import math
 import threading
 from typing import Any, NamedTuple
 
-from resilient._core.configuration import events, testmode
+from resilient._core.configuration import events, parse, testmode
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.registry import Configured
@@ -45,7 +45,7 @@ def _calls_rate(value: Any) -> float:
     return number
 
 
-opt.written(_calls_rate, opt.text.parse_float, "a decimal number, e.g. 100")
+opt.written(_calls_rate, parse.parse_float, "a decimal number, e.g. 100")
 
 OPTIONS = (
     opt.Option(
