@@ -32,6 +32,8 @@ from resilient import (
     CircuitOpenError,
     ConfigError,
     Fallback,
+    RateLimitedError,
+    RateLimiter,
     Retry,
     Timeout,
     TimeoutExpired,
@@ -604,3 +606,22 @@ def test_the_docs_name_every_family_with_its_type() -> None:
     for metric in _metrics.METRICS:
         shown = metric.prometheus + suffix.get(metric.kind, "")
         assert f"| `{shown}` | {metric.kind} |" in docs, shown
+
+
+def test_a_rate_limiter_counts_its_calls_and_its_refusals(
+    scrape: Callable[[], Scrape],
+) -> None:
+    name = fresh("quota")
+    limiter = RateLimiter(1, burst=2, name=name, clock=ManualClock())
+    for _ in range(2):
+        limiter.call(int)
+    for _ in range(3):
+        with pytest.raises(RateLimitedError):
+            limiter.call(int)
+    got = scrape()
+    assert got.value("resilient_calls_total", policy_name=name, outcome="success") == 2
+    assert got.value("resilient_calls_total", policy_name=name, outcome="rejected") == 3
+    (rejection,) = got.samples("resilient_rejections_total", policy_name=name)
+    assert rejection.labels["reason"] == "rate_limited"
+    assert rejection.labels["policy_kind"] == "rate_limiter"
+    assert rejection.value == 3
