@@ -108,7 +108,8 @@ REJECTIONS = Metric(
     "counter",
     "{call}",
     "Calls a policy refused, by reason: open, forced_open, half_open_full (a breaker);"
-    " full, queue_full, full_after_wait (a bulkhead); workers_exhausted (a Timeout).",
+    " full, queue_full, full_after_wait (a bulkhead); workers_exhausted (a Timeout);"
+    " rate_limited (a RateLimiter).",
     ("reason",),
 )
 TRANSITIONS = Metric(

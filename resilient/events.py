@@ -91,7 +91,8 @@ class Rejected(NamedTuple):
     ``"forced_open"``, ``"half_open_full"`` (a breaker); ``"full"`` (a bulkhead with
     no free slot and no wait allowed), ``"queue_full"`` (its ``max_waiting`` reached),
     ``"full_after_wait"`` (its ``max_wait`` ran out); ``"workers_exhausted"`` (a sync
-    Timeout's ``max_abandoned``). ``retry_after``: seconds until the policy expects to
+    Timeout's ``max_abandoned``); ``"rate_limited"`` (a rate limiter: no turn within its
+    ``max_wait``). ``retry_after``: seconds until the policy expects to
     admit calls again, when it knows."""
 
     policy: Any
