@@ -520,6 +520,26 @@ class TestConfiguration:
         reload()
         assert limiter.max_wait == 2
 
+    def test_a_reload_of_per_and_burst_applies_at_once(self, env: pytest.MonkeyPatch) -> None:
+        clock = ManualClock()
+        name = fresh("rl-per")
+        var = f"RESILIENT_{name.upper().replace('-', '_')}_RATE_LIMITER_"
+        limiter = RateLimiter(2, name=name, clock=clock)
+        limiter.call(int)  # one owed: half a second at 2/s
+        env.setenv(var + "PER", "10s")  # 2 per 10 s: the one owed is now 5 s
+        env.setenv(var + "BURST", "1")
+        reload()
+        assert (limiter.per, limiter.burst) == (10, 1)
+        assert refused(limiter).retry_after == pytest.approx(5.0)
+        clock.advance(5)
+        limiter.call(int)
+        assert refused(limiter).retry_after == pytest.approx(5.0)
+        env.delenv(var + "BURST")
+        reload()  # the default burst again: the rate, 2
+        assert limiter.burst == 2
+        limiter.call(int)  # one turn early is allowed again
+        assert refused(limiter).retry_after == pytest.approx(5.0)
+
     def test_switched_off_every_call_goes_in(self, env: pytest.MonkeyPatch) -> None:
         clock = ManualClock()
         limiter = RateLimiter(1, burst=1, name=fresh("rl-off"), clock=clock)
