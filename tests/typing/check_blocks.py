@@ -3,7 +3,7 @@ needs no other (neither swallows the exception)."""
 
 from __future__ import annotations
 
-from resilient import Bulkhead, CircuitBreaker, Timeout
+from resilient import Bulkhead, CircuitBreaker, RateLimiter, Timeout
 
 breaker = CircuitBreaker()
 bulkhead = Bulkhead(2)
@@ -31,4 +31,9 @@ async def d() -> int:
 
 def e() -> int:
     with breaker:
+        return 1
+
+
+async def g() -> int:
+    async with RateLimiter(1):
         return 1

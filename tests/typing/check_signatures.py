@@ -10,6 +10,7 @@ from resilient import (
     Fallback,
     Pipeline,
     Policy,
+    RateLimiter,
     Retry,
     Timeout,
     backoff,
@@ -117,6 +118,7 @@ async def use_retry() -> None:
 
 timeout = Timeout(2.5, name="typing")
 bulkhead = Bulkhead(4, max_wait=0.5)
+limiter = RateLimiter(50, burst=5, max_wait=0.1, name="typing")
 pipeline = Pipeline(bulkhead, Timeout(10), retry, breaker, timeout)
 
 
@@ -127,6 +129,7 @@ def through(a: int, *, b: str = "") -> float:
 
 @timeout
 @bulkhead
+@limiter
 async def athrough(a: int) -> bytes:
     return b""
 
@@ -138,6 +141,10 @@ async def use_pipeline() -> None:
     assert_type(await pipeline.call_async(athrough, 1), bytes)
     assert_type(timeout.metrics.expired, int)
     assert_type(bulkhead.metrics.in_use, int)
+    assert_type(limiter.metrics.available, int)
+    assert_type(limiter(through)(1, b="y"), float)
+    with limiter:
+        pass
     through("1")  # type: ignore[arg-type]
     with bulkhead, timeout:
         pass
@@ -160,6 +167,9 @@ def shapes() -> None:
     Timeout(2, "payments")  # type: ignore[call-arg]
     Retry(3, "payments")  # type: ignore[call-arg]
     Bulkhead(10, "payments")  # type: ignore[call-arg]
+    RateLimiter(100, "1s", burst=10, max_wait="250ms")
+    RateLimiter(100, 1, 10)  # type: ignore[call-arg]
+    RateLimiter("100")  # type: ignore[arg-type]
     Retry(attempts="3")  # type: ignore[arg-type]
     CircuitBreaker(5)  # type: ignore[arg-type]
     CircuitBreaker(fail_max=5)  # type: ignore[call-arg]
