@@ -45,7 +45,8 @@ _ENABLED = opt.Option(
     opt.flag,
     "True or False",
     "Whether it injects at all. Off by default, so it can ship in production code and be"
-    " switched on where wanted: in code, or by this variable and `resilient.reload()`.",
+    " switched on where wanted: in code, or by `RESILIENT_<NAME>_<KIND>_ENABLED` and"
+    " `resilient.reload()`.",
 )
 _RATE = opt.Option(
     "rate",
@@ -244,7 +245,7 @@ class InjectFault(_Injector):
                 owner="InjectFault",
             )
         if factory is not None:
-            if not callable(factory) or isinstance(factory, type):
+            if not callable(factory):
                 expected = "a callable with no arguments that returns an exception"
                 raise ConfigError("factory", factory, expected, owner="InjectFault")
             return factory, f"factory={factory!r}"
@@ -275,6 +276,9 @@ class InjectFault(_Injector):
     def _inject(self, state: _Plan) -> NoReturn:
         error = self._error()
         self._told(state, error)
+        meter = state.meter
+        if meter is not None:  # (raised before the call, where the drivers time nothing)
+            meter.call(self, "failure", 0.0, error)
         try:
             raise error
         finally:  # no frame -> traceback -> error -> frame cycle for the collector
@@ -375,7 +379,7 @@ class InjectResult(_Injector):
                 "exactly one of value and factory=",
                 owner="InjectResult",
             )
-        if factory is not None and (not callable(factory) or isinstance(factory, type)):
+        if factory is not None and not callable(factory):
             expected = "a callable with no arguments that makes the value"
             raise ConfigError("factory", factory, expected, owner="InjectResult")
         given = {key: arg for key, arg in locals().items() if key in _ALL_NAMES}
