@@ -20,6 +20,7 @@ from resilient._core.configuration import events
 from resilient._core.configuration import options as opt
 from resilient._core.configuration import parse as text
 from resilient._core.configuration.config import Settings
+from resilient._core.configuration.options import is_async_callable
 from resilient._core.configuration.registry import Configured
 from resilient._core.execution.drivers import MUST_WAIT, Answered, GuardForms, Refusal
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
@@ -354,9 +355,10 @@ class InjectResult(_Injector):
 
     Give ``value`` (returned as it is, the same object each time) or ``factory``, a
     callable with no arguments that makes the value for each injected call (its error,
-    if it raises, is the call's). A decorator on ``def`` and ``async def`` (whose caller
-    gets the value as the awaited result), and ``call``/``call_async``; not ``with``:
-    a block has no result to replace, so that form raises UsageError, switched on or off.
+    if it raises, is the call's; an ``async def`` one is awaited, in async code only).
+    A decorator on ``def`` and ``async def`` (whose caller gets the value as the awaited
+    result), and ``call``/``call_async``; not ``with``: a block has no result to
+    replace, so that form raises UsageError, switched on or off.
     """
 
     KIND = "result"
@@ -385,21 +387,33 @@ class InjectResult(_Injector):
         given = {key: arg for key, arg in locals().items() if key in _ALL_NAMES}
         self._value = value
         self._factory = factory
+        self._async_factory = factory is not None and is_async_callable(factory)
         self._start(name, given)
 
     def _inject(self, state: _Plan) -> object:
         return MUST_WAIT  # the drivers then take the answer from _wait
 
-    def _answer(self, state: _Plan) -> Answered:
-        value = self._value if self._factory is None else self._factory()
+    def _wait(self, state: _Plan) -> object:
+        factory = self._factory
+        if factory is None:
+            value = self._value
+        elif self._async_factory:
+            raise UsageError(
+                f"{self._owner()}: its factory {factory!r} is async, and a sync call cannot"
+                " await it"
+            )
+        else:
+            value = factory()
         self._told(state)
         return Answered(value)
 
-    def _wait(self, state: _Plan) -> object:
-        return self._answer(state)
-
     async def _wait_async(self, state: _Plan) -> object:
-        return self._answer(state)
+        if not self._async_factory:
+            return self._wait(state)
+        assert self._factory is not None
+        value = await self._factory()
+        self._told(state)
+        return Answered(value)
 
     def _enter_block(self, asynchronous: bool) -> NoReturn:
         raise UsageError(

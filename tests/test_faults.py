@@ -161,6 +161,22 @@ def test_async_calls_get_the_value_itself_and_a_factory_makes_one_per_call() -> 
     assert policy.call(lambda: -1) == 3
 
 
+@pytest.mark.parametrize("mode", ASYNC_MODES)
+def test_an_async_factory_is_awaited_in_async_code_only(mode: str) -> None:
+    async def make() -> str:
+        await anyio.lowlevel.checkpoint()
+        return "made"
+
+    policy = InjectResult(factory=make, enabled=True)
+
+    async def fetch() -> str:
+        return "real"
+
+    assert anyio.run(policy(fetch), backend=mode) == "made"
+    with pytest.raises(UsageError, match="is async, and a sync call cannot await it"):
+        policy.call(lambda: "real")
+
+
 def test_a_factory_that_fails_fails_the_call() -> None:
     def broken() -> Any:
         raise LookupError("no value")
