@@ -194,6 +194,19 @@ def shown_failure(exc: BaseException) -> str:
     return failure_line(type(exc).__name__, message)
 
 
+def note(exc: BaseException, note: str, replaces: str = "") -> None:
+    """Add ``note`` to ``exc`` once (``add_note()``'s list, which 3.10 keeps but does not
+    show); with ``replaces``, first drop the notes that start with it (an exception
+    instance raised again and again, a module-level constant, gets one "gave up" note
+    per policy, not one per call)."""
+    notes: list[str] = getattr(exc, "__notes__", None) or []
+    if replaces:
+        notes = [n for n in notes if not n.startswith(replaces)]
+    if note not in notes:
+        notes.append(note)
+    exc.__notes__ = notes  # type: ignore[attr-defined]  # what add_note() keeps
+
+
 def failure_line(kind: str, message: str | None) -> str:
     """A failure's type and message in one line of at most 100 characters."""
     text = f"{kind}: {message}" if message else kind

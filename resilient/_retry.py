@@ -32,7 +32,7 @@ from resilient._core.execution.drivers import (
     Plan,
 )
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
-from resilient._errors import ResilienceError, UsageError, failure_line, remade
+from resilient._errors import ResilienceError, UsageError, failure_line, note, remade
 from resilient.backoff import MAKERS, Backoff
 from resilient.events import LEVELS, BudgetExhausted, RetryGaveUp, RetryScheduled
 
@@ -314,7 +314,7 @@ class _Plan(Plan):
         try:
             return bool(self._on(exc))
         except Exception as error:  # never the call's: its own error goes on, not retried
-            _note(exc, self._judging["on"].failed(error, "on it", "not retried"))
+            note(exc, self._judging["on"].failed(error, "on it", "not retried"))
             return False
 
     def result_fails(self, call: Attempts | None, result: object) -> bool:
@@ -425,18 +425,6 @@ def _line(kind: type[BaseException] | None, args: tuple[Any, ...]) -> str:
 
 def _attempts(n: int) -> str:
     return "1 attempt" if n == 1 else f"{n} attempts"
-
-
-def _note(exc: BaseException, note: str, replaces: str = "") -> None:
-    """Add ``note`` to ``exc`` once; with ``replaces``, first drop the notes that start
-    with it (an exception instance raised again and again, a module-level constant,
-    gets one "gave up" note per policy, not one per call)."""
-    notes: list[str] = getattr(exc, "__notes__", None) or []
-    if replaces:
-        notes = [n for n in notes if not n.startswith(replaces)]
-    if note not in notes:
-        notes.append(note)
-    exc.__notes__ = notes  # type: ignore[attr-defined]  # what add_note() keeps
 
 
 class _Call(Attempts):
@@ -610,9 +598,9 @@ class _Call(Attempts):
             events.emit(policy, RetryGaveUp(policy, at, self.attempt, reason, exc, result))
         if exc is not None and why:
             if self.trouble is not None:
-                _note(exc, self.trouble)
+                note(exc, self.trouble)
             gave_up = f"{self.retry._owner()}: gave up "
-            _note(exc, gave_up + why + self._history(type(exc)), replaces=gave_up)
+            note(exc, gave_up + why + self._history(type(exc)), replaces=gave_up)
         return None  # "give up", as next_wait says it
 
     def _history(self, last: type[BaseException]) -> str:

@@ -22,6 +22,7 @@ __all__ = [
     "BudgetExhausted",
     "Event",
     "FallbackUsed",
+    "FaultInjected",
     "Rejected",
     "RetryGaveUp",
     "RetryScheduled",
@@ -199,6 +200,34 @@ class BudgetExhausted(NamedTuple):
         )
 
 
+class FaultInjected(NamedTuple):
+    """A fault injection policy injected into a call: ``kind`` is ``"fault"`` (it
+    raised ``error`` in place of the call), ``"latency"`` (the call waits ``seconds``
+    first) or ``"result"`` (it returned a substitute result in place of the call). The
+    error a caller then sees is the one the policy was given: this event, its log line
+    and a note on the error say it was injected."""
+
+    policy: Any
+    at: float
+    kind: str
+    error: BaseException | None = None
+    seconds: float | None = None
+
+    def _log(self) -> tuple[str, dict[str, Any]]:
+        if self.kind == "fault":
+            what = f"a fault ({_failure(self.error)})"
+        elif self.kind == "latency":
+            what = f"{self.seconds:.3g}s of latency"
+        else:
+            what = "a substitute result"
+        fields = {
+            "injected": self.kind,
+            "seconds": self.seconds,
+            "error_type": _error_type(self.error),
+        }
+        return f"injected {what}", fields
+
+
 def _failure(error: BaseException | None, result: Any = None) -> str:
     """An error as a log line may show it: its type, not its text (which can hold a URL
     with a token, a query, a user's data); a failing result is never shown, but for its
@@ -217,6 +246,7 @@ Event = (
     | TimedOut
     | FallbackUsed
     | BudgetExhausted
+    | FaultInjected
 )
 
 #: Every class of event, for ``isinstance`` and for listeners' filters.
@@ -228,6 +258,7 @@ EVENTS = (
     TimedOut,
     FallbackUsed,
     BudgetExhausted,
+    FaultInjected,
 )
 
 #: Each event's log level (logging's numbers: this module imports no logging).
@@ -239,4 +270,5 @@ LEVELS: dict[type, int] = {
     TimedOut: 20,
     FallbackUsed: 20,
     BudgetExhausted: 30,
+    FaultInjected: 20,
 }

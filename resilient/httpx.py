@@ -35,8 +35,8 @@ from resilient._core.configuration.events import Listeners
 from resilient._core.configuration.registry import registry
 from resilient._core.execution.deadline import Ends, limit, remaining, scoped, unscoped
 from resilient._core.state import forking
-from resilient._errors import ConfigError, RejectedError, remade
-from resilient._retry import Retry, _Call, _note
+from resilient._errors import ConfigError, RejectedError, note, remade
+from resilient._retry import Retry, _Call
 from resilient._retry import _Plan as _RetryPlan
 from resilient._timeout import Timeout
 
@@ -234,7 +234,7 @@ class _Exchange(_Call):
         why = plan.rules.shut(request, exc) or plan.rules.unsafe(request, exc, result)
         if why:
             if exc is not None:
-                _note(exc, f"{plan.owner}: not retried: {why}")
+                note(exc, f"{plan.owner}: not retried: {why}")
             return None
         return super().next_wait(exc, result)
 

@@ -34,6 +34,8 @@ __all__ = [
     "choice",
     "duration",
     "exception_filter",
+    "flag",
+    "fraction",
     "is_async_callable",
     "non_negative_int",
     "positive_int",
@@ -257,6 +259,27 @@ def rate(value: Any) -> float:
 
 
 written(rate, text.parse_float, "a decimal number, e.g. 0.25")
+
+
+def fraction(value: Any) -> float:
+    """A share of calls that may be none: 0 <= x <= 1."""
+    share = real(value)
+    if not 0.0 <= share <= 1.0:
+        raise Invalid
+    return share
+
+
+written(fraction, text.parse_float, "a decimal number, e.g. 0.25")
+
+
+def flag(value: Any) -> bool:
+    """True or False (not 1 or 0: a number where a switch goes is a slip)."""
+    if not isinstance(value, bool):
+        raise Invalid
+    return value
+
+
+written(flag, text.parse_bool, "1/0, true/false, yes/no, on/off")
 
 
 #: The one bound of every whole-number option: more calls, probes, attempts or waiters

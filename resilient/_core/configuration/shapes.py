@@ -167,6 +167,9 @@ DECORATES = {
     "Timeout": "@Timeout(2)",
     "Bulkhead": "@Bulkhead(10)",
     "Fallback": "@Fallback(value) or @Fallback(handler=...)",
+    "InjectFault": "@InjectFault(ConnectionError)",
+    "InjectLatency": "@InjectLatency(0.5)",
+    "InjectResult": "@InjectResult(value) or @InjectResult(factory=...)",
 }
 #: A number where a class's name goes: the keyword of the library that takes one there.
 NUMBER_FOR_NAME = {"CircuitBreaker": "fail_max"}
@@ -247,6 +250,11 @@ def _undecorated(cls: type, init: Callable[..., Any], fn: Any) -> str:
         getattr(fn, "__func__", None), "__qualname__", repr(fn)
     )
     decorate = f"as a decorator, write {DECORATES.get(who, f'@{who}()')}, with parentheses"
+    if "factory" in _keywords(init):  # what it injects: made by a factory, given as one
+        return (
+            f"{who} got the function {name} as its {first}: write {who}(factory={name}) to"
+            f" call it for each injected call; {decorate}"
+        )
     if first == "value":  # a value is returned as is: a function there is never called
         return (
             f"{who} got the function {name} as its value, which would be returned, not"

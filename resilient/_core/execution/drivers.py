@@ -16,7 +16,10 @@ looping or waiting (a circuit breaker; later a bulkhead's fast path). It provide
     admission (a full bulkhead with ``max_wait``);
 ``_wait(state) -> token`` and ``async _wait_async(state) -> token``
     that queueing, on a thread or in a task, under the state ``_admit`` was given;
-    only called after :data:`MUST_WAIT`;
+    only called after :data:`MUST_WAIT`; or, instead of a token, an :class:`Answered`
+    whose value is the call's result: the call is not made and ``_exit`` not called
+    (an injected substitute result). A guard whose wait may answer refuses the block
+    forms, whose result cannot be replaced;
 ``_exit(token, exc, result)``
     record how it went: ``exc`` is None on return, else the exception (any
     BaseException: the guard decides what counts); ``result`` is :data:`NO_RESULT`
@@ -64,6 +67,7 @@ __all__ = [
     "ANSWER",
     "MUST_WAIT",
     "NO_RESULT",
+    "Answered",
     "Attempt",
     "AttemptForms",
     "Attempts",
@@ -128,6 +132,15 @@ class Signal(Enum):
 
 NO_RESULT: Final = Signal.NO_RESULT
 MUST_WAIT: Final = Signal.MUST_WAIT
+
+
+class Answered(NamedTuple):
+    """What a guard's ``_wait`` gives in place of a token when it answers the call
+    itself: ``value`` is returned and the call is not made. Looked for only after
+    :data:`MUST_WAIT`, so no other admission pays for it."""
+
+    value: Any
+
 
 # The open ``with`` blocks of this context, innermost last, as (owner, entry) pairs. One
 # variable for every owner: a Context holds its variables for good, so one per owner
@@ -520,6 +533,10 @@ def _sync_driver(guard: GuardForms, fn: Callable[P, R]) -> Callable[P, R]:
             token = guard._admit(state)
             if token is MUST_WAIT:
                 token = guard._wait(state)
+                if token.__class__ is Answered:  # answered in the call's place
+                    if meter is not None:
+                        meter.call(guard, "success", perf_counter() - started, None)
+                    return token.value  # type: ignore[no-any-return]
         try:
             result = fn(*args, **kwargs)
             if result.__class__ is CoroutineType:
@@ -563,6 +580,10 @@ def _async_driver(
             token = guard._admit(state)
             if token is MUST_WAIT:
                 token = await guard._wait_async(state)
+                if token.__class__ is Answered:  # answered in the call's place
+                    if meter is not None:
+                        meter.call(guard, "success", perf_counter() - started, None)
+                    return token.value  # type: ignore[no-any-return]
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:

@@ -14,7 +14,9 @@ relies on these calls, and on no others:
   numbers each has handed out, all at one instant (no bytecode runs between the reads,
   and ``methodcaller`` calls the method without making a bound-method object);
 - one item stored into an ``array.array`` (``a[i] = v``): a reader sees the old or the new;
-- ``deque.append``/``pop``/``popleft``, ``dict.setdefault``/``pop``/``get``, ``list(dict)``.
+- ``deque.append``/``pop``/``popleft``, ``dict.setdefault``/``pop``/``get``, ``list(dict)``;
+- ``random.Random.random()`` (:func:`draws`): the next number of a seeded sequence, to
+  exactly one caller (the Mersenne Twister's step is C; the float it makes is untracked).
 
 A ``range`` iterator is a counter whose value can be read without a data race (unlike
 ``itertools.count``, whose value only its ``repr`` tells); ``sys.maxsize`` numbers will not
@@ -37,6 +39,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from operator import methodcaller
+from typing import Any
 
 __all__ = [
     "LOCK_FREE",
@@ -45,6 +48,7 @@ __all__ = [
     "Counter",
     "LockedCounter",
     "counter",
+    "draws",
     "left_of",
     "read_ticks",
     "ticks",
@@ -131,3 +135,18 @@ class LockedCounter:
 def counter() -> Counter | LockedCounter:
     """A counter of the variant in force."""
     return Counter() if LOCK_FREE else LockedCounter()
+
+
+def draws(rng: Any) -> Callable[[], float]:
+    """The next number from ``rng`` (a ``random.Random``) for each caller, each number
+    to exactly one: under the GIL its own C method; else the same under a lock."""
+    if LOCK_FREE:
+        return rng.random  # type: ignore[no-any-return]
+    lock = threading.Lock()
+    draw = rng.random
+
+    def locked() -> float:
+        with lock:
+            return draw()  # type: ignore[no-any-return]
+
+    return locked
