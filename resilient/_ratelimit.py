@@ -32,6 +32,7 @@ from resilient._core.configuration.registry import Configured
 from resilient._core.execution import deadline as dl
 from resilient._core.execution.drivers import MUST_WAIT, GuardForms, Refusal
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
+from resilient._core.state.primitives import counter
 from resilient._errors import RateLimitedError
 
 __all__ = ["OPTIONS", "RateLimiter", "RateLimiterMetrics"]
@@ -170,7 +171,7 @@ class RateLimiter(Configured, GuardForms):
         self._lock = threading.Lock()
         self._tat = -math.inf  # no call yet: the first finds a full burst
         self._waiting = 0
-        self._rejected = 0
+        self._rejected = counter()  # (counted without the lock: a refusal is a hot path)
         self._register(settings)
 
     def _compile(self, settings: Settings) -> _Plan:
@@ -216,7 +217,8 @@ class RateLimiter(Configured, GuardForms):
         plan = self._plan
         with self._lock:
             ahead = max(0.0, self._tat - plan.now())
-            waiting, rejected = self._waiting, self._rejected
+            waiting = self._waiting
+        rejected = self._rejected.value
         # Calls that fit before tat - now passes the tolerance.
         room = (plan.early - ahead) / plan.interval
         available = 0 if room < 0 else min(plan.burst, math.floor(room) + 1)
@@ -238,7 +240,7 @@ class RateLimiter(Configured, GuardForms):
         waiting for are kept: they were given)."""
         with self._lock:
             self._tat = -math.inf if not self._waiting else self._tat
-            self._rejected = 0
+        self._rejected = counter()
 
     def _after_fork(self) -> None:
         """In a forked child: a fresh lock, and nobody waits (the waiting calls were the
@@ -290,10 +292,10 @@ class RateLimiter(Configured, GuardForms):
 
     def _refuse(self, plan: _Plan, now: float, wait: float) -> RateLimitedError:
         """A refusal, counted and told (outside the lock: a listener may read metrics)."""
-        with self._lock:
-            self._rejected += 1
+        self._rejected.incr()
         events.refused(self, "rate_limited", plan.now, now + wait)
-        return RateLimitedError(self.name, wait)
+        # (made by the C constructor alone, args and all: no __init__ frame)
+        return RateLimitedError.__new__(RateLimitedError, self.name, wait)
 
     def _give_back(self, end: float, plan: _Plan) -> None:
         """A waiting call left before its turn: if it holds the last turn given, the
