@@ -95,6 +95,43 @@ def bench_trio(benchmark: Any, fn: AsyncFn, *, baseline: bool) -> None:
     assert result == 1
 
 
+class Boom(Exception):
+    """The baseline's exception: a plain subclass, raised fresh each time."""
+
+
+def flaky(x: int) -> int:
+    """Fails for a negative argument, so that one call can trip a breaker."""
+    if x < 0:
+        raise ValueError(x)
+    return x
+
+
+def raises(n: int) -> int:
+    """``n`` bare raise-and-catch; returns how many were caught, for the smoke run."""
+    caught = 0
+    for _ in repeat(None, n):
+        try:
+            raise Boom()
+        except Boom:
+            caught += 1
+    return caught
+
+
+def rejections(guarded: Callable[[int], int], error: type[Exception]) -> Loop:
+    """``n`` calls that must be rejected; returns how many were."""
+
+    def loop(n: int) -> int:
+        caught = 0
+        for _ in repeat(None, n):
+            try:
+                guarded(1)
+            except error:
+                caught += 1
+        return caught
+
+    return loop
+
+
 def locked_breaker(**options: Any) -> Any:
     """A CircuitBreaker on the locked window a free-threaded build would give it."""
     from unittest import mock

@@ -25,6 +25,8 @@ PEERS = (
     "backoff",
     "circuitbreaker",
     "hyx",
+    "limits",
+    "pyresilience",
     "pybreaker",
     "stamina",
     "tenacity",

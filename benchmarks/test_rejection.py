@@ -19,46 +19,9 @@ import pytest
 
 from resilient import CircuitBreaker, CircuitOpenError
 
+from ._subjects import Boom, Loop, flaky, raises, rejections
+
 CALLS = 1000
-
-Loop = Callable[[int], int]
-
-
-class Boom(Exception):
-    """The baseline's exception: a plain subclass, raised fresh each time."""
-
-
-def flaky(x: int) -> int:
-    """Fails for a negative argument, so that one call can trip a breaker."""
-    if x < 0:
-        raise ValueError(x)
-    return x
-
-
-def raises(n: int) -> int:
-    """``n`` bare raise-and-catch; returns how many were caught, for the smoke run."""
-    caught = 0
-    for _ in repeat(None, n):
-        try:
-            raise Boom()
-        except Boom:
-            caught += 1
-    return caught
-
-
-def rejections(guarded: Callable[[int], int], error: type[Exception]) -> Loop:
-    """``n`` calls that must be rejected; returns how many were."""
-
-    def loop(n: int) -> int:
-        caught = 0
-        for _ in repeat(None, n):
-            try:
-                guarded(1)
-            except error:
-                caught += 1
-        return caught
-
-    return loop
 
 
 def forced_open() -> Callable[[int], int]:
