@@ -4,7 +4,8 @@ Layout: ``_core/`` is self-contained (clock, lock-free windows, declared options
 deadlines, cancellation, worker threads, and the adapter that gives every policy its
 decorator, context-manager and call forms) and imports no policy. Each policy is one
 private module over that core (``_breaker.py``, ``_retry.py``, ``_budget.py``,
-``_fallback.py``, ``_timeout.py``, ``_bulkhead.py``), and ``_pipeline.py`` composes them.
+``_fallback.py``, ``_timeout.py``, ``_bulkhead.py``, ``_hedge.py``), and ``_pipeline.py``
+composes them.
 ``_wrap.py`` puts a client object behind policies; it needs wrapt, so :func:`wrap` here
 imports it on first use. Errors live in ``_errors.py``. Users import only what this
 module re-exports, plus the public ``resilient.backoff`` and ``resilient.testing``.
@@ -32,6 +33,7 @@ from resilient._errors import (
     UsageError,
 )
 from resilient._fallback import Fallback
+from resilient._hedge import Hedge, HedgeMetrics
 from resilient._pipeline import Pipeline, Policy
 from resilient._retry import Attempt, Retry
 from resilient._timeout import Timeout, TimeoutMetrics, WorkersExhaustedError
@@ -124,6 +126,8 @@ __all__ = [
     "ConfigError",
     "ConfigWarning",
     "Fallback",
+    "Hedge",
+    "HedgeMetrics",
     "MonotonicClock",
     "Pipeline",
     "Policy",

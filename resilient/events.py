@@ -22,6 +22,7 @@ __all__ = [
     "BudgetExhausted",
     "Event",
     "FallbackUsed",
+    "HedgeStarted",
     "Rejected",
     "RetryGaveUp",
     "RetryScheduled",
@@ -198,6 +199,25 @@ class BudgetExhausted(NamedTuple):
         )
 
 
+class HedgeStarted(NamedTuple):
+    """A hedge started attempt ``attempt`` (2 for the first hedge) of a call, for
+    ``reason``: ``"delay"`` (no answer after ``delay`` seconds) or ``"failure"`` (the
+    attempt before it failed, so the next one starts at once)."""
+
+    policy: Any
+    at: float
+    attempt: int
+    reason: str
+    delay: float
+
+    def _log(self) -> tuple[str, dict[str, Any]]:
+        why = f"no answer after {self.delay:.3g}s" if self.reason == "delay" else "a failure"
+        return (
+            f"started attempt {self.attempt} ({why})",
+            {"attempt": self.attempt, "reason": self.reason, "delay": self.delay},
+        )
+
+
 def _failure(error: BaseException | None, result: Any = None) -> str:
     """An error as a log line may show it: its type, not its text (which can hold a URL
     with a token, a query, a user's data); a failing result is never shown, but for its
@@ -216,6 +236,7 @@ Event = (
     | TimedOut
     | FallbackUsed
     | BudgetExhausted
+    | HedgeStarted
 )
 
 #: Every class of event, for ``isinstance`` and for listeners' filters.
@@ -227,6 +248,7 @@ EVENTS = (
     TimedOut,
     FallbackUsed,
     BudgetExhausted,
+    HedgeStarted,
 )
 
 #: Each event's log level (logging's numbers: this module imports no logging).
@@ -238,4 +260,7 @@ LEVELS: dict[type, int] = {
     TimedOut: 20,
     FallbackUsed: 20,
     BudgetExhausted: 30,
+    # Hedging is routine by design (a p95 delay hedges one call in twenty): a line per
+    # hedge at INFO would flood a busy service's log.
+    HedgeStarted: 10,
 }
