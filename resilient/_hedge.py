@@ -218,40 +218,32 @@ racing_rung = racing._rung
 class _Plan:
     """What a call reads, switched whole by a reload (the latencies are kept)."""
 
-    __slots__ = ("budget", "clock", "delays", "enabled", "max_hedges", "meter", "policy", "timed")
+    __slots__ = (
+        "budget",
+        "clock",
+        "delays",
+        "max_hedges",
+        "meter",
+        "now",
+        "policy",
+        "samples",
+        "timed",
+    )
 
     def __init__(self, hedge: Hedge, settings: Settings, delays: _Delays) -> None:
         self.policy = hedge
-        self.enabled = settings.enabled and settings["max_hedges"] > 0
         self.max_hedges: int = settings["max_hedges"]
+        on = settings.enabled and self.max_hedges > 0
+        self.delays = delays if on else None  # None: switched off, calls pass through
+        self.samples = delays.samples  # (kept by a reload that keeps the window's size)
         self.budget: RetryBudget | None = settings["budget"]
         self.clock: Clock = settings["clock"] or SYSTEM_CLOCK
+        self.now = self.clock.monotonic
         self.timed = self.clock is SYSTEM_CLOCK  # else the clock's sleeps pace hedges
-        self.delays = delays
         self.meter: events.Meter | None = hedge._metered()
-
-    @property
-    def alarms(self) -> backend.Alarms | None:
-        return self.delays.alarms if self.enabled else None
-
-    @property
-    def learns(self) -> bool:
-        return self.enabled and self.delays.quantile is not None
-
-    def now(self) -> float:
-        return self.clock.monotonic()
 
     async def sleep_async(self, seconds: float) -> None:
         await self.clock.sleep_async(seconds)
-
-    def begin(self) -> None:
-        if self.budget is not None:
-            self.budget._deposit()
-
-    def answered(self, latency: float) -> None:
-        delays = self.delays
-        if delays.quantile is not None:
-            delays.record(latency)
 
     def race(self, delay: float) -> _Attempts:
         return _Attempts(self, delay)
@@ -384,8 +376,7 @@ class Hedge(Configured, Decorates):
             )
         size = settings["window"]
         old = getattr(self, "_plan", None)
-        keep = old is not None and old.delays.samples.size == size
-        samples = old.delays.samples if keep and old is not None else Samples(size)
+        samples = old.samples if old is not None and old.samples.size == size else Samples(size)
         delays = _Delays(
             settings["delay"],
             settings["min_delay"],
@@ -445,7 +436,8 @@ class Hedge(Configured, Decorates):
     @property
     def delay(self) -> float | None:
         """The delay in force now, in seconds (None: no hedging yet, or switched off)."""
-        alarms = self._plan.alarms
+        delays = self._plan.delays
+        alarms = None if delays is None else delays.alarms
         return None if alarms is None else alarms.seconds
 
     @property
@@ -455,7 +447,7 @@ class Hedge(Configured, Decorates):
             self._won.value,
             self._refused.value,
             self.delay,
-            len(self._plan.delays.samples),
+            len(self._plan.samples),
         )
 
     def _health(self) -> dict[str, Any]:

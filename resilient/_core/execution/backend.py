@@ -670,7 +670,11 @@ class _TaskAlarm(_Expiry):
         self.race: Any = None
         self._cancelled = False
         self._baseline: int = task.cancelling()  # cancellations asked of it before us
-        super().__init__(watch)
+        self._watch = watch  # _Expiry.__init__, inlined: a frame is a tenth of the budget
+        self.redeliver = False
+        self._state = _RUNNING
+        self.at = watch.now() + watch.seconds
+        watch.add(self)
 
     def fire(self) -> None:
         _rung(self)

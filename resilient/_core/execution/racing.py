@@ -60,29 +60,34 @@ class Decisions(Protocol):
         ...
 
 
+class Delays(Protocol):
+    """When calls hedge: the policy's decision, read at the start of each call."""
+
+    #: the alarms of the delay in force; None: no delay is known yet (calls go unhedged,
+    #: timed for ``record``)
+    alarms: backend.Alarms | None
+    #: None for a fixed delay; else calls' latencies are recorded
+    quantile: float | None
+
+    def record(self, latency: float) -> None:
+        """A call succeeded after ``latency`` seconds."""
+
+
 class Plan(Protocol):
     """What the driver reads of a hedging policy's configuration."""
 
-    #: the policy's alarms for the delay in force, or None: call without hedging
-    alarms: backend.Alarms | None
-    #: while ``alarms`` is None: whether calls are timed all the same (a percentile
-    #: delay learns from them until it is known)
-    learns: bool
+    #: when to hedge; None: hedging is switched off (calls pass straight through)
+    delays: Delays | None
     #: whether the alarms ring on the loop's timers; False: the policy's own clock
     #: paces the attempts (``sleep_async``), through a task started with each call
     timed: bool
+    budget: Any  # a RetryBudget: each call deposits, each hedge withdraws
     meter: Meter | None
     policy: Any
-
-    def now(self) -> float: ...
+    #: the policy's clock, read for latencies and paced delays
+    now: Callable[[], float]
 
     async def sleep_async(self, seconds: float) -> None: ...
-
-    def begin(self) -> None:
-        """A call starts (a budget counts it)."""
-
-    def answered(self, latency: float) -> None:
-        """A call succeeded after ``latency`` seconds (a percentile delay learns it)."""
 
     def race(self, delay: float) -> Decisions: ...
 
@@ -114,12 +119,12 @@ class _Race:
     )
 
     def __init__(self, alarm: backend.Alarm, started: float) -> None:
-        plan, fn, args, kwargs, context, delay = alarm.call
+        plan, fn, args, kwargs, context, alarms = alarm.call
         self.alarm = alarm
         self.plan: Plan = plan
         self.fn, self.args, self.kwargs, self.context = fn, args, kwargs, context
-        self.delay: float = delay
-        self.decisions = plan.race(delay)
+        self.delay: float = alarms.seconds
+        self.decisions = plan.race(self.delay)
         self.flag, _ = backend.event()
         self.cancels: dict[int, Callable[[], object]] = {}  # by attempt; -1: the pacer
         self.alive = 0  # tasks started and not over
@@ -231,15 +236,18 @@ def hedging(policy: Any, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine
 
     async def hedged(*args: P.args, **kwargs: P.kwargs) -> R:
         plan: Any = policy._plan
-        alarms = plan.alarms
+        delays = plan.delays
+        alarms = None if delays is None else delays.alarms
         if alarms is None:
             return await _unhedged(plan, fn, args, kwargs)  # type: ignore[no-any-return]
         meter = plan.meter
         clocked = perf_counter() if meter is not None else 0.0
-        began = plan.now()
-        plan.begin()
+        learns = delays.quantile is not None
+        began = plan.now() if learns or not plan.timed else 0.0
+        if plan.budget is not None:
+            plan.budget._deposit()
         alarm = alarms.open(plan.timed)
-        alarm.call = (plan, fn, args, kwargs, copy_context(), alarms.seconds)
+        alarm.call = (plan, fn, args, kwargs, copy_context(), alarms)
         if not plan.timed:  # paced on the policy's own clock: a race from the start
             alarm.race = _Race(alarm, began)
             alarm.race.pace()
@@ -253,7 +261,8 @@ def hedging(policy: Any, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine
                 exc = None  # type: ignore[assignment]
         alarm.close(None)
         if alarm.race is None:  # answered before the alarm rang: the usual case
-            plan.answered(plan.now() - began)
+            if learns:
+                delays.record(plan.now() - began)
             if meter is not None:
                 meter.call(policy, "success", perf_counter() - clocked, None)
             return result
@@ -264,19 +273,21 @@ def hedging(policy: Any, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine
 
 async def _unhedged(plan: Any, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
     """A call while no delay is known (or hedging is off): itself, timed for the percentile."""
-    if not plan.learns:
+    delays = plan.delays
+    if delays is None:  # switched off
         return await fn(*args, **kwargs)
     meter = plan.meter
     clocked = perf_counter() if meter is not None else 0.0
     began = plan.now()
-    plan.begin()
+    if plan.budget is not None:
+        plan.budget._deposit()
     try:
         result = await fn(*args, **kwargs)
     except BaseException as exc:
         if meter is not None:
             meter.call(plan.policy, outcome_of(exc), perf_counter() - clocked, exc)
         raise
-    plan.answered(plan.now() - began)
+    delays.record(plan.now() - began)
     if meter is not None:
         meter.call(plan.policy, "success", perf_counter() - clocked, None)
     return result
@@ -321,7 +332,9 @@ async def _raced(
         raise
     finally:
         exc = None
-    plan.answered(plan.now() - began)
+    delays = plan.delays
+    if delays is not None and delays.quantile is not None:
+        delays.record(plan.now() - began)
     if meter is not None:
         meter.call(plan.policy, "success", perf_counter() - clocked, None)
     return answer
