@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from resilient import _breaker, _budget, _bulkhead, _retry, _timeout
+from resilient import _breaker, _budget, _bulkhead, _hedge, _retry, _timeout
 from resilient._core.configuration.options import Option, markdown_table
 
 DOCS = Path(__file__).parent.parent / "docs"
@@ -20,6 +20,7 @@ DOCS = Path(__file__).parent.parent / "docs"
         ("retry.md", _budget.OPTIONS),
         ("timeout.md", _timeout.OPTIONS),
         ("bulkhead.md", _bulkhead.OPTIONS),
+        ("hedging.md", _hedge.OPTIONS),
     ],
 )
 def test_options_tables_match_the_declarations(page: str, options: tuple[Option, ...]) -> None:
