@@ -208,7 +208,9 @@ class _Delays:
             return
         delay = max(self.min_delay, found)
         alarms = self.alarms
-        if alarms is None or alarms.seconds != delay:
+        # Within 1% of the delay in force: kept, with its alarms (each new delay has a
+        # timer of its own per loop: on trio a task, which lingers a second once idle).
+        if alarms is None or abs(delay - alarms.seconds) > 0.01 * alarms.seconds:
             self.alarms = backend.Alarms(delay, racing_rung)
 
 

@@ -549,3 +549,39 @@ def test_a_hammer_of_tasks_accounts_for_every_attempt(backend: str) -> None:
     assert ended["failed"] == 375
     assert ended["cancelled"] == started - 750 >= 125
     assert hedge.metrics.won == 250
+
+
+def test_samples_keep_the_last_n_and_give_a_nearest_rank_quantile() -> None:
+    from resilient._core.state.ring import Samples
+
+    samples = Samples(4)
+    assert samples.quantile(0.5) is None
+    assert [samples.record(v) for v in (5.0, 1.0, 3.0)] == [1, 2, 3]
+    assert (len(samples), samples.quantile(0.5), samples.quantile(0.99)) == (3, 3.0, 5.0)
+    for value in (2.0, 4.0, 6.0):  # 5.0 and 1.0 fall out
+        samples.record(value)
+    assert len(samples) == 4
+    assert (samples.quantile(0.01), samples.quantile(0.5), samples.quantile(1.0)) == (
+        2.0,
+        3.0,
+        6.0,
+    )
+
+
+def test_a_delay_within_one_percent_of_the_one_in_force_is_kept() -> None:
+    clock = ManualClock()
+    hedge = Hedge("p50", min_calls=1, window=10, clock=clock)
+
+    async def taking(seconds: float) -> None:
+        clock.advance(seconds)
+
+    anyio.run(hedge.call_async, taking, 1.0)
+    alarms = hedge._plan.delays.alarms  # type: ignore[union-attr]
+    anyio.run(hedge.call_async, taking, 1.005)  # p50 of (1.0, 1.005): 1.0, kept
+    anyio.run(hedge.call_async, taking, 1.008)  # p50: 1.005, within 1%: kept
+    assert hedge._plan.delays.alarms is alarms  # type: ignore[union-attr]
+    anyio.run(hedge.call_async, taking, 2.0)
+    anyio.run(hedge.call_async, taking, 2.0)  # p50 of five: 1.008, still within 1%
+    anyio.run(hedge.call_async, taking, 2.0)  # p50 of six: 1.008
+    anyio.run(hedge.call_async, taking, 2.0)  # p50 of seven: 2.0: a new delay
+    assert hedge.delay == 2.0
