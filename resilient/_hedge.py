@@ -5,7 +5,7 @@ A tail-latency tool (Dean and Barroso, "The Tail at Scale"; gRPC's hedging polic
 request stuck behind a slow replica, a GC pause or a lost packet is overtaken by a copy
 sent a little later, most often to another replica. ``delay`` is fixed, or a percentile
 of recent successful calls' latencies (``"p95"``: hedge the slowest 5%), kept on a ring
-of the last ``window`` latencies (``_core/state/ring.py``) and recomputed every tenth
+of the last ``window`` latencies (``_core/state/ring.py``) and recomputed every quarter
 of a window, never per call.
 
 This module decides (when to hedge, whether a budget allows it, what a call answers);
@@ -133,7 +133,7 @@ OPTIONS = (
         opt.bounded_int(MAX_WINDOW),
         f"a whole number from 1 to {MAX_WINDOW:,}",
         "A percentile `delay` only: how many recent successful calls' latencies it is"
-        " taken over; it is recomputed every tenth of a window of calls.",
+        " taken over; it is recomputed every quarter of a window of calls.",
     ),
     opt.Option(
         "budget",
@@ -167,7 +167,7 @@ class HedgeMetrics(NamedTuple):
 
 class _Delays:
     """When a call hedges: a fixed delay, or a quantile of recent successful calls'
-    latencies, cached with the alarms of that delay and refreshed every tenth of a
+    latencies, cached with the alarms of that delay and refreshed every quarter of a
     window of records (a sort of the window: O(log N) a call, amortised)."""
 
     __slots__ = ("_every", "_next", "alarms", "min_calls", "min_delay", "quantile", "samples")
@@ -183,7 +183,7 @@ class _Delays:
         self.samples = samples
         self.min_delay = min_delay
         self.min_calls = min_calls
-        self._every = max(1, samples.size // 10)
+        self._every = max(1, samples.size // 4)
         self._next = min_calls
         if isinstance(delay, float):
             self.quantile: float | None = None

@@ -286,21 +286,21 @@ def test_a_percentile_delay_is_learnt_with_a_floor_and_an_initial_delay() -> Non
     assert floor.delay == 0.5
 
 
-def test_the_percentile_is_refreshed_every_tenth_of_a_window_not_per_call() -> None:
+def test_the_percentile_is_refreshed_every_quarter_of_a_window_not_per_call() -> None:
     clock = ManualClock()
     hedge = Hedge("p99", min_calls=10, window=100, clock=clock)
-    taken = iter([1.0] * 10 + [9.0] * 10)
+    taken = iter([1.0] * 10 + [9.0] * 25)
 
     async def call() -> None:
         clock.advance(next(taken))
 
     async def main() -> None:
-        for _ in range(19):
+        for _ in range(34):
             await hedge.call_async(call)
 
     anyio.run(main)
-    assert hedge.delay == 1.0  # 9 slower calls since the refresh at the 10th: not yet
-    anyio.run(hedge.call_async, call)  # the 20th: refreshed
+    assert hedge.delay == 1.0  # 24 slower calls since the refresh at the 10th: not yet
+    anyio.run(hedge.call_async, call)  # the 35th (10 + 100 // 4): refreshed
     assert hedge.delay == 9.0
 
 
@@ -575,13 +575,15 @@ def test_a_delay_within_one_percent_of_the_one_in_force_is_kept() -> None:
     async def taking(seconds: float) -> None:
         clock.advance(seconds)
 
+    # (refreshed at the 1st call, then every 10 // 4 = 2)
     anyio.run(hedge.call_async, taking, 1.0)
     alarms = hedge._plan.delays.alarms  # type: ignore[union-attr]
-    anyio.run(hedge.call_async, taking, 1.005)  # p50 of (1.0, 1.005): 1.0, kept
-    anyio.run(hedge.call_async, taking, 1.008)  # p50: 1.005, within 1%: kept
+    anyio.run(hedge.call_async, taking, 1.005)
+    anyio.run(hedge.call_async, taking, 1.008)  # p50 of three: 1.005, within 1%: kept
     assert hedge._plan.delays.alarms is alarms  # type: ignore[union-attr]
     anyio.run(hedge.call_async, taking, 2.0)
     anyio.run(hedge.call_async, taking, 2.0)  # p50 of five: 1.008, still within 1%
-    anyio.run(hedge.call_async, taking, 2.0)  # p50 of six: 1.008
+    assert hedge._plan.delays.alarms is alarms  # type: ignore[union-attr]
+    anyio.run(hedge.call_async, taking, 2.0)
     anyio.run(hedge.call_async, taking, 2.0)  # p50 of seven: 2.0: a new delay
     assert hedge.delay == 2.0
