@@ -4,8 +4,8 @@ Layout: ``_core/`` is self-contained (clock, lock-free windows, declared options
 deadlines, cancellation, worker threads, and the adapter that gives every policy its
 decorator, context-manager and call forms) and imports no policy. Each policy is one
 private module over that core (``_breaker.py``, ``_retry.py``, ``_budget.py``,
-``_fallback.py``, ``_timeout.py``, ``_bulkhead.py``, ``_ratelimit.py``; ``_faults.py``,
-fault injection for tests), and ``_pipeline.py`` composes them.
+``_fallback.py``, ``_timeout.py``, ``_bulkhead.py``, ``_ratelimit.py``, ``_hedge.py``;
+``_faults.py``, fault injection for tests), and ``_pipeline.py`` composes them.
 ``_wrap.py`` puts a client object behind policies; it needs wrapt, so :func:`wrap` here
 imports it on first use. Errors live in ``_errors.py``. Users import only what this
 module re-exports, plus the public ``resilient.backoff`` and ``resilient.testing``.
@@ -35,6 +35,7 @@ from resilient._errors import (
 )
 from resilient._fallback import Fallback
 from resilient._faults import InjectFault, InjectLatency, InjectResult
+from resilient._hedge import Hedge, HedgeMetrics
 from resilient._pipeline import Pipeline, Policy
 from resilient._ratelimit import RateLimiter, RateLimiterMetrics
 from resilient._retry import Attempt, Retry
@@ -128,6 +129,8 @@ __all__ = [
     "ConfigError",
     "ConfigWarning",
     "Fallback",
+    "Hedge",
+    "HedgeMetrics",
     "InjectFault",
     "InjectLatency",
     "InjectResult",

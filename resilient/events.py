@@ -23,6 +23,7 @@ __all__ = [
     "Event",
     "FallbackUsed",
     "FaultInjected",
+    "HedgeStarted",
     "Rejected",
     "RetryGaveUp",
     "RetryScheduled",
@@ -228,6 +229,25 @@ class FaultInjected(NamedTuple):
         return f"injected {what}", fields
 
 
+class HedgeStarted(NamedTuple):
+    """A hedge started attempt ``attempt`` (2 for the first hedge) of a call, for
+    ``reason``: ``"delay"`` (no answer after ``delay`` seconds) or ``"failure"`` (the
+    attempt before it failed, so the next one starts at once)."""
+
+    policy: Any
+    at: float
+    attempt: int
+    reason: str
+    delay: float
+
+    def _log(self) -> tuple[str, dict[str, Any]]:
+        why = f"no answer after {self.delay:.3g}s" if self.reason == "delay" else "a failure"
+        return (
+            f"started attempt {self.attempt} ({why})",
+            {"attempt": self.attempt, "reason": self.reason, "delay": self.delay},
+        )
+
+
 def _failure(error: BaseException | None, result: Any = None) -> str:
     """An error as a log line may show it: its type, not its text (which can hold a URL
     with a token, a query, a user's data); a failing result is never shown, but for its
@@ -247,6 +267,7 @@ Event = (
     | FallbackUsed
     | BudgetExhausted
     | FaultInjected
+    | HedgeStarted
 )
 
 #: Every class of event, for ``isinstance`` and for listeners' filters.
@@ -259,6 +280,7 @@ EVENTS = (
     FallbackUsed,
     BudgetExhausted,
     FaultInjected,
+    HedgeStarted,
 )
 
 #: Each event's log level (logging's numbers: this module imports no logging).
@@ -271,4 +293,7 @@ LEVELS: dict[type, int] = {
     FallbackUsed: 20,
     BudgetExhausted: 30,
     FaultInjected: 20,
+    # Hedging is routine by design (a p95 delay hedges one call in twenty): a line per
+    # hedge at INFO would flood a busy service's log.
+    HedgeStarted: 10,
 }

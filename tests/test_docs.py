@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from resilient import _breaker, _budget, _bulkhead, _faults, _ratelimit, _retry, _timeout
+from resilient import _breaker, _budget, _bulkhead, _faults, _hedge, _ratelimit, _retry, _timeout
 from resilient._core.configuration.options import Option, markdown_table
 
 DOCS = Path(__file__).parent.parent / "docs"
@@ -23,6 +23,7 @@ DOCS = Path(__file__).parent.parent / "docs"
         ("ratelimit.md", _ratelimit.OPTIONS),
         ("faults.md", _faults.FAULT_OPTIONS),
         ("faults.md", _faults.LATENCY_OPTIONS),
+        ("hedging.md", _hedge.OPTIONS),
     ],
 )
 def test_options_tables_match_the_declarations(page: str, options: tuple[Option, ...]) -> None:

@@ -50,6 +50,8 @@ from time import monotonic
 from typing import Any, Protocol
 
 __all__ = [
+    "Alarm",
+    "Alarms",
     "Expiries",
     "Scope",
     "after",
@@ -58,7 +60,9 @@ __all__ = [
     "event",
     "redeliver",
     "sleep",
+    "spawn",
     "trio_token",
+    "wait_shielded",
 ]
 
 _TASKS_COUNT_CANCELS = sys.version_info >= (3, 11)
@@ -542,3 +546,227 @@ def _leave(scope: Any, exc: BaseException | None) -> bool:
         scope.__exit__(None, None, None)
         return False
     return bool(scope.__exit__(type(exc), exc, exc.__traceback__))
+
+
+# -- alarms: a hedge's delay ----------------------------------------------------------------
+#
+# A hedged call runs its first attempt in the caller's own task, as an unhedged one would;
+# only when its delay passes without an answer does another attempt start, in a task of
+# its own. So the happy path costs what a Timeout's does: an entry in one FIFO queue per
+# loop and delay, watched by one timer (the Expiries' watches, above), whose firing calls
+# the alarm's ``ring`` instead of cancelling. The alarm can also cancel the attempt in the
+# caller's task on demand (another attempt won), told apart from any other cancellation
+# as a Timeout's is.
+
+
+class Alarm(Protocol):
+    #: what the alarm's owner keeps on it: the call it belongs to, and the race once rung
+    call: Any
+    race: Any
+    redeliver: bool
+
+    def cancel(self) -> None: ...
+    def close(self, exc: BaseException | None) -> bool: ...
+
+
+class Alarms(Expiries):
+    """The async calls of one delay: each opens an :class:`Alarm` in its own task, which
+    calls ``ring(alarm)`` from the event loop ``seconds`` later unless closed before.
+
+    ``ring`` runs on the loop (asyncio: a loop callback; trio: the watch's system task):
+    it must be quick, and may start tasks (:func:`spawn`) but not wait.
+    """
+
+    __slots__ = ("ring",)
+
+    def __init__(self, seconds: float, ring: Callable[[Any], object]) -> None:
+        super().__init__(seconds)
+        self.ring = ring
+
+    @property
+    def seconds(self) -> float:
+        return self._seconds
+
+    def open(self, timed: bool = True) -> Alarm:  # type: ignore[override]
+        """An alarm in the current task; ``timed=False``: one that never rings (its owner
+        rings it itself, after a sleep on a clock of its own)."""
+        last, watch = self._last
+        if watch.__class__ is _TrioWatch:  # its last call ran in trio: ask trio first
+            alarm = self._trio_alarm(timed)
+            if alarm is not None:
+                return alarm
+        asyncio: Any = sys.modules.get("asyncio")
+        try:
+            loop = asyncio.get_running_loop() if asyncio else None
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            if not timed:
+                watch = _UNWATCHED
+            elif last is not loop:
+                watch = self._watch(loop, _LoopWatch)
+            task = asyncio.current_task(loop) if _TASKS_COUNT_CANCELS else None
+            if task is not None:
+                return _TaskAlarm(watch, self.ring, task)
+            import anyio
+
+            return _ScopeAlarm(watch, self.ring, anyio.CancelScope())
+        alarm = self._trio_alarm(timed)
+        if alarm is None:
+            raise RuntimeError("no asyncio or trio event loop is running in this thread")
+        return alarm
+
+    def _trio_alarm(self, timed: bool) -> Alarm | None:
+        run = trio_token()
+        if run is None:
+            return None
+        watch: Any = _UNWATCHED
+        if timed:
+            last, watch = self._last
+            if last is not run:
+                watch = self._watch(run, _TrioWatch)
+        return _ScopeAlarm(watch, self.ring, sys.modules["trio"].CancelScope())
+
+
+class _Unwatched:
+    """The watch of an alarm that never rings: nothing to queue, nothing to arm."""
+
+    seconds = 0.0
+
+    @staticmethod
+    def now() -> float:
+        return 0.0
+
+    def add(self, expiry: _Expiry) -> None:
+        pass
+
+    def closed(self, expiry: _Expiry) -> None:
+        pass
+
+
+_UNWATCHED: Any = _Unwatched()
+
+
+def _rung(alarm: Any) -> None:
+    """The watch's timer reached ``alarm``: tell its owner, whose error never stops the
+    watch (the other calls' alarms must still ring)."""
+    try:
+        alarm.ring(alarm)
+    except Exception:
+        from resilient._errors import logger
+
+        logger().exception("a hedge's alarm failed to start its next attempt")
+
+
+class _TaskAlarm(_Expiry):
+    """An asyncio alarm: the caller's task, cancelled with ``Task.cancel()`` on demand."""
+
+    __slots__ = ("_baseline", "_cancelled", "_task", "call", "race", "ring")
+
+    def __init__(self, watch: _Watch, ring: Callable[[Any], object], task: Any) -> None:
+        self._task = task
+        self.ring = ring
+        self.call: Any = None
+        self.race: Any = None
+        self._cancelled = False
+        self._baseline: int = task.cancelling()  # cancellations asked of it before us
+        self._watch = watch  # _Expiry.__init__, inlined: a frame is a tenth of the budget
+        self.redeliver = False
+        self._state = _RUNNING
+        self.at = watch.now() + watch.seconds
+        watch.add(self)
+
+    def fire(self) -> None:
+        _rung(self)
+
+    def cancel(self) -> None:
+        if not self._cancelled:
+            self._cancelled = True
+            self._task.cancel()
+
+    def close(self, exc: BaseException | None) -> bool:
+        self._state = _CLOSED
+        self._watch.closed(self)
+        if not self._cancelled:
+            return False
+        ours = _ours(self._task, self._baseline, exc)
+        self.redeliver = ours is None
+        return bool(ours)
+
+
+class _ScopeAlarm(_Expiry):
+    """A trio alarm (or asyncio's on 3.10): a cancel scope around the caller's attempt."""
+
+    __slots__ = ("_scope", "call", "race", "ring")
+
+    def __init__(self, watch: _Watch, ring: Callable[[Any], object], scope: Any) -> None:
+        scope.__enter__()
+        self._scope = scope
+        self.ring = ring
+        self.call: Any = None
+        self.race: Any = None
+        super().__init__(watch)
+
+    def fire(self) -> None:
+        _rung(self)
+
+    def cancel(self) -> None:
+        self._scope.cancel()
+
+    def close(self, exc: BaseException | None) -> bool:
+        self._state = _CLOSED
+        self._watch.closed(self)
+        return _leave(self._scope, exc)
+
+
+# -- tasks of our own -----------------------------------------------------------------------
+
+
+def spawn(
+    async_fn: Callable[[], Any], context: Any, done: Callable[[], object]
+) -> Callable[[], object]:
+    """Run ``async_fn()`` in a new task of the running loop, in ``context``; ``done()``
+    is called once it is over, however it ended (cancelled before it began, too).
+    Returns what cancels it. The task belongs to no nursery or task group: whoever spawns
+    it must cancel it and wait for ``done`` before going on (a hedge's race does), so that
+    nothing is left running. ``async_fn`` must not raise an Exception (it is nobody's to
+    see): only its own cancellation."""
+    if trio_token() is not None:
+        trio = sys.modules["trio"]
+        scope = trio.CancelScope()
+
+        async def run() -> None:
+            try:
+                with scope:
+                    await async_fn()
+            finally:
+                done()
+
+        # A system task: trio lets no other task start one from a timer's callback.
+        trio.lowlevel.spawn_system_task(run, context=context)
+        return scope.cancel  # type: ignore[no-any-return]
+    loop = asyncio_loop()
+    if loop is None:
+        raise RuntimeError("no asyncio or trio event loop is running in this thread")
+    coroutine = async_fn()
+    if _TASKS_COUNT_CANCELS:
+        task = loop.create_task(coroutine, context=context)
+    else:  # (3.10: a task runs in a copy of the context current when it is made)
+        task = context.run(loop.create_task, coroutine)
+    task.add_done_callback(lambda _: done())
+    return task.cancel  # type: ignore[no-any-return]
+
+
+async def wait_shielded(flag: Any) -> None:
+    """Wait for ``flag`` (an :func:`event` of the running loop), deaf to cancellation:
+    a cancelled caller first waits for the tasks it cancelled to end."""
+    if trio_token() is not None:
+        with sys.modules["trio"].CancelScope(shield=True):
+            await flag.wait()
+        return
+    cancelled_error = sys.modules["asyncio"].CancelledError
+    while not flag.is_set():
+        try:
+            await flag.wait()
+        except cancelled_error:  # (the caller re-raises its own cancellation after)
+            continue
