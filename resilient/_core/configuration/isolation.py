@@ -57,9 +57,9 @@ class Environment:
     """The outer ``RESILIENT_*`` variables, taken out of ``os.environ`` until ``restore()``.
 
     Taking them out reloads the live policies only if there were any (the common case,
-    none, costs a scan of the environment). Set ``changed`` to make ``restore()`` reload
-    even if the environment looks untouched: a test may have set a variable, reloaded,
-    and deleted it again."""
+    none, costs a scan of the environment). ``restore()`` reloads them if the test left
+    variables set, if there were outer ones, or if it reloaded (it may have set a
+    variable, reloaded, and deleted it again); set ``changed`` to make it reload anyway."""
 
     def __init__(self) -> None:
         self.changed = False
@@ -68,13 +68,14 @@ class Environment:
             os.environ.pop(var, None)
         if self._outer:
             _reload()
+        self._reloads = registry.reloads
 
     def restore(self) -> None:
         inner = _ours()
         for var in inner:
             os.environ.pop(var, None)
         os.environ.update(self._outer)
-        if self.changed or inner or self._outer:
+        if self.changed or inner or self._outer or registry.reloads != self._reloads:
             _reload()
 
 
