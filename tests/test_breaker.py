@@ -53,8 +53,9 @@ def trip(flavour: Flavour, b: CircuitBreaker) -> None:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def clock(manual_clock: ManualClock) -> ManualClock:
+    """The plugin's ``manual_clock``, by the short name these tests use."""
+    return manual_clock
 
 
 class TestClosed:

@@ -4,7 +4,6 @@ has tests of its own.)"""
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
@@ -387,12 +386,11 @@ def cli(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> Iterator[Callable[..., Result]]:
     """``main()`` run in this process on a module ``clifactory`` written from FACTORY,
-    imported afresh each time, with only the given RESILIENT_* variables set."""
+    imported afresh each time, with only the given RESILIENT_* variables set (the
+    plugin's isolation, on for the suite, keeps the outer ones out)."""
     (tmp_path / "clifactory.py").write_text(FACTORY)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))  # main() puts the directory first
-    for var in [v for v in os.environ if v.startswith("RESILIENT_")]:
-        monkeypatch.delenv(var)
 
     def run_main(*args: str, **env: str) -> Result:
         sys.modules.pop("clifactory", None)
@@ -404,8 +402,7 @@ def cli(
         return Result(code, captured.out, captured.err)
 
     yield run_main
-    sys.modules.pop("clifactory", None)
-    gc.collect()  # and the policies a test had it make: their names must not stay live
+    sys.modules.pop("clifactory", None)  # (the registry forgets its policies: the plugin)
 
 
 class TestFactories:
@@ -560,8 +557,6 @@ def test_a_transports_host_variables_are_told_as_its_hosts_and_pass_strict(
     )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    for var in [v for v in os.environ if v.startswith("RESILIENT_")]:
-        monkeypatch.delenv(var)
     monkeypatch.setenv("RESILIENT_GW_API_EXAMPLE_COM_443_BREAKER_OPEN_FOR", "60")
     monkeypatch.setenv("RESILIENT_GW_BREAKER_MIN_CALLS", "5")
     monkeypatch.setenv("RESILIENT_GW_TOTAL_TIMEOUT_SECONDS", "12")

@@ -444,20 +444,11 @@ def test_a_bad_option_names_itself_its_value_and_the_range(
     assert "argument --clients: must be from 1 to 200, not 500" in capsys.readouterr().err
 
 
-@pytest.fixture
-def demo_env(env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """The ``env`` fixture, with no RESILIENT_* variable from the outside."""
-    for variable in os.environ:
-        if variable.startswith("RESILIENT_"):
-            env.delenv(variable)
-    return env
-
-
 def test_a_demo_variable_retunes_its_policy_and_is_shown_with_its_source(
-    demo_env: pytest.MonkeyPatch,
+    env: pytest.MonkeyPatch,
 ) -> None:
-    demo_env.setenv("RESILIENT_DEMO_BREAKER_OPEN_FOR", "100ms")
-    demo_env.setenv("RESILIENT_DEMO_BREAKER_OPNE_FOR", "3s")
+    env.setenv("RESILIENT_DEMO_BREAKER_OPEN_FOR", "100ms")
+    env.setenv("RESILIENT_DEMO_BREAKER_OPNE_FOR", "3s")
     policies = demo.Policies.make(clients=2, seed=1)
     assert policies.breaker.settings.values["open_for"] == 0.1
     described = {(p["kind"], p["name"]): p["options"] for p in demo.describe_policies(policies)}
@@ -487,9 +478,9 @@ def test_a_demo_variable_retunes_its_policy_and_is_shown_with_its_source(
     ],
 )
 def test_a_bad_demo_variable_names_itself_its_value_and_what_it_expects(
-    demo_env: pytest.MonkeyPatch, variable: str, value: str, expected: str
+    env: pytest.MonkeyPatch, variable: str, value: str, expected: str
 ) -> None:
-    demo_env.setenv(variable, value)
+    env.setenv(variable, value)
     with pytest.raises(ConfigError) as raised:
         demo.Policies.make(clients=2, seed=1)
     assert f"{variable}={value!r} is invalid: {expected}" in str(raised.value)

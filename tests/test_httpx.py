@@ -24,7 +24,7 @@ import pytest
 import resilient
 import resilient.httpx as rh
 from resilient import Bulkhead, CircuitBreaker, ConfigError, Retry, State, registry
-from resilient.testing import ManualClock, set_testing
+from resilient.testing import ManualClock
 
 from .faultserver import Blackhole, FaultServer, Reply, no_leaks, refused_url
 
@@ -500,12 +500,12 @@ def test_the_attempt_timeout_cuts_a_slow_answer_and_the_retry_tries_again(
     run(mode, scenario)
 
 
-def test_set_testing_makes_the_transports_waits_zero(mode: str, server: FaultServer) -> None:
+@pytest.mark.resilient_testing
+def test_test_mode_makes_the_transports_waits_zero(mode: str, server: FaultServer) -> None:
     async def scenario() -> None:
         client = Client(mode, retry=Retry(3, wait=300))  # five minutes, were it waited
         server.script(Reply(503), Reply(503))
-        with set_testing():
-            assert (await client.get(server.url)).status_code == 200
+        assert (await client.get(server.url)).status_code == 200
         assert server.count() == 3
         await client.close()
 

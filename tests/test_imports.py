@@ -21,8 +21,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 #: Never loaded by ``import resilient``: event loop libraries (sync-only programs need
 #: none), the optional integrations, wrapt (for wrap() only), the demo, and what costs
-#: more than the library.
+#: more than the library; nor the pytest plugin, nor pytest (loaded by pytest only).
 NEVER = (
+    "resilient.pytest_plugin",
+    "pytest",
+    "_pytest",
     "asyncio",
     "trio",
     "anyio",

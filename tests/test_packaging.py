@@ -51,6 +51,10 @@ INTEGRATIONS: dict[str, str] = {
     "prometheus": "prometheus_client",
 }
 
+#: The pytest plugin: it imports pytest eagerly, and only pytest loads it (through the
+#: ``pytest11`` entry point), so pytest is no dependency and needs no extra.
+PLUGIN = "pytest_plugin"
+
 #: The distribution (as an import name) that installs a library, where the names differ.
 DISTRIBUTIONS: dict[str, str] = {"opentelemetry": "opentelemetry_api"}
 
@@ -161,7 +165,7 @@ def imports_by_file() -> dict[Path, Imports]:
 @pytest.fixture(scope="module")
 def imports(imports_by_file: dict[Path, Imports]) -> Imports:
     """What the package imports, less what its integration modules import eagerly."""
-    integration_files = {PACKAGE / f"{name}.py" for name in integrations()}
+    integration_files = {PACKAGE / f"{name}.py" for name in [*integrations(), PLUGIN]}
     found = Imports()
     for path, each in imports_by_file.items():
         if path not in integration_files:
@@ -195,6 +199,20 @@ def test_integration_modules_import_their_library_and_have_its_extra(
         assert f"resilient-toolkit[{name}]" in extras["test"], "the tests need it"
         assert dist not in declared, f"{dist} is an extra, not a runtime dependency"
         assert lib not in imports.eager, f"a module other than resilient/{name}.py imports {lib}"
+
+
+def test_the_pytest_plugin_is_an_entry_point_and_alone_imports_pytest(
+    imports_by_file: dict[Path, Imports],
+) -> None:
+    declared = requirement_names(pyproject()["project"]["dependencies"])
+    plugin = imports_by_file[PACKAGE / f"{PLUGIN}.py"]
+    assert plugin.eager - declared == {"pytest"}
+    others = [
+        p for p, each in imports_by_file.items() if p.stem != PLUGIN and "pytest" in each.eager
+    ]
+    assert others == []
+    entry_points = pyproject()["project"]["entry-points"]["pytest11"]
+    assert entry_points == {"resilient": f"resilient.{PLUGIN}"}
 
 
 def test_optional_modules_are_imported_lazily_and_only_they_are_optional(

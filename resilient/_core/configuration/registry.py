@@ -256,6 +256,8 @@ def _near_misses(policies: Iterable[Configured]) -> list[tuple[str, str | None]]
 
 #: Held by a reload from reading the environment to the last switch (never by a call).
 _RELOADING = threading.Lock()
+#: How many reloads applied: a test's isolation reloads after it only if one did.
+reloads = 0
 
 
 @forking.after_fork_in_child
@@ -278,11 +280,13 @@ def reload(environ: Mapping[str, str] | None = None) -> None:
     matches no live policy's option gets a ConfigWarning. Two reloads at once run one
     after the other: neither applies a half of its reading over the other's.
     """
+    global reloads
     with _RELOADING:
         if environ is None:
             environ = config.environment()
         policies = registry._live()
         _apply(_plan(policies, environ))
+        reloads += 1
     known = config.known_variables((p.KIND, n) for p in policies for n in p._read_names())
     config.warn_unknown(config.unknown_variables(known, environ))
 

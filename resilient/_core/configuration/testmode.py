@@ -1,8 +1,12 @@
 """Global state department: the one process-wide switch, for test suites.
 
-``resilient.testing.set_testing()`` flips it so that policies that wait (retry backoff)
-do not, and retries stop after a given number of attempts. Policies read it only off
-their happy path (when they are about to wait), so it costs nothing in production.
+``resilient.testing.set_testing()`` and the pytest plugin's ``resilient_testing``
+fixture and marker flip it. While ``current().enabled``, a policy that would wait for
+time to pass (a retry's backoff, a rate limiter's wait for its turn, injected latency)
+waits zero seconds instead, and a retry stops after ``current().attempts`` attempts (if
+not None). A wait for another call to finish (a bulkhead's queue) is no such wait. A
+policy reads it only off its happy path (when it is about to wait), so it costs nothing
+in production; the mode is swapped whole, so one read gives a consistent answer.
 """
 
 from __future__ import annotations
