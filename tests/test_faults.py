@@ -691,3 +691,15 @@ def test_the_decorated_function_keeps_its_identity() -> None:
     assert policy(plain).__wrapped__ is plain  # type: ignore[attr-defined]
     assert inspect.iscoroutinefunction(policy(coro))
     assert not inspect.iscoroutinefunction(policy(plain))
+
+
+def test_test_mode_does_not_skip_injected_latency() -> None:
+    """Test mode zeroes the waits policies make of their own accord; an injected latency
+    is the fault the test asked for."""
+    from resilient.testing import set_testing
+
+    clock = ManualClock()
+    slow = InjectLatency(5, enabled=True, clock=clock)
+    with set_testing():
+        slow.call(int)
+    assert clock.monotonic() == 5.0
