@@ -25,13 +25,6 @@ __all__ = ["main"]
 #: Exit codes: 0 all well; 1 the configuration has a problem; 2 the command was misused.
 OK, PROBLEM, USAGE = 0, 1, 2
 
-_TITLES = {
-    "breaker": "CircuitBreaker",
-    "retry": "Retry",
-    "timeout": "Timeout",
-    "bulkhead": "Bulkhead",
-    "rate_limiter": "RateLimiter",
-}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,7 +185,7 @@ def _env(args: argparse.Namespace) -> int:
     for row in rows:
         if row["kind"] != kind:
             kind = row["kind"]
-            print(f"== {_TITLES.get(kind, 'all policies') if kind else 'all policies'} ==")
+            print(f"== {config.TITLES.get(kind, 'all policies') if kind else 'all policies'} ==")
         print(f"{row['variable']}")
         if row.get("default_variable"):
             print(f"  or {row['default_variable']}")
@@ -262,7 +255,7 @@ def _config(args: argparse.Namespace) -> int:
         if not entries:
             print(f"{args.target} made no named policy as it imported.")
         for entry in entries:
-            title = _TITLES.get(entry["kind"], entry["kind"])
+            title = config.TITLES.get(entry["kind"], entry["kind"])
             print(f"{title} {entry['name']!r}")
             width = max(len(option) for option in entry["options"]) if entry["options"] else 0
             for option, shown in entry["options"].items():

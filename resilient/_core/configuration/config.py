@@ -56,6 +56,8 @@ ENABLED = "RESILIENT_ENABLED"
 
 #: Every kind's declared options, by kind ("breaker", ...); each policy module adds its own.
 KINDS: dict[str, tuple[opt.Option, ...]] = {}
+#: Each kind's class name ("breaker": "CircuitBreaker"), for listings; added with KINDS.
+TITLES: dict[str, str] = {}
 
 
 @functools.lru_cache(maxsize=1024)

@@ -127,6 +127,7 @@ class Configured:
         super().__init_subclass__(**kwargs)
         if "KIND" in cls.__dict__:
             config.KINDS[cls.KIND] = (*cls.OPTIONS, *cls.ENV_OPTIONS)
+            config.TITLES[cls.KIND] = cls.__name__
         # A wrongly shaped call answers with the right one: for our own policies, whose
         # shapes the hints know (a user's subclass has a shape of its own, and its own
         # TypeErrors; it still gets ours through super().__init__).
