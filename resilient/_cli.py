@@ -26,7 +26,6 @@ __all__ = ["main"]
 OK, PROBLEM, USAGE = 0, 1, 2
 
 
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)

@@ -159,10 +159,42 @@ PEERS: dict[tuple[str, str], Hint] = {
     ("Bulkhead", "max_queued"): Hint("a queue's length", "max_waiting={0}"),
     ("Fallback", "default"): Hint("a default", "value={0}"),
     ("Fallback", "fallback_function"): Hint("a fallback function", "handler={0}"),
+    ("RateLimiter", "max_rate"): Hint("aiolimiter's max_rate", "rate={0}"),
+    ("RateLimiter", "time_period"): Hint("aiolimiter's time_period", "per={0}"),
+    ("RateLimiter", "limit_for_period"): Hint("resilience4j's limitForPeriod", "rate={0}"),
+    ("RateLimiter", "limit_refresh_period"): Hint("resilience4j's limitRefreshPeriod", "per={0}"),
+    ("RateLimiter", "timeout_duration"): Hint("resilience4j's timeoutDuration", "max_wait={0}"),
+    ("RateLimiter", "calls"): Hint("the ratelimit package's calls", "rate={0}"),
+    ("RateLimiter", "period"): Hint("the ratelimit package's period", "per={0}"),
+    ("RateLimiter", "capacity"): Hint("a token bucket's capacity", "burst={0}"),
+    ("RateLimiter", "bucket_size"): Hint("hyx's bucket_size", "burst={0}"),
+    ("RateLimiter", "block"): Hint(
+        "a blocking acquire", instead="a call waits for its turn up to max_wait=seconds"
+    ),
+    ("Hedge", "hedging_delay"): Hint("Polly's HedgingDelay", "delay={0}"),
+    ("Hedge", "max_hedged_attempts"): Hint("Polly's MaxHedgedAttempts", "max_hedges={0}"),
+    ("Hedge", "max_attempts"): Hint(
+        "gRPC's maxAttempts (the first attempt included)",
+        instead="max_hedges counts the hedges only: max_hedges=maxAttempts - 1",
+    ),
+    ("InjectFault", "injection_rate"): Hint("Simmy's InjectionRate", "rate={0}"),
+    ("InjectFault", "exception"): Hint("an exception", "error={0}"),
+    ("InjectLatency", "injection_rate"): Hint("Simmy's InjectionRate", "rate={0}"),
+    ("InjectLatency", "latency"): Hint("Simmy's Latency", "seconds={0}"),
+    ("InjectLatency", "delay"): Hint("a delay", "seconds={0}"),
+    ("InjectResult", "injection_rate"): Hint("Simmy's InjectionRate", "rate={0}"),
+    ("InjectResult", "outcome"): Hint("Simmy's outcome", "value={0}"),
 }
 
 #: A class's first argument in examples, and how it decorates.
-EXAMPLES = {"Retry": "3", "Timeout": "2", "Bulkhead": "10"}
+EXAMPLES = {
+    "Retry": "3",
+    "Timeout": "2",
+    "Bulkhead": "10",
+    "RateLimiter": "100",
+    "Hedge": "0.2",
+    "InjectLatency": "0.5",
+}
 DECORATES = {
     "Timeout": "@Timeout(2)",
     "Bulkhead": "@Bulkhead(10)",
