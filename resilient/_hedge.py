@@ -89,7 +89,7 @@ OPTIONS = (
         "delay",
         opt.REQUIRED,
         _check_delay,
-        "seconds >= 0, or a percentile of recent latencies from 'p0.1' to 'p99.9'",
+        "seconds >= 0, or a percentile of recent latencies, 'p50' to 'p99.9' (0 < p < 100)",
         "How long an attempt may go without an answer before the next one starts. A"
         " percentile (`'p95'`) follows the service: the latency 95% of recent successful"
         " calls beat, over the last `window` of them, never below `min_delay`.",

@@ -132,12 +132,13 @@ def test_pollys_hedging_delay_is_not_corrected_into_min_delay() -> None:
 
 
 @pytest.mark.parametrize("delay", ["p99.99", "p0.05"])
-def test_a_percentile_outside_the_documented_range_is_refused(delay: str) -> None:
-    """docs/hedging.md's table: "a percentile of recent latencies from 'p0.1' to 'p99.9'";
-    Hedge("p99.99") and Hedge("p0.05") are taken. (Or the docs should say 0 < p < 100, as
-    the error for p100 does.)"""
-    with pytest.raises(ConfigError):
-        Hedge(delay)
+def test_the_documented_percentile_range_is_the_one_accepted(delay: str) -> None:
+    """docs/hedging.md's table said 'p0.1' to 'p99.9' while p99.99 and p0.05 were taken:
+    the range is 0 < p < 100, and the table says so."""
+    assert Hedge(delay).settings.values["delay"] == delay
+    assert "(0 < p < 100)" in (Path(__file__).parent.parent / "docs" / "hedging.md").read_text()
+    with pytest.raises(ConfigError, match="0 < p < 100"):
+        Hedge("p100")
 
 
 # -- a misspelt variable: the suggestion must name a policy that exists -------------------

@@ -186,6 +186,8 @@ PEERS: dict[tuple[str, str], Hint] = {
     ("InjectResult", "outcome"): Hint("Simmy's outcome", "value={0}"),
 }
 
+_P_DIGIT = frozenset(f"p{d}" for d in "0123456789")
+
 #: A class's first argument in examples, and how it decorates.
 EXAMPLES = {
     "Retry": "3",
@@ -396,8 +398,12 @@ def _misplaced(
             return said
         right = _call(who, (), {}, hint.keywords.format(code(value)))
         return f"{said}; for {hint.peer} of {value}: {right}"
-    looks_like_a_number = isinstance(value, str) and value.strip()[:1] in tuple("0123456789.+-")
-    if isinstance(value, str) and not looks_like_a_number and "name" in _keywords(init):
+    # A number, or a percentile ("p100": a Hedge's delay out of range), is a value gone
+    # wrong, not a name given first.
+    looks_like_a_value = isinstance(value, str) and (
+        value.strip()[:1] in tuple("0123456789.+-") or value.strip()[:2].lower() in _P_DIGIT
+    )
+    if isinstance(value, str) and not looks_like_a_value and "name" in _keywords(init):
         example = EXAMPLES.get(who, "...")
         return f"a name goes by keyword: {who}({example}, name={code(value)})"
     return None
