@@ -308,11 +308,13 @@ def _respellings(var: str) -> set[str]:
         name, sep, _ = rest.rpartition(f"_{kind.upper()}_")  # a misspelt option
         if sep and name:
             found.update(variable(kind, option.name, name) for option in options)
-        for option in options:  # a misspelt kind
+        for option in options:  # a misspelt kind, of one word or of as many as it has
             if rest.endswith(f"_{option.name.upper()}"):
-                name = rest[: -len(option.name) - 1].rpartition("_")[0]
-                if name:
-                    found.add(variable(kind, option.name, name))
+                words = rest[: -len(option.name) - 1].split("_")
+                for spelt in {1, kind.count("_") + 1}:
+                    name = "_".join(words[:-spelt])
+                    if name:
+                        found.add(variable(kind, option.name, name))
     return found
 
 
