@@ -136,6 +136,15 @@ OPTIONS = (
         " taken over; it is recomputed every quarter of a window of calls.",
     ),
     opt.Option(
+        "on",
+        Exception,
+        opt.counted_exceptions,
+        "an Exception subclass, a tuple or list of them, or a predicate(exc) -> bool",
+        "Failures that start the next attempt at once (gRPC's non-fatal codes). Any other"
+        " error is final: the call fails with it at once and the other attempts are"
+        " cancelled (a not-found, a bad request: asking again only adds load).",
+    ),
+    opt.Option(
         "budget",
         None,
         _check_budget,
@@ -224,9 +233,11 @@ class _Plan:
         "budget",
         "clock",
         "delays",
+        "judging",
         "max_hedges",
         "meter",
         "now",
+        "on",
         "policy",
         "samples",
         "timed",
@@ -239,6 +250,10 @@ class _Plan:
         self.delays = delays if on else None  # None: switched off, calls pass through
         self.samples = delays.samples  # (kept by a reload that keeps the window's size)
         self.budget: RetryBudget | None = settings["budget"]
+        self.on: opt.ExceptionFilter = settings["on"]
+        # A predicate that raises is logged once; the failure is then treated as one
+        # that hedges (the default), and the downstream's own error goes on.
+        self.judging = opt.Fallback("on", hedge._owner())
         self.clock: Clock = settings["clock"] or SYSTEM_CLOCK
         self.now = self.clock.monotonic
         self.timed = self.clock is SYSTEM_CLOCK  # else the clock's sleeps pace hedges
@@ -246,6 +261,14 @@ class _Plan:
 
     async def sleep_async(self, seconds: float) -> None:
         await self.clock.sleep_async(seconds)
+
+    def hedges_after(self, exc: Exception) -> bool:
+        """Whether failure ``exc`` starts the next attempt (else it is the call's end)."""
+        try:
+            return bool(self.on(exc))
+        except Exception as error:
+            self.judging.failed(error, f"on {type(exc).__name__}", "treated as one that hedges")
+            return True
 
     def race(self, delay: float) -> _Attempts:
         return _Attempts(self, delay)
@@ -255,7 +278,17 @@ class _Attempts:
     """One hedged call's attempts, decided without I/O: which may start, who won, what
     the call answers. Made only once a call needs more than its first attempt."""
 
-    __slots__ = ("delay", "failures", "in_flight", "plan", "settled", "started", "total", "winner")
+    __slots__ = (
+        "delay",
+        "failures",
+        "final",
+        "in_flight",
+        "plan",
+        "settled",
+        "started",
+        "total",
+        "winner",
+    )
 
     def __init__(self, plan: _Plan, delay: float) -> None:
         self.plan = plan
@@ -265,6 +298,7 @@ class _Attempts:
         self.in_flight = {0}
         self.winner: tuple[int, object] | None = None
         self.failures: list[tuple[int, Exception]] = []
+        self.final: tuple[int, Exception] | None = None  # a failure `on` does not match
         self.settled = False
 
     def start(self, reason: str) -> bool:
@@ -294,15 +328,21 @@ class _Attempts:
             return False  # (said already)
         self.in_flight.discard(n)
         if exc is None:
-            if self.winner is None:
+            if self.winner is None and self.final is None:  # (a final error ended it)
                 self.winner = (n, result)
                 self.settled = True
                 if n > 0:
                     self.plan.policy._won.incr()
             return False
         if isinstance(exc, Exception):  # a failure: the next attempt starts at once
+            if self.settled:
+                return False  # (lost to an answer known already)
+            if not self.plan.hedges_after(exc):  # final: the call ends with it
+                self.final = (n, exc)
+                self.settled = True
+                return False
             self.failures.append((n, exc))
-            if not self.settled and self.started < self.total:
+            if self.started < self.total:
                 return True
         self._settle()  # (anything else is a cancellation: ours, or the caller's)
         return False
@@ -317,6 +357,8 @@ class _Attempts:
     def answer(self) -> Any:
         if self.winner is not None:
             return self.winner[1]
+        if self.final is not None:
+            raise self.final[1]
         n, last = self.failures[-1]
         hedge = self.plan.policy
         who = "hedge" if hedge.name is None else f"hedge {hedge.name!r}"
@@ -358,6 +400,7 @@ class Hedge(Configured, Decorates):
         initial_delay: opt.Duration | None = None,
         min_calls: int = 20,
         window: int = 1000,
+        on: opt.Exceptions = Exception,
         budget: RetryBudget | None = None,
         clock: Clock | None = None,
         name: str | None = None,

@@ -154,6 +154,67 @@ def test_a_failure_starts_the_next_attempt_at_once(backend: str) -> None:
     assert downstream.all_ended()
 
 
+def test_a_failure_on_does_not_match_is_final_and_starts_nothing(backend: str) -> None:
+    """A not-found is an answer: asking again only adds load (gRPC's fatal codes)."""
+    clock = ManualClock()
+    hedge = Hedge(5.0, max_hedges=2, on=ConnectionError, clock=clock)
+
+    async def lookup() -> str:
+        await anyio.lowlevel.checkpoint()
+        raise KeyError("no such order")
+
+    with pytest.raises(KeyError):
+        run(backend, lambda: hedge.call_async(lookup))
+    assert hedge.metrics.hedges == 0
+
+
+def test_a_final_failure_of_a_hedge_cancels_the_others_and_ends_the_call(backend: str) -> None:
+    clock = ManualClock()
+    hedge = Hedge(2.0, max_hedges=2, on=ConnectionError, clock=clock)
+
+    async def step() -> str:
+        raise PermissionError("forbidden")
+
+    downstream = Attempts("hang", step, "hang")
+
+    async def main() -> None:
+        with pytest.raises(PermissionError):
+            await hedge.call_async(downstream)
+        assert downstream.all_ended()  # the others were cancelled, and awaited
+
+    run(backend, main)
+    # (a third may have started: the manual clock's pacer moves time at once)
+    del downstream.ended[1]  # the final one (the helper calls any raise "cancelled")
+    assert set(downstream.ended.values()) == {"cancelled"}
+    assert 0 in downstream.ended
+
+
+def test_an_on_predicate_that_raises_hedges_as_the_default_does(
+    backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(exc: BaseException) -> bool:
+        raise RuntimeError("bug in the predicate")
+
+    hedge = Hedge(5.0, on=broken, clock=ManualClock(), name=fresh("onbug"))
+    downstream = Attempts("fail", "second")
+    with caplog.at_level(logging.WARNING, logger="resilient"):
+        assert run(backend, lambda: hedge.call_async(downstream)) == "second"
+    assert "its on callable failed on ConnectionError (RuntimeError)" in caplog.text
+
+
+def test_on_is_read_from_the_environment(env: pytest.MonkeyPatch) -> None:
+    name = fresh("hedge-on")
+    env.setenv(f"RESILIENT_{name.upper().replace('-', '_')}_HEDGE_ON", "builtins:TimeoutError")
+    hedge = Hedge(1.0, name=name)
+
+    async def slow() -> None:
+        raise ConnectionError
+
+    with pytest.raises(ConnectionError):  # not TimeoutError: final, no hedge
+        anyio.run(lambda: hedge.call_async(slow))
+    assert hedge.metrics.hedges == 0
+
+
 def test_when_every_attempt_fails_the_last_error_names_the_others(backend: str) -> None:
     hedge = Hedge(0.0, max_hedges=2, name=fresh("notes"))
     downstream = Attempts("fail", "fail", "fail")
