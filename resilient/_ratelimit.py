@@ -249,6 +249,39 @@ class RateLimiter(Configured, GuardForms):
         self._lock = threading.Lock()
         self._waiting = 0
 
+    # -- for code that cannot be wrapped ----------------------------------------------
+
+    def try_acquire(self) -> bool:
+        """Take a turn if one is due now, never waiting; False if none is (a refusal,
+        counted and told like any other). For a loop that skips work over the rate."""
+        plan = self._state
+        if plan.fast:
+            return True
+        try:
+            if self._admit(plan) is not MUST_WAIT:
+                return True
+        except RateLimitedError:
+            return False
+        now = plan.now()  # (with max_wait, _admit leaves the refusal to the wait)
+        with self._lock:
+            wait = max(self._tat, now) - now - plan.tolerance
+        self._refuse(plan, now, wait)
+        return False
+
+    def acquire(self) -> None:
+        """Take a turn, waiting for it up to ``max_wait``; RateLimitedError if none comes
+        in time. What a call through the limiter does first, for code that cannot be
+        wrapped (``with limiter:`` around a block does the same)."""
+        plan = self._state
+        if not plan.fast and self._admit(plan) is MUST_WAIT:
+            self._wait(plan)
+
+    async def acquire_async(self) -> None:
+        """:meth:`acquire` for async code: the wait is cancellable (asyncio, trio)."""
+        plan = self._state
+        if not plan.fast and self._admit(plan) is MUST_WAIT:
+            await self._wait_async(plan)
+
     # -- the guard protocol -----------------------------------------------------------
 
     def _admit(self, plan: _Plan) -> object:

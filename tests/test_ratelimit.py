@@ -430,6 +430,54 @@ class TestForms:
         assert limiter.metrics.available == 3
 
 
+class TestAcquire:
+    def test_try_acquire_takes_a_due_turn_and_never_waits(self) -> None:
+        clock = ManualClock()
+        limiter = RateLimiter(10, burst=2, max_wait=5, clock=clock)
+        heard: list[Any] = []
+        limiter.add_listener(heard.append)
+        assert [limiter.try_acquire() for _ in range(3)] == [True, True, False]
+        assert clock.monotonic() == 0.0  # max_wait or not, it never waits
+        assert limiter.metrics.rejected == 1
+        assert [(e.reason, e.retry_after) for e in heard] == [("rate_limited", pytest.approx(0.1))]
+        clock.advance(0.1)
+        assert limiter.try_acquire()
+
+    def test_acquire_waits_for_its_turn_or_raises(self) -> None:
+        clock = ManualClock()
+        limiter = RateLimiter(2, burst=1, max_wait=1, clock=clock)
+        limiter.acquire()
+        limiter.acquire()  # waited half a second for it
+        assert clock.monotonic() == pytest.approx(0.5)
+        limiter.acquire()
+        limiter.acquire()
+        assert clock.monotonic() == pytest.approx(1.5)
+        RateLimiter(1, burst=1, clock=clock).acquire()
+        spent = RateLimiter(1, burst=1, clock=clock)
+        spent.acquire()
+        with pytest.raises(RateLimitedError):
+            spent.acquire()
+
+    @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+    def test_acquire_async_waits_through_the_clock(self, backend: str) -> None:
+        clock = ManualClock()
+        limiter = RateLimiter(4, burst=1, max_wait=1, clock=clock)
+
+        async def main() -> float:
+            for _ in range(3):
+                await limiter.acquire_async()
+            return clock.monotonic()
+
+        assert anyio.run(main, backend=backend) == pytest.approx(0.5)
+
+    def test_switched_off_every_turn_is_taken(self, env: pytest.MonkeyPatch) -> None:
+        limiter = RateLimiter(1, burst=1, name=fresh("rl-acq"), clock=ManualClock())
+        env.setenv("RESILIENT_ENABLED", "0")
+        reload()
+        assert all(limiter.try_acquire() for _ in range(5))
+        limiter.acquire()
+
+
 class TestComposition:
     def test_a_retry_waits_out_the_limiters_retry_after(self) -> None:
         clock = ManualClock()
