@@ -226,12 +226,23 @@ class BulkheadFullError(RejectedError):
 class RateLimitedError(RejectedError):
     """The rate limiter refused the call: over its rate, with no turn within ``max_wait``.
 
-    ``retry_after`` is exactly how many seconds later a call would have been admitted."""
+    ``retry_after`` is exactly how many seconds later a call would have been admitted;
+    the message says why a call allowed to wait did not (its turn was beyond
+    ``max_wait``, or beyond an enclosing deadline)."""
 
     __slots__ = ()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rate_limited, self.args)
+
     def _what(self, named: bool = True) -> str:
-        return f"{self._subject('rate limiter', named)} is over its rate"
+        why = self.args[2] if len(self.args) > 2 else ""
+        return f"{self._subject('rate limiter', named)} is over its rate{why}"
+
+
+def _rate_limited(*args: Any) -> RateLimitedError:
+    """A pickled RateLimitedError made again, its reason and all."""
+    return RateLimitedError.__new__(RateLimitedError, *args)
 
 
 class TimeoutExpired(ResilienceError, TimeoutError):

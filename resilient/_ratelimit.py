@@ -307,7 +307,7 @@ class RateLimiter(Configured, GuardForms):
     def _reserve(self, plan: _Plan) -> tuple[float, float]:
         """Take the next turn if it comes within ``max_wait`` (and the deadline): the
         seconds to wait for it, and the ``tat`` it left (to give the turn back)."""
-        limit = dl.limit(plan.max_wait)[0]  # first: once reserved, nothing else may raise
+        limit, by_deadline = dl.limit(plan.max_wait)  # first: once reserved, nothing may raise
         now = plan.now()
         with self._lock:
             tat = self._tat
@@ -321,14 +321,18 @@ class RateLimiter(Configured, GuardForms):
                 if wait > 0:
                     self._waiting += 1
                 return wait, end
-        raise self._refuse(plan, now, wait)
+        if by_deadline:
+            why = f", its turn beyond the enclosing deadline ({limit:.3g}s left)"
+        else:
+            why = f", its turn beyond max_wait={plan.max_wait:g}s"
+        raise self._refuse(plan, now, wait, why)
 
-    def _refuse(self, plan: _Plan, now: float, wait: float) -> RateLimitedError:
+    def _refuse(self, plan: _Plan, now: float, wait: float, why: str = "") -> RateLimitedError:
         """A refusal, counted and told (outside the lock: a listener may read metrics)."""
         self._rejected.incr()
         events.refused(self, "rate_limited", plan.now, now + wait)
         # (made by the C constructor alone, args and all: no __init__ frame)
-        return RateLimitedError.__new__(RateLimitedError, self.name, wait)
+        return RateLimitedError.__new__(RateLimitedError, self.name, wait, why)
 
     def _give_back(self, end: float, plan: _Plan) -> None:
         """A waiting call left before its turn: if it holds the last turn given, the

@@ -201,6 +201,19 @@ class TestWaiting:
         assert waits == pytest.approx([0.01 * k for k in range(1, 16 * 40 - 4 + 1)])
         assert limiter.metrics.waiting == 0
 
+    def test_a_refusal_says_why_a_call_allowed_to_wait_did_not(self) -> None:
+        import pickle
+
+        clock = ManualClock()
+        limiter = RateLimiter(1, burst=1, max_wait=0.5, name="quota", clock=clock)
+        limiter.call(int)
+        error = refused(limiter)
+        expected = "rate limiter 'quota' is over its rate, its turn beyond max_wait=0.5s"
+        assert str(error) == expected + "; retry after 1.000s"
+        assert str(pickle.loads(pickle.dumps(error))) == str(error)
+        with deadline(0.25):
+            assert "beyond the enclosing deadline" in str(refused(limiter))
+
     def test_max_wait_never_waits_past_an_enclosing_deadline(self) -> None:
         clock = ManualClock()
         limiter = RateLimiter(1, burst=1, max_wait=30, clock=clock)
