@@ -242,7 +242,8 @@ class InjectFault(_Injector):
             raise ConfigError(
                 "error/factory",
                 {"error": error, "factory": factory},
-                "exactly one of error (an exception instance or class) and factory=",
+                "exactly one of error (an exception instance or class) and factory=, e.g."
+                " InjectFault(ConnectionError)",
                 owner="InjectFault",
             )
         if factory is not None:
@@ -378,7 +379,7 @@ class InjectResult(_Injector):
             raise ConfigError(
                 "value/factory",
                 {"value": None if value is _MISSING else value, "factory": factory},
-                "exactly one of value and factory=",
+                "exactly one of value and factory=, e.g. InjectResult(None)",
                 owner="InjectResult",
             )
         if factory is not None and not callable(factory):

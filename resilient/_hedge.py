@@ -505,6 +505,6 @@ class Hedge(Configured, Decorates):
         self._refused = counter()
 
     def __repr__(self) -> str:
-        delay = self.settings["delay"]
+        values = self.settings.values
         name = "" if self.name is None else f", name={self.name!r}"
-        return f"Hedge({delay!r}{name})"
+        return f"Hedge({values['delay']!r}, max_hedges={values['max_hedges']}{name})"

@@ -439,7 +439,7 @@ def test_min_calls_cannot_exceed_the_window() -> None:
 def test_delays_are_written_as_durations_or_percentiles() -> None:
     assert Hedge("200ms").delay == 0.2
     assert Hedge(" P99.9 ").settings["delay"] == "p99.9"
-    assert repr(Hedge("p95", name="x")) == "Hedge('p95', name='x')"
+    assert repr(Hedge("p95", name="x")) == "Hedge('p95', max_hedges=1, name='x')"
 
 
 # -- composition, events, meters -------------------------------------------------------
