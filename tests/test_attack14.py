@@ -316,3 +316,40 @@ def test_reset_gives_a_full_burst_back_as_the_docs_say() -> None:
 
     anyio.run(main)
     assert available == [1]
+
+
+# -- RateLimiter: a call that read the plan before a reload is judged by the old plan ------
+
+
+def test_a_reload_during_a_call_never_admits_more_than_the_burst_at_one_instant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The drivers read ``_state`` (the plan) before ``_admit`` reads the clock and
+    takes the lock; a reload in between (another thread's reload(); here, the clock
+    read itself) rescales tat to the new interval, and the call is then judged by the
+    old plan's tolerance against it: at a frozen instant, with burst 2 on both sides of
+    the reload, three calls are admitted."""
+    import resilient
+
+    class Reloading(ManualClock):
+        armed = False
+
+        def monotonic(self) -> float:
+            if self.armed:
+                self.armed = False
+                monkeypatch.setenv("RESILIENT_ATTACK_STALE_RATE_LIMITER_RATE", "1000")
+                resilient.reload()  # as another thread's reload would, just now
+            return super().monotonic()
+
+    monkeypatch.setenv("RESILIENT_ATTACK_STALE_RATE_LIMITER_RATE", "1")
+    clock = Reloading()
+    limiter = RateLimiter(1, burst=2, name="attack-stale", clock=clock)
+    try:
+        assert _admitted_at_once(limiter, 5) == 2  # the burst, spent; time stands still
+        clock.armed = True
+        admitted = _admitted_at_once(limiter, 5)
+        assert limiter.rate == 1000
+        assert admitted == 0  # still the same instant: nothing more is due
+    finally:
+        monkeypatch.delenv("RESILIENT_ATTACK_STALE_RATE_LIMITER_RATE")
+        resilient.reload()
