@@ -33,7 +33,8 @@ from resilient._core.execution import deadline as dl
 from resilient._core.execution.drivers import MUST_WAIT, GuardForms, Refusal
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
 from resilient._core.state.primitives import counter
-from resilient._errors import RateLimitedError
+from resilient._errors import ConfigError, RateLimitedError
+from resilient.events import LEVELS, Rejected
 
 __all__ = ["OPTIONS", "RateLimiter", "RateLimiterMetrics"]
 
@@ -90,6 +91,15 @@ OPTIONS = (
 _OPTION_NAMES = frozenset(option.name for option in OPTIONS)
 
 
+class _Turn(NamedTuple):
+    """A turn a call waits for: the origin ``tat`` was kept from then, the ``tat`` it
+    left, and the interval it took."""
+
+    origin: float
+    end: float
+    interval: float
+
+
 class RateLimiterMetrics(NamedTuple):
     """A rate limiter's state at one instant."""
 
@@ -131,10 +141,10 @@ class _Plan:
         self.burst: int = max(1, int(self.rate)) if burst is None else burst
         self.interval = self.per / self.rate
         # How early a call may be: burst - 1 intervals (a whole burst at once); ``early``
-        # adds a millionth of one more, so that float rounding (0.1 + 0.2 > 0.3) never
+        # adds a billionth of one more, so that float rounding (0.1 + 0.2 > 0.3) never
         # refuses a call that is exactly on time.
         self.tolerance = (self.burst - 1) * self.interval
-        self.early = self.tolerance + self.interval * 1e-6
+        self.early = self.tolerance + self.interval * 1e-9
         self.max_wait: float = settings["max_wait"]
         self.clock: Clock = settings["clock"] or SYSTEM_CLOCK
         self.now = self.clock.monotonic
@@ -169,24 +179,40 @@ class RateLimiter(Configured, GuardForms):
         given = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
         settings = self._configure(name, given)
         self._lock = threading.Lock()
+        # ``tat`` is kept from an origin on the clock, moved up to ``now`` whenever the
+        # limiter is idle: its sums stay small numbers, exact to far below an interval
+        # even when the clock reads 1e9 (a float's step there is 1e-7 s).
+        self._origin = 0.0
         self._tat = -math.inf  # no call yet: the first finds a full burst
         self._waiting = 0
         self._rejected = counter()  # (counted without the lock: a refusal is a hot path)
         self._register(settings)
 
     def _compile(self, settings: Settings) -> _Plan:
-        return _Plan(settings, self._metered())
+        plan = _Plan(settings, self._metered())
+        if not plan.interval <= opt.MAX_SPAN:
+            option, value = settings.blame("rate")
+            per = "{}={!r}".format(*settings.blame("per"))
+            raise ConfigError(
+                option,
+                value,
+                f"at least one call a year ({per}): slower is no limit, but a typo",
+                owner=self._owner(),
+            )
+        return plan
 
     def _switch(self, compiled: _Plan) -> None:
-        """Install a plan; the calls owed (how far ``tat`` is ahead) carry over, each
-        now owed at the new interval."""
+        """Install a plan; the calls owed (how far ``tat`` is ahead of now, on the old
+        plan's clock) carry over, each now owed at the new interval, from the new
+        clock's now."""
+        old = getattr(self, "_plan", None)
+        then = None if old is None else old.now()  # (clocks read outside the lock)
+        now = compiled.now()
         with self._lock:
-            old = getattr(self, "_plan", None)
-            if old is not None and old.interval != compiled.interval:
-                now = compiled.now()
-                ahead = self._tat - now
-                if ahead > 0:
-                    self._tat = now + ahead / old.interval * compiled.interval
+            if old is not None and then is not None:
+                ahead = self._tat - (then - self._origin)
+                self._origin = now
+                self._tat = ahead / old.interval * compiled.interval if ahead > 0 else -math.inf
             self._plan = self._state = compiled
 
     @property
@@ -214,10 +240,10 @@ class RateLimiter(Configured, GuardForms):
 
     @property
     def metrics(self) -> RateLimiterMetrics:
-        plan = self._plan
-        with self._lock:
-            ahead = max(0.0, self._tat - plan.now())
-            waiting = self._waiting
+        plan, now = self._locked()
+        ahead = max(0.0, self._tat - now)
+        waiting = self._waiting
+        self._lock.release()
         rejected = self._rejected.value
         # Calls that fit before tat - now passes the tolerance.
         room = (plan.early - ahead) / plan.interval
@@ -262,10 +288,10 @@ class RateLimiter(Configured, GuardForms):
                 return True
         except RateLimitedError:
             return False
-        now = plan.now()  # (with max_wait, _admit leaves the refusal to the wait)
-        with self._lock:
-            wait = max(self._tat, now) - now - plan.tolerance
-        self._refuse(plan, now, wait)
+        plan, now = self._locked()  # (with max_wait, _admit leaves the refusal to the wait)
+        wait = max(self._tat, now) - now - plan.tolerance
+        self._lock.release()
+        self._refuse(plan, wait)
         return False
 
     def acquire(self) -> None:
@@ -284,14 +310,21 @@ class RateLimiter(Configured, GuardForms):
 
     # -- the guard protocol -----------------------------------------------------------
 
-    def _admit(self, plan: _Plan) -> object:
-        now = plan.now()
+    def _admit(self, state: _Plan) -> object:
         lock = self._lock
-        lock.acquire()
+        while True:  # the clock read outside the lock, the plan checked inside it
+            plan = self._plan
+            now = plan.now()
+            lock.acquire()
+            if self._plan is plan:
+                break
+            lock.release()  # a reload came between: read again, by its plan and clock
         try:  # (not ``with``: the admitted path is the hot one, and this is 50 ns less)
+            now -= self._origin
             tat = self._tat
-            if tat < now:
-                tat = now
+            if tat < now:  # idle: the schedule starts again from now
+                self._origin += now
+                tat = now = 0.0
             if tat - now <= plan.early:
                 self._tat = tat + plan.interval
                 return None  # nothing to give back: the drivers call no _exit
@@ -299,20 +332,21 @@ class RateLimiter(Configured, GuardForms):
             lock.release()
         if plan.max_wait:
             return MUST_WAIT
-        raise self._refuse(plan, now, tat - now - plan.tolerance)
+        raise self._refuse(plan, tat - now - plan.tolerance)
 
     def _exit(self, token: object, exc: BaseException | None, result: object) -> None:
         """A started call is spent whatever its outcome: nothing to record."""
 
-    def _reserve(self, plan: _Plan) -> tuple[float, float]:
+    def _reserve(self) -> tuple[float, _Turn]:
         """Take the next turn if it comes within ``max_wait`` (and the deadline): the
-        seconds to wait for it, and the ``tat`` it left (to give the turn back)."""
-        limit, by_deadline = dl.limit(plan.max_wait)  # first: once reserved, nothing may raise
-        now = plan.now()
-        with self._lock:
+        seconds to wait for it, and the turn (to give it back)."""
+        limit, by_deadline = dl.limit(self._plan.max_wait)  # first: nothing raises once taken
+        plan, now = self._locked()
+        try:
             tat = self._tat
             if tat < now:
-                tat = now
+                self._origin += now
+                tat = now = 0.0
             wait = tat - now - plan.tolerance
             if tat - now <= plan.early:
                 wait = 0.0
@@ -320,49 +354,65 @@ class RateLimiter(Configured, GuardForms):
                 self._tat = end = tat + plan.interval
                 if wait > 0:
                     self._waiting += 1
-                return wait, end
+                return wait, _Turn(self._origin, end, plan.interval)
+        finally:
+            self._lock.release()
         if by_deadline:
             why = f", its turn beyond the enclosing deadline ({limit:.3g}s left)"
         else:
             why = f", its turn beyond max_wait={plan.max_wait:g}s"
-        raise self._refuse(plan, now, wait, why)
+        raise self._refuse(plan, wait, why)
 
-    def _refuse(self, plan: _Plan, now: float, wait: float, why: str = "") -> RateLimitedError:
+    def _locked(self) -> tuple[_Plan, float]:
+        """The lock taken, with the plan in force and now from the origin on its clock
+        (read before the lock: a clock is the user's code)."""
+        lock = self._lock
+        while True:
+            plan = self._plan
+            now = plan.now()
+            lock.acquire()
+            if self._plan is plan:
+                return plan, now - self._origin
+            lock.release()
+
+    def _refuse(self, plan: _Plan, wait: float, why: str = "") -> RateLimitedError:
         """A refusal, counted and told (outside the lock: a listener may read metrics)."""
         self._rejected.incr()
-        events.refused(self, "rate_limited", plan.now, now + wait)
+        if events.listened(self) or events.wanted(self, LEVELS[Rejected]):
+            events.refused(self, "rate_limited", plan.now, plan.now() + wait)
         # (made by the C constructor alone, args and all: no __init__ frame)
         return RateLimitedError.__new__(RateLimitedError, self.name, wait, why)
 
-    def _give_back(self, end: float, plan: _Plan) -> None:
-        """A waiting call left before its turn: if it holds the last turn given, the
-        turn is free again; else a later call waits for its own, and this one lapses."""
+    def _give_back(self, turn: _Turn) -> None:
+        """A waiting call left before its turn: if it holds the last turn given (and no
+        reload or idle spell has moved the origin since), the turn is free again; else a
+        later call waits for its own, and this one lapses."""
         with self._lock:
             self._waiting -= 1
-            if self._tat == end:
-                self._tat = end - plan.interval
+            if self._origin == turn.origin and self._tat == turn.end:
+                self._tat = turn.end - turn.interval
 
-    def _wait(self, plan: _Plan) -> object:
-        wait, end = self._reserve(plan)
+    def _wait(self, state: _Plan) -> object:
+        wait, turn = self._reserve()
         if wait > 0:
             try:
                 if not testmode._mode.enabled:
-                    plan.clock.sleep(wait)
+                    self._plan.clock.sleep(wait)
             except BaseException:
-                self._give_back(end, plan)
+                self._give_back(turn)
                 raise
             with self._lock:
                 self._waiting -= 1
         return None
 
-    async def _wait_async(self, plan: _Plan) -> object:
-        wait, end = self._reserve(plan)
+    async def _wait_async(self, state: _Plan) -> object:
+        wait, turn = self._reserve()
         if wait > 0:
             try:
                 if not testmode._mode.enabled:
-                    await plan.clock.sleep_async(wait)
+                    await self._plan.clock.sleep_async(wait)
             except BaseException:
-                self._give_back(end, plan)
+                self._give_back(turn)
                 raise
             with self._lock:
                 self._waiting -= 1

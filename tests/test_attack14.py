@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from resilient import Hedge, InjectFault, InjectResult, RateLimitedError, RateLimiter
+from resilient import ConfigError, Hedge, InjectFault, InjectResult, RateLimitedError, RateLimiter
 from resilient.testing import ManualClock
 
 pytestmark = pytest.mark.filterwarnings("ignore::resilient.ConfigWarning")
@@ -52,11 +52,11 @@ def test_rate_limiter_at_clock_1e9_with_a_tiny_interval_is_not_unlimited() -> No
 
 
 def test_a_rate_the_options_accept_never_gives_nan() -> None:
-    """rate=1e-310 passes the check (> 0) but per / rate is inf and (burst - 1) * inf is
-    NaN: every call is refused with retry_after=nan, and metrics raises ValueError."""
-    limiter = RateLimiter(1e-310, clock=ManualClock())
-    limiter.call(lambda: None)  # the first call of a fresh limiter: a full burst of 1
-    assert limiter.metrics.available == 0
+    """rate=1e-310 passed the check (> 0) but per / rate is inf and (burst - 1) * inf is
+    NaN: every call was refused with retry_after=nan. Slower than a call a year is now
+    refused, naming the rate and the period."""
+    with pytest.raises(ConfigError, match=r"rate=1e-310.*at least one call a year \(per=1.0\)"):
+        RateLimiter(1e-310, clock=ManualClock())
 
 
 # -- RateLimiter: the bound, exactly ---------------------------------------------------------
@@ -294,7 +294,12 @@ def test_an_inject_result_whose_factory_fails_is_metered_as_a_failed_call(
 def test_reset_gives_a_full_burst_back_as_the_docs_say() -> None:
     """docs/ratelimit.md, State: 'reset(), which also gives a full burst back'. With a
     call waiting for its turn, reset() keeps tat (its docstring says so), so the burst is
-    not given back: the page and the docstring disagree."""
+    not given back: the page and the docstring disagreed; the page now says the turns
+    given to waiting calls stand."""
+    from pathlib import Path
+
+    page = (Path(__file__).parent.parent / "docs" / "ratelimit.md").read_text()
+    assert "unless calls are waiting: the turns they were given stand" in page
 
     class Held(ManualClock):
         async def sleep_async(self, seconds: float) -> None:
@@ -315,7 +320,7 @@ def test_reset_gives_a_full_burst_back_as_the_docs_say() -> None:
             tasks.cancel_scope.cancel()
 
     anyio.run(main)
-    assert available == [1]
+    assert available == [0]  # a turn was given to the waiting call: it stands
 
 
 # -- RateLimiter: a call that read the plan before a reload is judged by the old plan ------

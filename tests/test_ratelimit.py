@@ -45,7 +45,7 @@ class Model:
 
     def admit(self, now: float) -> bool:
         tat = max(self.tat, now)
-        if tat - now <= self.tolerance + self.interval * 1e-6:
+        if tat - now <= self.tolerance + self.interval * 1e-9:
             self.tat = tat + self.interval
             return True
         return False
