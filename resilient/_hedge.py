@@ -298,7 +298,8 @@ class _Attempts:
         self.in_flight = {0}
         self.winner: tuple[int, object] | None = None
         self.failures: list[tuple[int, Exception]] = []
-        self.final: tuple[int, Exception] | None = None  # a failure `on` does not match
+        # a failure `on` does not match, or a KeyboardInterrupt/SystemExit: the call's end
+        self.final: tuple[int, BaseException] | None = None
         self.settled = False
 
     def start(self, reason: str) -> bool:
@@ -354,11 +355,16 @@ class _Attempts:
     def abandon(self) -> None:
         self.settled = True
 
+    def escalated(self, n: int, exc: BaseException) -> None:
+        self.in_flight.discard(n)
+        self.final = (n, exc)  # (over a winner too: an interrupt is never swallowed)
+        self.settled = True
+
     def answer(self) -> Any:
-        if self.winner is not None:
-            return self.winner[1]
         if self.final is not None:
             raise self.final[1]
+        if self.winner is not None:
+            return self.winner[1]
         n, last = self.failures[-1]
         hedge = self.plan.policy
         who = "hedge" if hedge.name is None else f"hedge {hedge.name!r}"

@@ -722,6 +722,14 @@ class _ScopeAlarm(_Expiry):
 # -- tasks of our own -----------------------------------------------------------------------
 
 
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is the running loop's cancellation (trio's Cancelled, asyncio's
+    CancelledError), as opposed to KeyboardInterrupt, SystemExit and their like."""
+    if trio_token() is not None:
+        return isinstance(exc, sys.modules["trio"].Cancelled)
+    return isinstance(exc, sys.modules["asyncio"].CancelledError)
+
+
 def spawn(
     async_fn: Callable[[], Any], context: Any, done: Callable[[], object]
 ) -> Callable[[], object]:

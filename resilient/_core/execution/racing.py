@@ -55,6 +55,11 @@ class Decisions(Protocol):
         """The caller is gone (cancelled): settle, start nothing more."""
         ...
 
+    def escalated(self, n: int, exc: BaseException) -> None:
+        """Attempt ``n`` raised what is neither a failure nor its cancellation
+        (KeyboardInterrupt, SystemExit): settle; the call ends with it, whatever else."""
+        ...
+
     def answer(self) -> Any:
         """The winner's result, or raise the last failure (told about the others)."""
         ...
@@ -168,8 +173,12 @@ class _Race:
             result = await self.fn(*self.args, **self.kwargs)
         except Exception as exc:  # (nobody's to see: the race answers with it, or not)
             self._ended(n, exc, None)
-        except BaseException as exc:  # its cancellation: counted, then let through
-            self._ended(n, exc, None)
+        except BaseException as exc:
+            if not backend.is_cancellation(exc):  # KeyboardInterrupt, SystemExit: the
+                self.decisions.escalated(n, exc)  # caller's to raise (a trio system
+                self._check()  # task must raise nothing)
+                return
+            self._ended(n, exc, None)  # its cancellation: counted, then let through
             raise
         else:
             self._ended(n, None, result)
