@@ -273,6 +273,10 @@ class _Expiry:
     def left(self) -> float:
         return max(0.0, self.at - self._watch.now())
 
+    def now(self) -> float:
+        """The time on the clock its timer runs by (the loop's: a trio MockClock too)."""
+        return self._watch.now()
+
     def fired(self) -> bool:
         return self._state == _FIRED
 
@@ -565,6 +569,7 @@ class Alarm(Protocol):
     race: Any
     redeliver: bool
 
+    def now(self) -> float: ...
     def cancel(self) -> None: ...
     def close(self, exc: BaseException | None) -> bool: ...
 

@@ -119,6 +119,7 @@ class _Race:
         "fn",
         "kwargs",
         "last_start",
+        "now",
         "plan",
         "primary",
     )
@@ -129,6 +130,9 @@ class _Race:
         self.plan: Plan = plan
         self.fn, self.args, self.kwargs, self.context = fn, args, kwargs, context
         self.delay: float = alarms.seconds
+        # The hedges after the first are paced on the clock the first one rang by: the
+        # loop's when timed (a trio MockClock too), else the policy's own.
+        self.now: Callable[[], float] = alarm.now if plan.timed else plan.now
         self.decisions = plan.race(self.delay)
         self.flag, _ = backend.event()
         self.cancels: dict[int, Callable[[], object]] = {}  # by attempt; -1: the pacer
@@ -145,7 +149,7 @@ class _Race:
             self._check()
             return
         n = decisions.started - 1
-        self.last_start = self.plan.now()
+        self.last_start = self.now()
         self._spawn(n, functools.partial(self._attempt, n))
 
     def pace(self) -> None:
@@ -162,7 +166,7 @@ class _Race:
     async def _pace(self) -> None:
         plan, decisions = self.plan, self.decisions
         while not decisions.settled and decisions.started < decisions.total:
-            wait = self.last_start + self.delay - plan.now()
+            wait = self.last_start + self.delay - self.now()
             if wait > 0:
                 await plan.sleep_async(wait)
             else:
@@ -235,7 +239,7 @@ def _rung(alarm: Any) -> None:
     race = alarm.race
     if race is None:
         plan = alarm.call[0]
-        race = alarm.race = _Race(alarm, plan.now())
+        race = alarm.race = _Race(alarm, alarm.now() if plan.timed else plan.now())
     race.start("delay")
     race.pace()
 
