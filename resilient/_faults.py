@@ -22,7 +22,7 @@ from resilient._core.configuration import parse as text
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.options import is_async_callable
 from resilient._core.configuration.registry import Configured
-from resilient._core.execution.drivers import MUST_WAIT, Answered, GuardForms, Refusal
+from resilient._core.execution.drivers import MUST_WAIT, Answered, GuardForms, Refusal, outcome_of
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
 from resilient._core.state.primitives import counter, draws
 from resilient._errors import ConfigError, UsageError, note
@@ -154,6 +154,15 @@ class _Injector(Configured, GuardForms):
     def _switch(self, compiled: _Plan) -> None:
         self._plan = self._state = compiled
 
+    def _after_fork(self) -> None:
+        """In a forked child: an unseeded source is seeded afresh, or every worker of a
+        pre-fork server would inject into the same calls as its siblings."""
+        plan = self._plan
+        if plan.seed is None:
+            import random
+
+            plan.draw = draws(random.Random())
+
     @property
     def enabled(self) -> bool:
         """Whether it is switched on now: in code or by its variables, and not off by
@@ -280,7 +289,7 @@ class InjectFault(_Injector):
         self._told(state, error)
         meter = state.meter
         if meter is not None:  # (raised before the call, where the drivers time nothing)
-            meter.call(self, "failure", 0.0, error)
+            meter.call(self, outcome_of(error), 0.0, error)
         try:
             raise error
         finally:  # no frame -> traceback -> error -> frame cycle for the collector
@@ -404,7 +413,11 @@ class InjectResult(_Injector):
                 " await it"
             )
         else:
-            value = factory()
+            try:
+                value = factory()
+            except BaseException as error:
+                self._failed(state, error)
+                raise
         self._told(state)
         return Answered(value)
 
@@ -412,9 +425,20 @@ class InjectResult(_Injector):
         if not self._async_factory:
             return self._wait(state)
         assert self._factory is not None
-        value = await self._factory()
+        try:
+            value = await self._factory()
+        except BaseException as error:
+            self._failed(state, error)
+            raise
         self._told(state)
         return Answered(value)
+
+    def _failed(self, state: _Plan, error: BaseException) -> None:
+        """The factory's error is the call's: metered as the call's end (it was raised
+        in the drivers' wait, before they time anything)."""
+        meter = state.meter
+        if meter is not None:
+            meter.call(self, outcome_of(error), 0.0, error)
 
     def _enter_block(self, asynchronous: bool) -> NoReturn:
         raise UsageError(
