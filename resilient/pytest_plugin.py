@@ -45,6 +45,9 @@ __all__ = [
 
 ISOLATE = "resilient_isolate"
 TESTING = "resilient_testing"
+#: The RESILIENT_* variables the session began with (the shell's, CI's): what isolation
+#: hides. One a test module sets as it is imported is the suite's own, and is left be.
+_SHELL = pytest.StashKey[frozenset[str]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -58,6 +61,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    import os
+
+    config.stash[_SHELL] = frozenset(var for var in os.environ if var.startswith("RESILIENT_"))
     config.addinivalue_line(
         "markers",
         f"{TESTING}(attempts=None): resilient's test mode for the test, class or module:"
@@ -88,7 +94,7 @@ def _isolated(request: pytest.FixtureRequest) -> bool:
 def _resilient_autouse(request: pytest.FixtureRequest) -> None:
     """Isolation where the ini option or a marker asks for it; test mode where marked."""
     if _isolated(request):
-        request.getfixturevalue("_resilient_environment")  # restored last
+        request.getfixturevalue("_resilient_shell")  # restored last
         request.getfixturevalue("resilient_registry")
     if request.node.get_closest_marker(TESTING) is not None:
         request.getfixturevalue(TESTING)
@@ -128,8 +134,20 @@ def resilient_testing(request: pytest.FixtureRequest) -> Iterator[TestMode]:
 
 
 @pytest.fixture
+def _resilient_shell(request: pytest.FixtureRequest) -> Iterator[Environment]:
+    """The shell's RESILIENT_* variables out of the environment for the test."""
+    from resilient._core.configuration.isolation import Environment
+
+    clean = Environment(request.config.stash[_SHELL])
+    try:
+        yield clean
+    finally:
+        clean.restore()
+
+
+@pytest.fixture
 def _resilient_environment() -> Iterator[Environment]:
-    """The outer RESILIENT_* variables out of the environment for the test."""
+    """Every RESILIENT_* variable out of the environment for the test."""
     from resilient._core.configuration.isolation import Environment
 
     clean = Environment()

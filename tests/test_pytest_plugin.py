@@ -416,3 +416,34 @@ def test_the_docs_example_passes_under_the_docs_ini_option(
     pytester.makepyfile(test_payments=example)
     run(pytester).assert_outcomes(passed=4)
     assert resilient.testing.ManualClock is ManualClock  # (nothing imported anew)
+
+
+@pytest.mark.usefixtures("shell")
+def test_isolation_hides_the_shells_variables_not_those_a_test_module_sets(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the session began with (the shell, CI) is hidden; a variable a test module
+    sets as it is imported is the suite's own and stays, from test to test."""
+    monkeypatch.setenv("RESILIENT_IMPORTED_RETRY_ATTEMPTS", "0")  # (undone: gone after)
+    monkeypatch.delenv("RESILIENT_IMPORTED_RETRY_ATTEMPTS")
+    pytester.makepyfile(
+        test_imported="""
+        import os
+
+        os.environ["RESILIENT_IMPORTED_RETRY_ATTEMPTS"] = "7"
+
+
+        def test_sees_it():
+            assert os.environ["RESILIENT_IMPORTED_RETRY_ATTEMPTS"] == "7"
+            assert "RESILIENT_SHELL_RETRY_ATTEMPTS" not in os.environ
+
+
+        def test_and_again(resilient_env):
+            assert "RESILIENT_IMPORTED_RETRY_ATTEMPTS" not in os.environ  # asked: none
+
+
+        def test_still():
+            assert os.environ["RESILIENT_IMPORTED_RETRY_ATTEMPTS"] == "7"
+        """
+    )
+    run(pytester, ini=ISOLATED).assert_outcomes(passed=3)

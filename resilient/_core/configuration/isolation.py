@@ -7,16 +7,18 @@ and the environment's insides and the plugin knows only when to take them.
 - :class:`Registered`: policies made after the snapshot are forgotten by the registry
   (no longer found, listed, reloaded or measured); the global listeners, the meters and
   the test mode are put back as they were.
-- :class:`Environment`: every ``RESILIENT_*`` variable is taken out of ``os.environ``
-  until the restore, which removes what the test set and puts the outer ones back; each
-  step that changes what the live policies would read reloads them, so a policy never
-  keeps a setting that its environment no longer holds.
+- :class:`Environment`: the outer ``RESILIENT_*`` variables (all, or those named: the
+  ones the session began with, from the shell or CI) are taken out of ``os.environ``
+  until the restore, which puts the environment back as it was; each step that changes
+  what the live policies would read reloads them, so a policy never keeps a setting
+  that its environment no longer holds.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Collection
 
 from resilient._core.configuration import config, events, registry, testmode
 from resilient._errors import ConfigWarning
@@ -54,16 +56,23 @@ class Registered:
 
 
 class Environment:
-    """The outer ``RESILIENT_*`` variables, taken out of ``os.environ`` until ``restore()``.
+    """The outer ``RESILIENT_*`` variables, taken out of ``os.environ`` until ``restore()``:
+    all of them, or only those called one of ``hidden`` (the shell's: a variable a test
+    module sets as it is imported is the suite's own, and stays).
 
     Taking them out reloads the live policies only if there were any (the common case,
-    none, costs a scan of the environment). ``restore()`` reloads them if the test left
-    variables set, if there were outer ones, or if it reloaded (it may have set a
-    variable, reloaded, and deleted it again); set ``changed`` to make it reload anyway."""
+    none, costs a scan of the environment). ``restore()`` puts the variables back as they
+    were, and reloads if the test changed any, if some were taken out, or if it reloaded
+    (it may have set a variable, reloaded, and deleted it again); set ``changed`` to make
+    it reload anyway."""
 
-    def __init__(self) -> None:
+    def __init__(self, hidden: Collection[str] | None = None) -> None:
         self.changed = False
-        self._outer = _ours()
+        present = _ours()
+        self._outer = {
+            var: value for var, value in present.items() if hidden is None or var in hidden
+        }
+        self._kept = {var: value for var, value in present.items() if var not in self._outer}
         for var in self._outer:
             os.environ.pop(var, None)
         if self._outer:
@@ -74,8 +83,10 @@ class Environment:
         inner = _ours()
         for var in inner:
             os.environ.pop(var, None)
+        os.environ.update(self._kept)
         os.environ.update(self._outer)
-        if self.changed or inner or self._outer or registry.reloads != self._reloads:
+        changed = inner != self._kept
+        if self.changed or changed or self._outer or registry.reloads != self._reloads:
             _reload()
 
 
