@@ -15,6 +15,7 @@ never overspent however many threads retry at once.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.shapes import shaped
@@ -115,3 +116,13 @@ class RetryBudget:
 
 
 shaped(RetryBudget, decorates=False)  # a wrongly shaped call answers with the right one
+
+
+def check_budget(value: Any) -> Any:
+    """An option that takes a RetryBudget (a Retry's, a Hedge's): None or one."""
+    if value is not None and not isinstance(value, RetryBudget):
+        raise opt.Invalid
+    return value
+
+
+opt.written(check_budget, opt.none_or_import, "none, or a RetryBudget's import path")

@@ -78,13 +78,7 @@ LATENCY_OPTIONS = (
         " `sleep_async`: cancellable in async code, and an enclosing Timeout ends it).",
     ),
     *FAULT_OPTIONS,
-    opt.Option(
-        "clock",
-        None,
-        opt.clock("monotonic", "sleep", "sleep_async"),
-        "None or an object with monotonic(), sleep() and sleep_async()",
-        "Where time comes from and how the waits are made; tests pass ManualClock.",
-    ),
+    opt.WAITING_CLOCK,
 )
 _ALL_NAMES = frozenset(option.name for option in LATENCY_OPTIONS)
 

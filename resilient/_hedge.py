@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Literal, NamedTuple, NoReturn, ParamSpec, TypeVar
 
-from resilient._budget import RetryBudget
+from resilient._budget import RetryBudget, check_budget
 from resilient._core.configuration import events, parse
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
@@ -69,12 +69,6 @@ def _check_max_hedges(value: Any) -> int:
     return value  # type: ignore[no-any-return]
 
 
-def _check_budget(value: Any) -> Any:
-    if value is not None and not isinstance(value, RetryBudget):
-        raise opt.Invalid
-    return value
-
-
 opt.written(
     _check_delay,
     str.strip,
@@ -82,7 +76,6 @@ opt.written(
     forms=f"{opt.DURATION_FORMS}; or a percentile, written p95",
 )
 opt.written(_check_max_hedges, parse.parse_int, "a whole number, e.g. 2")
-opt.written(_check_budget, opt.none_or_import, "none, or a RetryBudget's import path")
 
 OPTIONS = (
     opt.Option(
@@ -147,7 +140,7 @@ OPTIONS = (
     opt.Option(
         "budget",
         None,
-        _check_budget,
+        check_budget,
         "None or a resilient.RetryBudget",
         "A share of recent calls that hedges may add: each hedge takes one from it, and"
         " is not started when it is spent. The first attempt never needs it.",

@@ -80,13 +80,7 @@ OPTIONS = (
         " call whose turn is further off is refused at once, without waiting. An"
         " enclosing `resilient.deadline` that ends sooner wins.",
     ),
-    opt.Option(
-        "clock",
-        None,
-        opt.clock("monotonic", "sleep", "sleep_async"),
-        "None or an object with monotonic(), sleep() and sleep_async()",
-        "Where time comes from and how waits are made; tests pass ManualClock.",
-    ),
+    opt.WAITING_CLOCK,
 )
 _OPTION_NAMES = frozenset(option.name for option in OPTIONS)
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from resilient._budget import RetryBudget
+from resilient._budget import RetryBudget, check_budget
 from resilient._core.configuration import events, testmode
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
@@ -141,12 +141,6 @@ def _check_stop(value: Any) -> Any:
     raise opt.Invalid
 
 
-def _check_budget(value: Any) -> Any:
-    if value is not None and not isinstance(value, RetryBudget):
-        raise opt.Invalid
-    return value
-
-
 _seconds_or_zero = opt.duration(allow_zero=True)
 
 opt.written(
@@ -161,7 +155,6 @@ opt.written(
     opt.exception_filter.syntax,  # type: ignore[attr-defined]
 )
 opt.written(_check_stop, opt.none_or_import, "none, or a stop strategy's import path")
-opt.written(_check_budget, opt.none_or_import, "none, or a RetryBudget's import path")
 
 OPTIONS = (
     opt.Option(
@@ -232,17 +225,11 @@ OPTIONS = (
         ' (retry_state is tenacity\'s: pip install "resilient-toolkit[tenacity]")',
         "Also give up when this says so (e.g. stop_after_delay(10) | stop_after_attempt(5)).",
     ),
-    opt.Option(
-        "clock",
-        None,
-        opt.clock("monotonic", "sleep", "sleep_async"),
-        "None or an object with monotonic(), sleep() and sleep_async()",
-        "Where time comes from and how waits are made; tests pass ManualClock.",
-    ),
+    opt.WAITING_CLOCK,
     opt.Option(
         "budget",
         None,
-        _check_budget,
+        check_budget,
         "None or a resilient.RetryBudget",
         "A share of recent calls that retries may add, shared by every Retry given it.",
     ),

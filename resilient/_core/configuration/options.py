@@ -532,6 +532,16 @@ def clock(*needs: str) -> Checker:
     return written(check, none_or_import, "none, or an import path (package.module:name)")
 
 
+#: The clock of a policy that waits (Retry, RateLimiter, InjectLatency): one declaration.
+WAITING_CLOCK = Option(
+    "clock",
+    None,
+    clock("monotonic", "sleep", "sleep_async"),
+    "None or an object with monotonic(), sleep() and sleep_async()",
+    "Where time comes from and how waits are made; tests pass ManualClock.",
+)
+
+
 def markdown_table(options: Sequence[Option]) -> str:
     """The options as a Markdown table, for the docs (a test keeps the docs in step)."""
     rows = ["| option | default | accepts | what it does |", "| --- | --- | --- | --- |"]
