@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 
 import anyio
-
 import pytest
 
 import resilient
