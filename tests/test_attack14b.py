@@ -174,3 +174,46 @@ def test_a_systemexit_from_a_hedge_attempt_is_not_lost_when_the_caller_is_cancel
 
     anyio.run(main, backend=backend)
     assert seen == ["SystemExit"]
+
+
+# -- pytest plugin: isolation that cannot reload loses the shell's variables ---------------
+
+pytest_plugins = ["pytester"]
+
+ISOLATED = "[pytest]\nresilient_isolate = true\n"
+OTHERS = ("-p", "no:hypothesispytest", "-p", "no:benchmark", "-p", "no:cacheprovider")
+
+
+def test_a_reload_that_fails_as_isolation_hides_the_shell_loses_its_variables_for_good(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Environment.__init__ pops the shell's variables, then reloads; a policy valid
+    only with them (a Hedge whose window=10 is below the default min_calls=20, which the
+    shell's RESILIENT_..._MIN_CALLS=5 makes valid) makes that reload raise ConfigError.
+    The fixture fails in its setup, before the yield, so no restore() runs: the shell's
+    variable is gone from os.environ for every later test of the session."""
+    monkeypatch.setenv("RESILIENT_ATTACK_SHELL_HEDGE_MIN_CALLS", "5")  # as the shell's
+    pytester.makepyfile(
+        test_hidden="""
+        import os
+
+        import pytest
+
+        from resilient import Hedge
+
+        HEDGE = Hedge("p95", window=10, name="attack-shell")  # min_calls: the shell's 5
+
+
+        @pytest.mark.resilient_isolate
+        def test_isolated():
+            pass
+
+
+        @pytest.mark.resilient_isolate(False)
+        def test_later_not_isolated():
+            assert os.environ.get("RESILIENT_ATTACK_SHELL_HEDGE_MIN_CALLS") == "5"
+        """
+    )
+    result = pytester.runpytest(*OTHERS, "-p", "no:randomly")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0, result.stdout.str()[-2000:]
