@@ -86,10 +86,11 @@ _OPTION_NAMES = frozenset(option.name for option in OPTIONS)
 
 
 class _Turn(NamedTuple):
-    """A turn a call waits for: the origin ``tat`` was kept from then, the ``tat`` it
-    left, and the interval it took."""
+    """A turn a call waits for: the origin ``tat`` was kept from then and the plan's
+    generation (a reload's), the ``tat`` it left, and the interval it took."""
 
     origin: float
+    generation: int
     end: float
     interval: float
 
@@ -178,6 +179,7 @@ class RateLimiter(Configured, GuardForms):
         # even when the clock reads 1e9 (a float's step there is 1e-7 s).
         self._origin = 0.0
         self._tat = -math.inf  # no call yet: the first finds a full burst
+        self._generation = 0  # plans installed: a turn given under another is not given back
         self._waiting = 0
         self._rejected = counter()  # (counted without the lock: a refusal is a hot path)
         self._register(settings)
@@ -205,8 +207,15 @@ class RateLimiter(Configured, GuardForms):
         with self._lock:
             if old is not None and then is not None:
                 ahead = self._tat - (then - self._origin)
+                tat = ahead / old.interval * compiled.interval if ahead > 0 else -math.inf
+                if self._waiting:  # turns given stand on the old schedule: the last of
+                    # them may start old.tolerance early, and the next call comes a new
+                    # interval after it at the soonest (as if it began the new schedule)
+                    last = ahead - old.interval - old.tolerance
+                    tat = max(tat, last + compiled.interval + compiled.tolerance)
                 self._origin = now
-                self._tat = ahead / old.interval * compiled.interval if ahead > 0 else -math.inf
+                self._tat = tat
+                self._generation += 1
             self._plan = self._state = compiled
 
     @property
@@ -348,7 +357,7 @@ class RateLimiter(Configured, GuardForms):
                 self._tat = end = tat + plan.interval
                 if wait > 0:
                     self._waiting += 1
-                return wait, _Turn(self._origin, end, plan.interval)
+                return wait, _Turn(self._origin, self._generation, end, plan.interval)
         finally:
             self._lock.release()
         if by_deadline:
@@ -379,11 +388,15 @@ class RateLimiter(Configured, GuardForms):
 
     def _give_back(self, turn: _Turn) -> None:
         """A waiting call left before its turn: if it holds the last turn given (and no
-        reload or idle spell has moved the origin since), the turn is free again; else a
-        later call waits for its own, and this one lapses."""
+        reload or idle spell has come since), the turn is free again; else a later call
+        waits for its own, and this one lapses."""
         with self._lock:
             self._waiting -= 1
-            if self._origin == turn.origin and self._tat == turn.end:
+            if (
+                self._generation == turn.generation
+                and self._origin == turn.origin
+                and self._tat == turn.end
+            ):
                 self._tat = turn.end - turn.interval
 
     def _wait(self, state: _Plan) -> object:

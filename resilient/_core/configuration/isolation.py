@@ -76,7 +76,11 @@ class Environment:
         for var in self._outer:
             os.environ.pop(var, None)
         if self._outer:
-            _reload()
+            try:
+                _reload()
+            except BaseException:  # a live policy valid only with them: put them back
+                os.environ.update(self._outer)
+                raise
         self._reloads = registry.reloads
 
     def restore(self) -> None:

@@ -115,6 +115,7 @@ class _Race:
         "context",
         "decisions",
         "delay",
+        "escalation",
         "flag",
         "fn",
         "kwargs",
@@ -138,6 +139,9 @@ class _Race:
         self.cancels: dict[int, Callable[[], object]] = {}  # by attempt; -1: the pacer
         self.alive = 0  # tasks started and not over
         self.primary = True  # the first attempt still runs, in the caller's task
+        #: a KeyboardInterrupt or SystemExit an attempt raised: the call's end, even
+        #: when the caller is cancelled meanwhile
+        self.escalation: BaseException | None = None
         self.last_start = started
 
     # -- starting -------------------------------------------------------------------
@@ -179,8 +183,9 @@ class _Race:
             self._ended(n, exc, None)
         except BaseException as exc:
             if not backend.is_cancellation(exc):  # KeyboardInterrupt, SystemExit: the
-                self.decisions.escalated(n, exc)  # caller's to raise (a trio system
-                self._check()  # task must raise nothing)
+                self.escalation = exc  # caller's to raise (a trio system task must
+                self.decisions.escalated(n, exc)  # raise nothing)
+                self._check()
                 return
             self._ended(n, exc, None)  # its cancellation: counted, then let through
             raise
@@ -228,10 +233,18 @@ class _Race:
         meanwhile, cancel them all, wait for them all the same, then raise."""
         try:
             await self.flag.wait()
-        except BaseException:
+        except BaseException as exc:
             self.abandon()
             await backend.wait_shielded(self.flag)
+            self.escalate(exc)
             raise
+
+    def escalate(self, exc: BaseException) -> None:
+        """The caller, cancelled, waited for every attempt: an interrupt one of them
+        raised meanwhile goes on in place of the cancellation (never lost)."""
+        escalation = self.escalation
+        if escalation is not None and escalation is not exc:
+            raise escalation from exc
 
 
 def _rung(alarm: Any) -> None:
@@ -334,6 +347,7 @@ async def _raced(
         if outer:
             race.abandon()
             await backend.wait_shielded(race.flag)
+            race.escalate(exc)  # type: ignore[arg-type]
             if alarm.redeliver:
                 await backend.redeliver()
             raise exc  # type: ignore[misc]
