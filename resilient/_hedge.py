@@ -388,6 +388,8 @@ class Hedge(Configured, Decorates):
 
     KIND = "hedge"
     OPTIONS = OPTIONS
+    #: a wrapped client's plain methods pass through it (resilient.wrap)
+    async_only = True
     _plan: _Plan
 
     def __init__(

@@ -94,6 +94,12 @@ class Pipeline(Decorates):
         registry.name_policies(list(roles.items()))
         self.policies: tuple[Policy, ...] = tuple(flat)
 
+    @property
+    def async_only(self) -> bool:
+        """Whether a member is for async code only (a Hedge): a wrapped client's plain
+        methods then pass through the Pipeline (resilient.wrap)."""
+        return any(getattr(policy, "async_only", False) for policy in self.policies)
+
     def __repr__(self) -> str:
         name = "" if self.name is None else f", name={self.name!r}"
         return f"Pipeline({', '.join(map(repr, self.policies))}{name})"

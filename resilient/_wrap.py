@@ -212,9 +212,12 @@ def _guarded(guards: Guards, client: object, name: str, value: object) -> Any:
     policy = decided[1]
     if policy is None or not callable(value) or is_generator_function(value):
         return value
-    guarded = policy(value)
-    if not is_async_callable(value):
-        guarded = _first_call(guards, name, value, policy, guarded)
+    if not is_async_callable(value) and getattr(policy, "async_only", False):
+        guarded = _async_or_bare(guards, name, value, policy)
+    else:
+        guarded = policy(value)
+        if not is_async_callable(value):
+            guarded = _first_call(guards, name, value, policy, guarded)
     guards.guarded[name] = (value, guarded)
     return guarded
 
@@ -226,6 +229,30 @@ class _Returned(BaseException):
     def __init__(self, coroutine: Any) -> None:
         super().__init__()
         self.coroutine = coroutine
+
+
+def _async_or_bare(guards: Guards, name: str, value: Any, policy: Policy) -> Callable[..., Any]:
+    """A plain ``def`` under a policy for async code only (a Hedge): its first call
+    tells. One that returns a coroutine is guarded as async from then on, that call
+    included, whose coroutine is its first attempt (as :func:`_first_call` does); one
+    that returns anything else cannot be hedged, and passes through from then on (an
+    httpx.AsyncClient's ``build_request``)."""
+
+    def first(*args: Any, **kwargs: Any) -> Any:
+        result = value(*args, **kwargs)
+        if result.__class__ is not CoroutineType:
+            guards.guarded[name] = (value, value)
+            return result
+        made = [result]
+
+        def again(*args: Any, **kwargs: Any) -> Any:
+            return made.pop() if made else value(*args, **kwargs)
+
+        guards.guarded[name] = (value, policy(awaiting(value)))
+        return policy(awaiting(again))(*args, **kwargs)
+
+    functools.update_wrapper(first, value)
+    return first
 
 
 def _first_call(

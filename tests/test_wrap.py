@@ -871,3 +871,44 @@ def test_a_plain_def_that_returns_a_coroutine_is_guarded_as_async_from_its_first
     assert proxy.ping() == "PONG"  # a plain def that returns a value stays sync
     assert proxy.ping is proxy.ping  # (its plain guard, cached after the first call)
     assert not inspect.iscoroutinefunction(proxy.ping)
+
+
+class _HedgedClient:
+    """An async SDK's shape: a plain builder, an async sender, a def that returns a
+    coroutine (redis.asyncio's commands)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def build(self, path: str) -> str:
+        return f"GET {path}"
+
+    async def send(self, request: str) -> str:
+        self.sent += 1
+        if self.sent == 1:
+            await anyio.sleep_forever()  # the first attempt hangs: the hedge answers
+        return f"200 for {request}"
+
+    def fetch(self, request: str) -> Awaitable[str]:
+        return self.send(request)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("pipelined", [False, True], ids=["hedge", "pipeline"])
+def test_an_async_only_policy_leaves_a_wrapped_clients_plain_methods_alone(
+    backend: str, pipelined: bool
+) -> None:
+    """A Hedge (or a Pipeline holding one) cannot guard sync code: wrap() applies it to
+    the async methods, and to a def whose first call returns a coroutine; a plain method
+    passes through rather than raising UsageError when called."""
+    hedge = resilient.Hedge(1.0, clock=ManualClock())
+    policy: Any = resilient.Pipeline(resilient.Retry(2), hedge) if pipelined else hedge
+    for method in ("send", "fetch"):
+        client = resilient.wrap(_HedgedClient(), policy)
+
+        async def main(method: str = method, client: Any = client) -> str:
+            request = client.build("/items")  # plain: straight through
+            return await getattr(client, method)(request)  # type: ignore[no-any-return]
+
+        assert anyio.run(main, backend=backend) == "200 for GET /items"
+        assert client.build("/x") == "GET /x"
