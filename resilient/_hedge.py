@@ -25,7 +25,7 @@ from resilient._core.configuration import events, parse
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.registry import Configured
-from resilient._core.execution import backend, racing
+from resilient._core.execution import backend
 from resilient._core.execution.drivers import Decorates
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
 from resilient._core.state.primitives import counter
@@ -216,7 +216,12 @@ class _Delays:
             self.alarms = backend.Alarms(delay, racing_rung)
 
 
-racing_rung = racing._rung
+def racing_rung(alarm: Any) -> None:
+    """An alarm rang: the race driver starts the next attempt (imported when a hedge is
+    first needed, not with ``import resilient``)."""
+    from resilient._core.execution import racing
+
+    racing._rung(alarm)
 
 
 class _Plan:
@@ -446,6 +451,8 @@ class Hedge(Configured, Decorates):
         )
 
     def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        from resilient._core.execution import racing
+
         return racing.hedging(self, fn)
 
     def _no_block(self) -> NoReturn:
