@@ -85,14 +85,14 @@ OPTIONS = (
 _OPTION_NAMES = frozenset(option.name for option in OPTIONS)
 
 
-class _Turn(NamedTuple):
+class _Turn:
     """A turn a call waits for: the origin ``tat`` was kept from then and the plan's
     generation (a reload's), the ``tat`` it left, and the interval it took."""
 
-    origin: float
-    generation: int
-    end: float
-    interval: float
+    __slots__ = ("end", "generation", "interval", "origin")
+
+    def __init__(self, origin: float, generation: int, end: float, interval: float) -> None:
+        self.origin, self.generation, self.end, self.interval = origin, generation, end, interval
 
 
 class RateLimiterMetrics(NamedTuple):

@@ -102,15 +102,26 @@ class TimeoutMetrics(NamedTuple):
     rejected: int  #: sync calls refused because ``abandoned`` was at ``max_abandoned``
 
 
-class _Plan(NamedTuple):
+class _Plan:
     """What a call reads, in one object so that a reload switches it whole."""
 
-    seconds: float
-    expiries: backend.Expiries  # the async calls of this length, per event loop
-    thread_locals: tuple[threading.local, ...]
-    max_abandoned: int
-    enabled: bool
-    meter: events.Meter | None  # on: every call's outcome and duration is told to it
+    __slots__ = ("enabled", "expiries", "max_abandoned", "meter", "seconds", "thread_locals")
+
+    def __init__(
+        self,
+        seconds: float,
+        expiries: backend.Expiries,  # the async calls of this length, per event loop
+        thread_locals: tuple[threading.local, ...],
+        max_abandoned: int,
+        enabled: bool,
+        meter: events.Meter | None,  # on: every call's outcome and duration is told to it
+    ) -> None:
+        self.seconds = seconds
+        self.expiries = expiries
+        self.thread_locals = thread_locals
+        self.max_abandoned = max_abandoned
+        self.enabled = enabled
+        self.meter = meter
 
 
 class Timeout(Configured, Propagates, Decorates):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from resilient._core.configuration import options as opt
 from resilient._core.execution.drivers import pop_block, push_block
@@ -49,9 +49,12 @@ class Ends(Protocol):
     def fired(self) -> bool: ...
 
 
-class _Deadline(NamedTuple):
-    clock: MonotonicClock
-    at: float  # on ``clock``'s monotonic time
+class _Deadline:
+    __slots__ = ("at", "clock")
+
+    def __init__(self, clock: MonotonicClock, at: float) -> None:
+        self.clock = clock
+        self.at = at  # on ``clock``'s monotonic time
 
     def left(self) -> float:
         return max(0.0, self.at - self.clock.monotonic())
