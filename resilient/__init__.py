@@ -34,12 +34,27 @@ from resilient._errors import (
     UsageError,
 )
 from resilient._fallback import Fallback
-from resilient._faults import InjectFault, InjectLatency, InjectResult
-from resilient._hedge import Hedge, HedgeMetrics
 from resilient._pipeline import Pipeline, Policy
-from resilient._ratelimit import RateLimiter, RateLimiterMetrics
 from resilient._retry import Attempt, Retry
 from resilient._timeout import Timeout, TimeoutMetrics, WorkersExhaustedError
+
+if _typing.TYPE_CHECKING:  # imported on first use: see __getattr__
+    from resilient._faults import InjectFault, InjectLatency, InjectResult
+    from resilient._hedge import Hedge, HedgeMetrics
+    from resilient._ratelimit import RateLimiter, RateLimiterMetrics
+
+#: Policies whose modules load on first use, so that a program that never uses them does
+#: not pay for them in ``import resilient`` (their variables are known all the same:
+#: ``config.KINDS`` loads them when asked for every kind).
+_LAZY = {
+    "Hedge": "resilient._hedge",
+    "HedgeMetrics": "resilient._hedge",
+    "InjectFault": "resilient._faults",
+    "InjectLatency": "resilient._faults",
+    "InjectResult": "resilient._faults",
+    "RateLimiter": "resilient._ratelimit",
+    "RateLimiterMetrics": "resilient._ratelimit",
+}
 
 _Client = _typing.TypeVar("_Client")
 _Listener = _typing.TypeVar("_Listener", bound=_abc.Callable[..., object])
@@ -102,9 +117,16 @@ def health(*, names: _abc.Iterable[str] | None = None) -> dict[str, _typing.Any]
 _DISTRIBUTION = "resilient-toolkit"
 
 
-def __getattr__(name: str) -> str:
-    """``__version__``, read from the installed metadata on first use: importlib.metadata
-    costs more than the rest of ``import resilient`` together."""
+def __getattr__(name: str) -> _typing.Any:
+    """The lazily loaded policies (``_LAZY``), and ``__version__``, read from the
+    installed metadata on first use: importlib.metadata costs more than the rest of
+    ``import resilient`` together."""
+    module = _LAZY.get(name)
+    if module is not None:
+        found = getattr(__import__(module, fromlist=[name]), name)
+        found.__module__ = __name__
+        globals()[name] = found
+        return found
     if name != "__version__":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from importlib import metadata
@@ -169,3 +191,7 @@ for _name in __all__:
     if _obj is not None and hasattr(_obj, "__module__"):
         _obj.__module__ = __name__
 del _name, _obj
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

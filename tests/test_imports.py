@@ -24,6 +24,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 #: more than the library; nor the pytest plugin, nor pytest (loaded by pytest only).
 NEVER = (
     "resilient.pytest_plugin",
+    # loaded on first use: a program that never rate-limits, hedges or injects faults
+    # does not pay for them
+    "resilient._ratelimit",
+    "resilient._hedge",
+    "resilient._faults",
+    "resilient._core.execution.racing",
     "pytest",
     "_pytest",
     "asyncio",
@@ -111,3 +117,20 @@ def test_no_private_asyncio_names_are_used() -> None:
         if "asyncio.events" in line or "_get_running_loop" in line or "asyncio._" in line
     ]
     assert private == []
+
+
+def test_a_lazy_policys_variables_are_known_before_its_first_use() -> None:
+    """``import resilient`` leaves the rate limiter, the hedge and the injectors for
+    later, but a variable of theirs is a known one all the same (no warning), and the
+    first use of the name loads the class as resilient.X."""
+    code = (
+        "import os, warnings, resilient\n"
+        "from resilient._core.configuration import config\n"
+        "assert config.parts_of('RESILIENT_API_RATE_LIMITER_RATE').kind == 'rate_limiter'\n"
+        "assert config.parts_of('RESILIENT_API_HEDGE_DELAY').kind == 'hedge'\n"
+        "assert resilient.Hedge.__module__ == 'resilient'\n"
+        "assert 'RateLimiter' in dir(resilient)\n"
+        "from resilient import InjectFault\n"
+        "assert InjectFault is resilient.InjectFault\n"
+    )
+    loaded_after(code)

@@ -9,6 +9,9 @@ from resilient import CircuitOpenError, State
 
 
 def test_all_lists_exactly_the_public_names() -> None:
+    for name in resilient.__all__:  # (the policies loaded on first use, loaded)
+        getattr(resilient, name)
+    assert set(resilient.__all__) <= set(dir(resilient))
     # (Under pytest, whose assertion rewriting reaches every module of a distribution
     # with a pytest plugin, each module also holds "@py_builtins": no name to import.)
     public = {name for name in vars(resilient) if name.isidentifier() and name[0] != "_"}

@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -54,8 +54,61 @@ PREFIX = "RESILIENT_"
 #: The emergency switch: ``RESILIENT_ENABLED=0`` makes every policy a pass-through.
 ENABLED = "RESILIENT_ENABLED"
 
-#: Every kind's declared options, by kind ("breaker", ...); each policy module adds its own.
-KINDS: dict[str, tuple[opt.Option, ...]] = {}
+
+class _Kinds(MutableMapping[str, tuple[opt.Option, ...]]):
+    """Every kind's declared options, by kind ("breaker", ...); each policy module adds
+    its own as it is imported. The modules ``import resilient`` leaves for later
+    (``LAZY_KINDS``) are imported the first time every kind is asked for, or one that
+    is not there yet: a variable of theirs is known before their first use."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, tuple[opt.Option, ...]] = {}
+        self._complete = False
+
+    def _load(self) -> None:
+        if not self._complete:
+            self._complete = True
+            for module in LAZY_KINDS:
+                __import__(module)
+
+    def __getitem__(self, kind: str) -> tuple[opt.Option, ...]:
+        if kind not in self._kinds:
+            self._load()
+        return self._kinds[kind]
+
+    def __setitem__(self, kind: str, options: tuple[opt.Option, ...]) -> None:
+        self._kinds[kind] = options
+
+    def __delitem__(self, kind: str) -> None:
+        del self._kinds[kind]
+
+    def __iter__(self) -> Iterator[str]:
+        """Ours in one order (listings and the docs' table stay the same whichever
+        policy was imported first), then any other in the order it came."""
+        self._load()
+        kinds = self._kinds
+        return iter([*(k for k in _ORDER if k in kinds), *(k for k in kinds if k not in _ORDER)])
+
+    def __len__(self) -> int:
+        self._load()
+        return len(self._kinds)
+
+
+#: The policy modules ``import resilient`` does not import (see resilient.__getattr__).
+LAZY_KINDS = ("resilient._ratelimit", "resilient._hedge", "resilient._faults")
+KINDS = _Kinds()
+_ORDER = (
+    "breaker",
+    "retry",
+    "timeout",
+    "bulkhead",
+    "fallback",
+    "rate_limiter",
+    "hedge",
+    "fault",
+    "latency",
+    "result",
+)
 #: Each kind's class name ("breaker": "CircuitBreaker"), for listings; added with KINDS.
 TITLES: dict[str, str] = {}
 
