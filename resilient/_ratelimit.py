@@ -314,28 +314,29 @@ class RateLimiter(Configured, GuardForms):
     # -- the guard protocol -----------------------------------------------------------
 
     def _admit(self, state: _Plan) -> object:
+        now = state.now()  # (the clock read outside the lock: it is the user's code)
         lock = self._lock
-        while True:  # the clock read outside the lock, the plan checked inside it
-            plan = self._plan
-            now = plan.now()
-            lock.acquire()
-            if self._plan is plan:
-                break
-            lock.release()  # a reload came between: read again, by its plan and clock
+        lock.acquire()
         try:  # (not ``with``: the admitted path is the hot one, and this is 50 ns less)
-            now -= self._origin
-            tat = self._tat
-            if tat < now:  # idle: the schedule starts again from now
-                self._origin += now
-                tat = now = 0.0
-            if tat - now <= plan.early:
-                self._tat = tat + plan.interval
-                return None  # nothing to give back: the drivers call no _exit
+            if self._plan is state:
+                now -= self._origin
+                tat = self._tat
+                if tat < now:  # idle: the schedule starts again from now
+                    self._origin += now
+                    tat = now = 0.0
+                if tat - now <= state.early:
+                    self._tat = tat + state.interval
+                    return None  # nothing to give back: the drivers call no _exit
+                wait = tat - now - state.tolerance
+            else:
+                wait = -1.0  # a reload came between: asked again, by the plan in force
         finally:
             lock.release()
-        if plan.max_wait:
+        if wait < 0.0:
+            return self._admit(self._plan)
+        if state.max_wait:
             return MUST_WAIT
-        raise self._refuse(plan, tat - now - plan.tolerance)
+        raise self._refuse(state, wait)
 
     def _exit(self, token: object, exc: BaseException | None, result: object) -> None:
         """A started call is spent whatever its outcome: nothing to record."""
