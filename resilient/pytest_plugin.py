@@ -133,33 +133,34 @@ def resilient_testing(request: pytest.FixtureRequest) -> Iterator[TestMode]:
         yield testmode.current()
 
 
-@pytest.fixture
-def _resilient_shell(request: pytest.FixtureRequest) -> Iterator[Environment]:
-    """The shell's RESILIENT_* variables out of the environment for the test."""
+def _hiding(hidden: frozenset[str] | None) -> Iterator[Environment]:
+    """The RESILIENT_* variables called one of ``hidden`` (None: all of them) out of the
+    environment for the test, and the environment as it was afterwards."""
     from resilient._core.configuration.isolation import Environment
 
-    clean = Environment(request.config.stash[_SHELL])
+    clean = Environment(hidden)
     try:
         yield clean
     finally:
         clean.restore()
+
+
+@pytest.fixture
+def _resilient_shell(request: pytest.FixtureRequest) -> Iterator[Environment]:
+    """The shell's RESILIENT_* variables out of the environment for the test."""
+    yield from _hiding(request.config.stash[_SHELL])
 
 
 @pytest.fixture
 def _resilient_environment() -> Iterator[Environment]:
     """Every RESILIENT_* variable out of the environment for the test."""
-    from resilient._core.configuration.isolation import Environment
-
-    clean = Environment()
-    try:
-        yield clean
-    finally:
-        clean.restore()
+    yield from _hiding(None)
 
 
 @pytest.fixture
 def resilient_env(_resilient_environment: Environment) -> Iterator[pytest.MonkeyPatch]:
-    """No ``RESILIENT_*`` variable from outside (the shell, CI) during this test: gives a
+    """No ``RESILIENT_*`` variable at all during this test (none from the shell, CI or
+    the suite): gives a
     ``pytest.MonkeyPatch`` to set variables (``resilient_env.setenv(...)``) that are
     removed afterwards, when the outer ones come back and every live policy is reloaded
     from them. A policy reads variables as it is made and on ``resilient.reload()``."""
