@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Coroutine
-from types import TracebackType
-from typing import Any, Literal, NamedTuple, NoReturn, ParamSpec, TypeVar
+from typing import Any, NamedTuple, NoReturn, ParamSpec, TypeVar
 
 from resilient._budget import RetryBudget, check_budget
 from resilient._core.configuration import events, parse
@@ -26,7 +25,7 @@ from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.registry import Configured
 from resilient._core.execution import backend
-from resilient._core.execution.drivers import Decorates
+from resilient._core.execution.drivers import Decorates, Propagates
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
 from resilient._core.state.primitives import counter
 from resilient._core.state.ring import Samples
@@ -381,7 +380,7 @@ class _Attempts:
         raise last
 
 
-class Hedge(Configured, Decorates):
+class Hedge(Configured, Propagates, Decorates):
     """Start another attempt when ``delay`` passes without an answer; the first success wins.
 
     For ``async def`` (asyncio and trio), as a decorator or through ``call_async``. The
@@ -455,34 +454,14 @@ class Hedge(Configured, Decorates):
 
         return racing.hedging(self, fn)
 
-    def _no_block(self) -> NoReturn:
+    _BLOCK_TOKENS = False
+
+    def _enter_block(self, asynchronous: bool) -> NoReturn:
         raise UsageError(
             "a Hedge cannot guard a with block: it must be able to run the code again"
             " alongside itself, and a block runs once. Decorate an async def, or await"
             " hedge.call_async(fn, ...)"
         )
-
-    def __enter__(self) -> NoReturn:
-        self._no_block()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
-        return False
-
-    async def __aenter__(self) -> NoReturn:
-        self._no_block()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
-        return False
 
     # -- reading ----------------------------------------------------------------------
 
