@@ -34,7 +34,6 @@ from resilient._core.execution.drivers import MUST_WAIT, GuardForms, Refusal
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
 from resilient._core.state.primitives import counter
 from resilient._errors import ConfigError, RateLimitedError
-from resilient.events import LEVELS, Rejected
 
 __all__ = ["OPTIONS", "RateLimiter", "RateLimiterMetrics"]
 
@@ -268,7 +267,8 @@ class RateLimiter(Configured, GuardForms):
         """A full burst again, and rejections counted from zero (turns that calls are
         waiting for are kept: they were given)."""
         with self._lock:
-            self._tat = -math.inf if not self._waiting else self._tat
+            if not self._waiting:
+                self._tat = -math.inf
         self._rejected = counter()
 
     def _after_fork(self) -> None:
@@ -382,8 +382,7 @@ class RateLimiter(Configured, GuardForms):
     def _refuse(self, plan: _Plan, wait: float, why: str = "") -> RateLimitedError:
         """A refusal, counted and told (outside the lock: a listener may read metrics)."""
         self._rejected.incr()
-        if events.listened(self) or events.wanted(self, LEVELS[Rejected]):
-            events.refused(self, "rate_limited", plan.now, plan.now() + wait)
+        events.refused(self, "rate_limited", plan.now, retry_after=wait)
         # (made by the C constructor alone, args and all: no __init__ frame)
         return RateLimitedError.__new__(RateLimitedError, self.name, wait, why)
 

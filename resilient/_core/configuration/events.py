@@ -303,16 +303,22 @@ def refused(
     now: Callable[[], float],
     until: float | None = None,
     held: int | None = None,
+    *,
+    retry_after: float | None = None,
 ) -> None:
     """A rejection: the event is made only for a listener or a meter; the log line
     goes out when its gate is open, telling how many were held back since the last.
-    ``held``: the policy keeps the gate itself (a breaker, on its own clock) and this
-    many went untold since its last line."""
+    ``until`` (on ``now``'s clock) or ``retry_after`` (seconds from the decision, for a
+    policy that has it at hand: a rate limiter) says when to come back. ``held``: the
+    policy keeps the gate itself (a breaker, on its own clock) and this many went
+    untold since its last line."""
     heard = listened(policy)
     if not heard and not _logger(policy.KIND).isEnabledFor(LEVELS[Rejected]):
         return  # (nobody to tell: no event, no line, no gate)
     at = now()
-    event = Rejected(policy, at, reason, None if until is None else max(0.0, until - at))
+    if until is not None:
+        retry_after = max(0.0, until - at)
+    event = Rejected(policy, at, reason, retry_after)
     if heard:
         emit(policy, event)  # (its line through the gate)
         return
