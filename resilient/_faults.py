@@ -202,6 +202,13 @@ class _Injector(Configured, GuardForms):
     def _exit(self, token: object, exc: BaseException | None, result: object) -> None:
         """Nothing to record: whatever the call did, the next draw is the same."""
 
+    def _failed(self, state: _Plan, error: BaseException) -> None:
+        """An error that is the call's end, raised before the call (an injected fault, a
+        failing factory): metered here, since the drivers time nothing before it."""
+        meter = state.meter
+        if meter is not None:
+            meter.call(self, outcome_of(error), 0.0, error)
+
     def _told(self, state: _Plan, error: BaseException | None = None) -> None:
         if events.wanted(self, LEVELS[FaultInjected]):
             seconds = state.seconds if self.KIND == "latency" else None
@@ -281,9 +288,7 @@ class InjectFault(_Injector):
     def _inject(self, state: _Plan) -> NoReturn:
         error = self._error()
         self._told(state, error)
-        meter = state.meter
-        if meter is not None:  # (raised before the call, where the drivers time nothing)
-            meter.call(self, outcome_of(error), 0.0, error)
+        self._failed(state, error)
         try:
             raise error
         finally:  # no frame -> traceback -> error -> frame cycle for the collector
@@ -426,13 +431,6 @@ class InjectResult(_Injector):
             raise
         self._told(state)
         return Answered(value)
-
-    def _failed(self, state: _Plan, error: BaseException) -> None:
-        """The factory's error is the call's: metered as the call's end (it was raised
-        in the drivers' wait, before they time anything)."""
-        meter = state.meter
-        if meter is not None:
-            meter.call(self, outcome_of(error), 0.0, error)
 
     def _enter_block(self, asynchronous: bool) -> NoReturn:
         raise UsageError(
