@@ -46,6 +46,9 @@ __all__ = [
 
 #: Set to 1 (CI does) to fail, not skip, where redis-server is missing.
 REQUIRE = "RESILIENT_REQUIRE_REDIS"
+#: Read as this module is imported: resilient's pytest plugin hides the shell's
+#: RESILIENT_* variables from each test (and resilient itself would warn of this one).
+REQUIRED = os.environ.get(REQUIRE) == "1"
 INSTALL = "apt-get install -y redis-server"
 #: How long a server may take to answer PING after it starts, and to exit after SIGTERM.
 START_TIMEOUT = 10.0
@@ -60,7 +63,7 @@ def redis_binary() -> str:
     )
     if found is None:
         why = f"redis-server is not installed (install it with: {INSTALL})"
-        if os.environ.get(REQUIRE) == "1":
+        if REQUIRED or os.environ.get(REQUIRE) == "1":
             pytest.fail(f"{why}; {REQUIRE}=1 requires it", pytrace=False)
         pytest.skip(why)
     return found
