@@ -74,6 +74,15 @@ def backend(redis_flushed: RedisServer) -> Iterator[RedisBackend]:
     made.close()
 
 
+@pytest.fixture
+def patient(redis_flushed: RedisServer) -> Iterator[RedisBackend]:
+    """A backend with 2 s per operation, for the counts under load: on a busy machine 50
+    tasks on one event loop (or 16 threads) wait longer than 0.05 s for their turn."""
+    made = RedisBackend(redis_flushed.url, timeout=2.0)
+    yield made
+    made.close()
+
+
 # -- exact results ------------------------------------------------------------------------
 
 
@@ -186,7 +195,7 @@ def bound(admitted_times: list[int], interval: float, burst: int) -> float:
     return burst + span / interval + 1e-6
 
 
-def test_threads_hammering_one_limiter_stay_within_the_bound(backend: RedisBackend) -> None:
+def test_threads_hammering_one_limiter_stay_within_the_bound(patient: RedisBackend) -> None:
     interval, burst, threads = 0.01, 5, 16
     tolerance = (burst - 1) * interval
     admitted: list[int] = []
@@ -199,7 +208,7 @@ def test_threads_hammering_one_limiter_stay_within_the_bound(backend: RedisBacke
         start.wait(5)
         end = time.monotonic() + 0.6
         while time.monotonic() < end:
-            answer = backend.gcra("hammered", interval, tolerance)
+            answer = patient.gcra("hammered", interval, tolerance)
             with lock:
                 calls[0] += 1
                 if answer.admitted:
@@ -223,7 +232,7 @@ def test_threads_hammering_one_limiter_stay_within_the_bound(backend: RedisBacke
     assert refused[0] > 0
 
 
-def test_many_tasks_stay_within_the_bound(backend: RedisBackend) -> None:
+def test_many_tasks_stay_within_the_bound(patient: RedisBackend) -> None:
     interval, burst = 0.01, 5
     tolerance = (burst - 1) * interval
     admitted: list[int] = []
@@ -232,7 +241,7 @@ def test_many_tasks_stay_within_the_bound(backend: RedisBackend) -> None:
     async def caller() -> None:
         end = time.monotonic() + 0.5
         while time.monotonic() < end:
-            answer = await backend.gcra_async("tasks", interval, tolerance)
+            answer = await patient.gcra_async("tasks", interval, tolerance)
             calls[0] += 1
             if answer.admitted:
                 admitted.append(answer.now_us)
@@ -241,7 +250,7 @@ def test_many_tasks_stay_within_the_bound(backend: RedisBackend) -> None:
         try:
             await asyncio.gather(*(caller() for _ in range(50)))
         finally:
-            await backend.aclose()
+            await patient.aclose()
 
     asyncio.run(main())
     assert burst <= len(admitted) <= bound(admitted, interval, burst)
