@@ -18,7 +18,7 @@ Keys are ``{prefix}:{<name>}:<what>``: the policy's name is the hash tag, so the
 one policy live on one Redis Cluster node and its scripts may touch them all. Every key
 expires once it no longer matters, so nothing is left behind.
 
-Install with ``pip install "resilient-toolkit[redis]"`` (redis-py 5 or later).
+Install with ``pip install "resilient-toolkit[redis]"`` (redis-py 5.0.1 or later).
 """
 
 from __future__ import annotations
