@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
+import threading
+import time
 import weakref
 from typing import Any, NamedTuple
 
@@ -39,7 +42,16 @@ from redis.retry import Retry
 
 from resilient._errors import ConfigError
 
-__all__ = ["GCRA_SCRIPT", "Admission", "RedisBackend"]
+__all__ = ["GCRA_SCRIPT", "RETRY_AFTER", "Admission", "RedisBackend", "backend_for", "check_url"]
+
+#: Where a backend tells of an outage (one WARNING as Redis goes away, one as it answers
+#: again: never one per call).
+log = logging.getLogger("resilient.fleet")
+
+#: Seconds after a failed operation during which policies do not try Redis again: they
+#: use their local state at once, so an outage costs one operation timeout a second, not
+#: one a call. The first call after it tries Redis again (no probe thread needed).
+RETRY_AFTER = 1.0
 
 #: The fleet's GCRA (docs/ratelimit.md has the algorithm). One key per limiter holds
 #: "<stamp> <ahead>": the server's time in whole microseconds when it was written, and how
@@ -149,6 +161,11 @@ def _options(url: str, timeout: float) -> dict[str, Any]:
     }
 
 
+def check_url(url: str) -> None:
+    """ConfigError unless ``url`` is a Redis URL a backend can be made from."""
+    _options(url, 0.05)
+
+
 class RedisBackend:
     """Fleet-wide state in one Redis: what processes sharing a policy agree on.
 
@@ -191,6 +208,12 @@ class RedisBackend:
                 "a Redis URL (redis://host:port/db) or a redis.Redis or redis.asyncio.Redis",
                 owner="RedisBackend",
             )
+        # The outage, shared by every policy on this backend: what failed (None while
+        # Redis answers), and until when (time.monotonic) nobody tries it again.
+        self._outage_lock = threading.Lock()
+        self._away: str | None = None
+        self._retry_at = 0.0
+        self._told_trio = False
 
     def __repr__(self) -> str:
         where = self._url if self._url is not None else repr(self._sync or self._async)
@@ -254,6 +277,53 @@ class RedisBackend:
         if client is not None:
             await client.aclose()
 
+    # -- outages: what the policies report, told once each way -------------------------
+
+    def _usable(self) -> bool:
+        """Whether to try Redis now: it answers, or the back-off after a failure is over."""
+        return self._away is None or self._retry_at <= time.monotonic()
+
+    def _lost(self, error: BaseException) -> None:
+        """An operation failed: policies go local for :data:`RETRY_AFTER` seconds; the
+        first failure of an outage is told (WARNING), the rest are not."""
+        with self._outage_lock:
+            self._retry_at = time.monotonic() + RETRY_AFTER
+            if self._away is not None:
+                return
+            self._away = f"{type(error).__name__}: {error}"
+        log.warning(
+            "%r: Redis is away (%s); policies on it use their local state, and try Redis"
+            " again every %gs",
+            self,
+            self._away,
+            RETRY_AFTER,
+        )
+
+    def _answered(self) -> None:
+        """An operation succeeded: if Redis was away, it is back (told once)."""
+        if self._away is None:
+            return
+        with self._outage_lock:
+            was, self._away = self._away, None
+        if was is not None:
+            log.warning("%r: Redis answers again; policies on it share its state again", self)
+
+    def _asyncio_running(self) -> bool:
+        """Whether this task runs on asyncio: redis.asyncio cannot run on trio, where
+        the policies use their local state (told once per backend)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            if not self._told_trio:
+                self._told_trio = True
+                log.warning(
+                    "%r: async calls off asyncio (trio) cannot reach Redis (redis.asyncio"
+                    " runs on asyncio only); they use the policies' local state",
+                    self,
+                )
+            return False
+        return True
+
     # -- scripts ------------------------------------------------------------------------
 
     @staticmethod
@@ -316,3 +386,18 @@ class RedisBackend:
         """:meth:`acquire` on asyncio."""
         admission = await self.gcra_async(name, interval, tolerance)
         return admission.admitted, admission.retry_after
+
+
+_by_url: dict[str, RedisBackend] = {}
+_by_url_lock = threading.Lock()
+
+
+def backend_for(url: str) -> RedisBackend:
+    """The backend of ``url`` with the default prefix and timeout, one per URL in a
+    process: what a policy configured with a URL (an environment variable) uses, so
+    policies on one URL share its connections and its outages."""
+    with _by_url_lock:
+        backend = _by_url.get(url)
+        if backend is None:
+            backend = _by_url[url] = RedisBackend(url)
+        return backend
