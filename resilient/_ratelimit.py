@@ -479,11 +479,16 @@ class RateLimiter(Configured, GuardForms):
                 return wait, _Turn(self._origin, self._generation, end, plan.interval)
         finally:
             self._lock.release()
+        raise self._refuse(plan, wait, self._beyond(plan, limit, by_deadline))
+
+    @staticmethod
+    def _beyond(plan: _Plan, limit: float, by_deadline: bool) -> str:
+        """Why a call allowed to wait was refused (nothing to say of one that was not)."""
         if by_deadline:
-            why = f", its turn beyond the enclosing deadline ({limit:.3g}s left)"
-        else:
-            why = f", its turn beyond max_wait={plan.max_wait:g}s"
-        raise self._refuse(plan, wait, why)
+            return f", its turn beyond the enclosing deadline ({limit:.3g}s left)"
+        if limit:
+            return f", its turn beyond max_wait={plan.max_wait:g}s"
+        return ""
 
     def _locked(self) -> tuple[_Plan, float]:
         """The lock taken, with the plan in force and now from the origin on its clock
@@ -622,11 +627,4 @@ class RateLimiter(Configured, GuardForms):
     def _fleet_refused(
         self, plan: _Plan, limit: tuple[float, bool], wait: float
     ) -> RateLimitedError:
-        seconds, by_deadline = limit
-        if not plan.max_wait:
-            why = ""
-        elif by_deadline:
-            why = f", its turn beyond the enclosing deadline ({seconds:.3g}s left)"
-        else:
-            why = f", its turn beyond max_wait={plan.max_wait:g}s"
-        return self._refuse(plan, wait, why)
+        return self._refuse(plan, wait, self._beyond(plan, *limit))
