@@ -22,8 +22,9 @@ float is several bytecodes).
 from __future__ import annotations
 
 import math
+import sys
 import threading
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from resilient._core.configuration import events, parse, testmode
 from resilient._core.configuration import options as opt
@@ -34,6 +35,9 @@ from resilient._core.execution.drivers import MUST_WAIT, GuardForms, Refusal
 from resilient._core.state.clock import SYSTEM_CLOCK, Clock
 from resilient._core.state.primitives import counter
 from resilient._errors import ConfigError, RateLimitedError
+
+if TYPE_CHECKING:
+    from resilient.redis import Admission, RedisBackend
 
 __all__ = ["OPTIONS", "RateLimiter", "RateLimiterMetrics"]
 
@@ -47,6 +51,37 @@ def _calls_rate(value: Any) -> float:
 
 
 opt.written(_calls_rate, parse.parse_float, "a decimal number, e.g. 100")
+
+
+def _backend(value: Any) -> Any:
+    """None, a RedisBackend, or a Redis URL (checked here; a backend when compiled).
+    Only a URL imports resilient.redis (and redis-py): a backend given means it is."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            from resilient import redis as fleet
+        except ImportError:
+            raise opt.Invalid(
+                'a URL needs redis-py: pip install "resilient-toolkit[redis]"'
+            ) from None
+        try:
+            fleet.check_url(value)
+        except ConfigError as error:
+            raise opt.Invalid(error.expected) from None
+        return value
+    fleet_module = sys.modules.get("resilient.redis")
+    if fleet_module is not None and isinstance(value, fleet_module.RedisBackend):
+        return value
+    raise opt.Invalid
+
+
+def _parse_backend(raw: str) -> str | None:
+    raw = raw.strip()
+    return None if raw.lower() == "none" else raw
+
+
+opt.written(_backend, _parse_backend, "none, or a Redis URL: redis://host:port/db")
 
 OPTIONS = (
     opt.Option(
@@ -80,6 +115,22 @@ OPTIONS = (
         " enclosing `resilient.deadline` that ends sooner wins.",
     ),
     opt.WAITING_CLOCK,
+    opt.Option(
+        "backend",
+        None,
+        _backend,
+        "None, a resilient.redis.RedisBackend, or a Redis URL (redis://host:port/db)",
+        "Where a fleet of processes shares the limit (docs/fleet.md): every call asks"
+        " Redis (one round trip); None: this process alone.",
+    ),
+    opt.Option(
+        "fleet_size",
+        1,
+        opt.positive_int,
+        "a whole number from 1 to 1,000,000",
+        "How many processes share the limit through `backend`: while Redis is away each"
+        " admits `rate / fleet_size`, never the whole rate. No effect without a backend.",
+    ),
 )
 _OPTION_NAMES = frozenset(option.name for option in OPTIONS)
 
@@ -105,14 +156,31 @@ class RateLimiterMetrics(NamedTuple):
     rejected: int  #: calls refused since the limiter was made (or reset)
 
 
+class _Fleet:
+    """A limiter's share of a fleet: the backend, the key's name, and the global
+    schedule the fleet's GCRA keeps (the plan's own is the local share's)."""
+
+    __slots__ = ("backend", "interval", "name", "tolerance")
+
+    def __init__(self, backend: RedisBackend, name: str, interval: float, tolerance: float):
+        self.backend, self.name = backend, name
+        self.interval, self.tolerance = interval, tolerance
+
+
 class _Plan:
-    """What a call reads, switched whole by a reload; also the gate the drivers read."""
+    """What a call reads, switched whole by a reload; also the gate the drivers read.
+
+    With a backend (``fleet``), ``interval``, ``tolerance`` and ``due`` are this
+    process's share (``rate / fleet_size``), the local schedule while Redis is away, and
+    ``early`` is -inf: no call is admitted locally before Redis is asked."""
 
     __slots__ = (
         "burst",
         "clock",
+        "due",
         "early",
         "fast",
+        "fleet",
         "interval",
         "max_wait",
         "meter",
@@ -138,12 +206,25 @@ class _Plan:
         # adds a billionth of one more, so that float rounding (0.1 + 0.2 > 0.3) never
         # refuses a call that is exactly on time.
         self.tolerance = (self.burst - 1) * self.interval
-        self.early = self.tolerance + self.interval * 1e-9
+        self.early = self.due = self.tolerance + self.interval * 1e-9
+        self.fleet: _Fleet | None = None
         self.max_wait: float = settings["max_wait"]
         self.clock: Clock = settings["clock"] or SYSTEM_CLOCK
         self.now = self.clock.monotonic
         self.fast = not settings.enabled
         self.meter = meter
+
+    def share(self, fleet: _Fleet, fleet_size: int) -> None:
+        """Make this a fleet's plan: Redis decides, and while it is away the local
+        schedule admits this process's share, ``rate / fleet_size`` with a burst of
+        ``burst // fleet_size`` (at least 1): the fleet together never more than
+        the whole."""
+        self.fleet = fleet
+        burst = max(1, self.burst // fleet_size)
+        self.interval = fleet.interval * fleet_size
+        self.tolerance = (burst - 1) * self.interval
+        self.due = self.tolerance + self.interval * 1e-9
+        self.early = -math.inf
 
 
 class RateLimiter(Configured, GuardForms):
@@ -169,6 +250,8 @@ class RateLimiter(Configured, GuardForms):
         max_wait: opt.Duration = 0.0,
         name: str | None = None,
         clock: Clock | None = None,
+        backend: RedisBackend | str | None = None,
+        fleet_size: int = 1,
     ) -> None:
         given = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
         settings = self._configure(name, given)
@@ -194,7 +277,28 @@ class RateLimiter(Configured, GuardForms):
                 f"at least one call a year ({per}): slower is no limit, but a typo",
                 owner=self._owner(),
             )
+        backend = settings["backend"]
+        if backend is not None:
+            plan.share(self._fleet(settings, backend, plan), settings["fleet_size"])
         return plan
+
+    def _fleet(self, settings: Settings, backend: Any, plan: _Plan) -> _Fleet:
+        """The fleet of a plan with a backend (a URL made one: resilient.redis loads)."""
+        option, value = settings.blame("backend")
+        if self.name is None:
+            raise ConfigError(
+                option,
+                value,
+                "a backend for a named RateLimiter (name=...): the name is what the fleet's"
+                " processes share in Redis",
+                owner=self._owner(),
+            )
+        if isinstance(backend, str):
+            from resilient.redis import backend_for
+
+            backend = backend_for(backend)
+        backend.key(self.name, "gcra")  # a name Redis keys cannot carry: ConfigError now
+        return _Fleet(backend, self.name, plan.interval, plan.tolerance)
 
     def _switch(self, compiled: _Plan) -> None:
         """Install a plan; the calls owed (how far ``tat`` is ahead of now, on the old
@@ -235,6 +339,9 @@ class RateLimiter(Configured, GuardForms):
 
     def __repr__(self) -> str:
         name = "" if self.name is None else f", name={self.name!r}"
+        fleet = self._plan.fleet
+        if fleet is not None:
+            name += f", backend={fleet.backend!r}"
         return (
             f"RateLimiter({self.rate:g}, per={self.per:g}, burst={self.burst},"
             f" max_wait={self.max_wait:g}{name})"
@@ -248,7 +355,7 @@ class RateLimiter(Configured, GuardForms):
         self._lock.release()
         rejected = self._rejected.value
         # Calls that fit before tat - now passes the tolerance.
-        room = (plan.early - ahead) / plan.interval
+        room = (plan.due - ahead) / plan.interval
         available = 0 if room < 0 else min(plan.burst, math.floor(room) + 1)
         return RateLimiterMetrics(plan.rate, plan.per, plan.burst, available, waiting, rejected)
 
@@ -291,6 +398,14 @@ class RateLimiter(Configured, GuardForms):
                 return True
         except RateLimitedError:
             return False
+        fleet_plan = self._plan
+        if fleet_plan.fleet is not None:
+            try:
+                if self._ask_fleet(fleet_plan, 0.0):
+                    return True
+                return self._wait(fleet_plan, 0.0) is None  # Redis away: the local share
+            except RateLimitedError:
+                return False
         plan, now = self._locked()  # (with max_wait, _admit leaves the refusal to the wait)
         wait = max(self._tat, now) - now - plan.tolerance
         self._lock.release()
@@ -332,6 +447,8 @@ class RateLimiter(Configured, GuardForms):
                 wait = -1.0  # a reload came between: asked again, by the plan in force
         finally:
             lock.release()
+        if state.fleet is not None:  # (off the admitted path: free without a backend)
+            return MUST_WAIT  # the fleet decides, in _wait or _wait_async: a round trip
         if wait < 0.0:
             return self._admit(self._plan)
         if state.max_wait:
@@ -341,10 +458,11 @@ class RateLimiter(Configured, GuardForms):
     def _exit(self, token: object, exc: BaseException | None, result: object) -> None:
         """A started call is spent whatever its outcome: nothing to record."""
 
-    def _reserve(self) -> tuple[float, _Turn]:
-        """Take the next turn if it comes within ``max_wait`` (and the deadline): the
-        seconds to wait for it, and the turn (to give it back)."""
-        limit, by_deadline = dl.limit(self._plan.max_wait)  # first: nothing raises once taken
+    def _reserve(self, most: float | None = None) -> tuple[float, _Turn]:
+        """Take the next turn if it comes within ``max_wait`` (or ``most``) and the
+        deadline: the seconds to wait for it, and the turn (to give it back)."""
+        limit, by_deadline = dl.limit(self._plan.max_wait if most is None else most)
+        # (the limit first: nothing raises once the turn is taken)
         plan, now = self._locked()
         try:
             tat = self._tat
@@ -352,7 +470,7 @@ class RateLimiter(Configured, GuardForms):
                 self._origin += now
                 tat = now = 0.0
             wait = tat - now - plan.tolerance
-            if tat - now <= plan.early:
+            if tat - now <= plan.due:
                 wait = 0.0
             if wait <= limit:
                 self._tat = end = tat + plan.interval
@@ -361,11 +479,16 @@ class RateLimiter(Configured, GuardForms):
                 return wait, _Turn(self._origin, self._generation, end, plan.interval)
         finally:
             self._lock.release()
+        raise self._refuse(plan, wait, self._beyond(plan, limit, by_deadline))
+
+    @staticmethod
+    def _beyond(plan: _Plan, limit: float, by_deadline: bool) -> str:
+        """Why a call allowed to wait was refused (nothing to say of one that was not)."""
         if by_deadline:
-            why = f", its turn beyond the enclosing deadline ({limit:.3g}s left)"
-        else:
-            why = f", its turn beyond max_wait={plan.max_wait:g}s"
-        raise self._refuse(plan, wait, why)
+            return f", its turn beyond the enclosing deadline ({limit:.3g}s left)"
+        if limit:
+            return f", its turn beyond max_wait={plan.max_wait:g}s"
+        return ""
 
     def _locked(self) -> tuple[_Plan, float]:
         """The lock taken, with the plan in force and now from the origin on its clock
@@ -399,8 +522,11 @@ class RateLimiter(Configured, GuardForms):
             ):
                 self._tat = turn.end - turn.interval
 
-    def _wait(self, state: _Plan) -> object:
-        wait, turn = self._reserve()
+    def _wait(self, state: _Plan, most: float | None = None) -> object:
+        plan = self._plan
+        if plan.fleet is not None and most is None and self._ask_fleet(plan):
+            return None
+        wait, turn = self._reserve(most)
         if wait > 0:
             try:
                 if not testmode._mode.enabled:
@@ -413,6 +539,9 @@ class RateLimiter(Configured, GuardForms):
         return None
 
     async def _wait_async(self, state: _Plan) -> object:
+        plan = self._plan
+        if plan.fleet is not None and await self._ask_fleet_async(plan):
+            return None
         wait, turn = self._reserve()
         if wait > 0:
             try:
@@ -424,3 +553,77 @@ class RateLimiter(Configured, GuardForms):
             with self._lock:
                 self._waiting -= 1
         return None
+
+    # -- the fleet: one script in Redis per call, the local share while it is away ------
+    #
+    # The script admits a call or says when it would be; it reserves nothing. So a call
+    # allowed to wait sleeps that long (through the clock) and asks again, while its
+    # max_wait and the deadline allow; calls racing for one turn across the fleet are
+    # not served in order (locally they are). Any failure of Redis sends the call to the
+    # local share (_reserve on the plan's own schedule); the backend tells the outage.
+
+    _ROUNDS = 1000  # asks of one call at most (each after a wait the server named)
+
+    def _ask_fleet(self, plan: _Plan, most: float | None = None) -> bool:
+        """True once Redis admits the call; False when it cannot be asked (the local
+        share decides); RateLimitedError when its turn is beyond the limit."""
+        fleet = plan.fleet
+        assert fleet is not None
+        backend = fleet.backend
+        if not backend._usable():
+            return False
+        limit = dl.limit(plan.max_wait if most is None else most)
+        started, wait = plan.now(), None
+        for _ in range(self._ROUNDS):
+            try:
+                admission = backend.gcra(fleet.name, fleet.interval, fleet.tolerance)
+            except Exception as error:  # redis-py's, or a client given that cannot
+                backend._lost(error)
+                return False
+            backend._answered()
+            wait = self._fleet_turn(plan, admission, limit, plan.now() - started)
+            if wait is None:
+                return True
+            plan.clock.sleep(wait)
+        raise self._fleet_refused(plan, limit, wait or 0.0)
+
+    async def _ask_fleet_async(self, plan: _Plan) -> bool:
+        """:meth:`_ask_fleet` on asyncio (redis.asyncio); off it (trio), False."""
+        fleet = plan.fleet
+        assert fleet is not None
+        backend = fleet.backend
+        if not backend._usable() or not backend._asyncio_running():
+            return False
+        limit = dl.limit(plan.max_wait)
+        started, wait = plan.now(), None
+        for _ in range(self._ROUNDS):
+            try:
+                admission = await backend.gcra_async(fleet.name, fleet.interval, fleet.tolerance)
+            except Exception as error:
+                backend._lost(error)
+                return False
+            backend._answered()
+            wait = self._fleet_turn(plan, admission, limit, plan.now() - started)
+            if wait is None:
+                return True
+            await plan.clock.sleep_async(wait)
+        raise self._fleet_refused(plan, limit, wait or 0.0)
+
+    def _fleet_turn(
+        self, plan: _Plan, admission: Admission, limit: tuple[float, bool], waited: float
+    ) -> float | None:
+        """The fleet's answer judged: None (admitted), the seconds to sleep before
+        asking again, or a refusal with the server's exact ``retry_after``."""
+        if admission.admitted:
+            return None
+        wait = admission.retry_after
+        if wait > limit[0] - waited:
+            raise self._fleet_refused(plan, limit, wait or 0.0)
+        if testmode._mode.enabled:
+            return None  # (waits skipped: the call goes, as a local turn would)
+        return wait
+
+    def _fleet_refused(
+        self, plan: _Plan, limit: tuple[float, bool], wait: float
+    ) -> RateLimitedError:
+        return self._refuse(plan, wait, self._beyond(plan, *limit))

@@ -19,6 +19,7 @@ import pytest
 
 from resilient import CircuitBreaker, ConfigError, ResilienceError
 from resilient._errors import shown
+from tests.redis_server import redis_flushed, redis_server  # noqa: F401  (fixtures)
 
 MODES = ("sync", "asyncio", "trio")
 FORMS = ("decorator", "with", "call")

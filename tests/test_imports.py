@@ -40,6 +40,7 @@ NEVER = (
     "starlette",
     "opentelemetry",
     "prometheus_client",
+    "redis",
     "wrapt",
     "importlib.metadata",
     "inspect",

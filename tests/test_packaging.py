@@ -49,6 +49,7 @@ INTEGRATIONS: dict[str, str] = {
     "starlette": "starlette",
     "otel": "opentelemetry",
     "prometheus": "prometheus_client",
+    "redis": "redis",
 }
 
 #: The pytest plugin: it imports pytest eagerly, and only pytest loads it (through the

@@ -16,7 +16,7 @@ def test_all_lists_exactly_the_public_names() -> None:
     # with a pytest plugin, each module also holds "@py_builtins": no name to import.)
     public = {name for name in vars(resilient) if name.isidentifier() and name[0] != "_"}
     # Public submodules (an integration is an attribute once something imported it).
-    public -= {"testing", "backoff", "events", "httpx", "starlette", "otel", "prometheus"}
+    public -= {"testing", "backoff", "events", "httpx", "starlette", "otel", "prometheus", "redis"}
     public -= {"pytest_plugin"}  # loaded by pytest, through its entry point
     assert sorted(resilient.__all__) == resilient.__all__
     assert set(resilient.__all__) - {"__version__"} == public
