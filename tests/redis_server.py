@@ -11,7 +11,7 @@ on a free port, with nothing saved to disk, and stop it after::
         server.start()  # the same port again, empty (no script cached, no keys)
 
 Without the binary the tests are skipped, saying how to install it; with
-``RESILIENT_REQUIRE_REDIS=1`` (CI sets it) they fail instead, so CI always runs them.
+``CI_REQUIRE_REDIS=1`` (CI sets it) they fail instead, so CI always runs them.
 
 Also here: ``DelayProxy`` (a TCP proxy that holds each reply back a while: a slow Redis)
 and, from tests/faultserver.py, ``Blackhole`` (a port that accepts and never answers).
@@ -45,9 +45,9 @@ __all__ = [
 ]
 
 #: Set to 1 (CI does) to fail, not skip, where redis-server is missing.
-REQUIRE = "RESILIENT_REQUIRE_REDIS"
-#: Read as this module is imported: resilient's pytest plugin hides the shell's
-#: RESILIENT_* variables from each test (and resilient itself would warn of this one).
+REQUIRE = "CI_REQUIRE_REDIS"
+#: Read as this module is imported (not a RESILIENT_* name: resilient's pytest plugin
+#: hides those from each test, and resilient would warn of an unknown one).
 REQUIRED = os.environ.get(REQUIRE) == "1"
 INSTALL = "apt-get install -y redis-server"
 #: How long a server may take to answer PING after it starts, and to exit after SIGTERM.
@@ -56,7 +56,7 @@ STOP_TIMEOUT = 5.0
 
 
 def redis_binary() -> str:
-    """The redis-server to run; a skip (or with RESILIENT_REQUIRE_REDIS=1, a failure)
+    """The redis-server to run; a skip (or with CI_REQUIRE_REDIS=1, a failure)
     saying how to install it where there is none."""
     found = shutil.which("redis-server") or (
         "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None
