@@ -19,13 +19,13 @@ import math
 import threading
 from collections.abc import Callable, Iterable
 from enum import Enum
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from resilient._core.configuration import config, events
 from resilient._core.configuration import options as opt
 from resilient._core.configuration.config import Settings
 from resilient._core.configuration.registry import Configured
-from resilient._core.execution.drivers import NO_RESULT, GuardForms, Refusal
+from resilient._core.execution.drivers import MUST_WAIT, NO_RESULT, GuardForms, Refusal
 from resilient._core.state.clock import SYSTEM_CLOCK, MonotonicClock
 from resilient._core.state.primitives import counter
 from resilient._core.state.ring import Ring
@@ -42,6 +42,9 @@ from resilient._core.state.window import (
 from resilient._errors import CircuitOpenError, ConfigError, RejectedError, UsageError, detached
 from resilient.events import StateChange
 from resilient.events import Tally as Counted
+
+if TYPE_CHECKING:
+    from resilient.redis import BreakerLink, RedisBackend, Shared
 
 __all__ = ["HISTORY", "BreakerMetrics", "CircuitBreaker", "State", "StateChange"]
 
@@ -91,10 +94,12 @@ class _Phase:
 
     __slots__ = (
         "admitted",
+        "ask_after",
         "cause",
         "failures",
         "fast",
         "forward",
+        "gen",
         "kind",
         "meter",
         "passed",
@@ -162,6 +167,10 @@ class _Phase:
         # CLOSED, replaced by a reload that changed its window or its flags: the phase
         # that took over, where the outcomes of calls admitted under this one now go.
         self.forward: _Phase | None = None
+        # With a backend: the fleet's generation this phase belongs to (0: none known),
+        # and, HALF_OPEN, until when a fleet that had no permit left is not asked again.
+        self.gen = 0
+        self.ask_after = -math.inf
 
 
 _Token = _Phase | tuple[_Phase, float]  # timed tokens carry the start time
@@ -270,7 +279,18 @@ OPTIONS = (
         "None or an object with a monotonic() method",
         "Where time comes from; tests pass resilient.testing.ManualClock.",
     ),
+    opt.backend(
+        "Where a fleet of processes shares the breaker's state (docs/fleet.md): a trip in"
+        " one process opens it in all; the window stays local. None: this process alone."
+    ),
 )
+
+#: With a backend, a half-open spell whose permits are all out longer than this (or
+#: than half_open_max_wait, if set) starts again: a probe's process may have died.
+PROBE_LEASE = 60.0
+#: With a backend, how long a process told "no permit left" refuses probes on its own
+#: before asking the fleet again.
+PROBE_RECHECK = 0.1
 
 
 #: Environment only: ``RESILIENT_<NAME>_BREAKER_STATE`` pins a breaker from outside.
@@ -362,6 +382,7 @@ class _Plan:
         self.clock: MonotonicClock = settings["clock"] or SYSTEM_CLOCK
         self.now = self.clock.monotonic
         self.pinned: str = settings["state"]
+        self.backend: RedisBackend | str | None = settings["backend"]
         self.enabled = settings.enabled
         # CLOSED admits without asking: no call is timed, for slowness or for a meter.
         self.fast = not self.timed and meter is None
@@ -463,6 +484,7 @@ class CircuitBreaker(Configured, GuardForms):
 
     _state: _Phase  # the one current phase; replaced whole by _swap, never edited
     _plan: _Plan  # the configuration; replaced whole by a reload, never edited
+    _link: BreakerLink | None = None  # with a backend: the tie to the fleet
 
     def __init__(
         self,
@@ -481,6 +503,7 @@ class CircuitBreaker(Configured, GuardForms):
         ignore: opt.Exceptions = (),
         failure_result: Callable[[Any], bool] | None = None,
         clock: MonotonicClock | None = None,
+        backend: RedisBackend | str | None = None,
     ) -> None:
         given = {key: value for key, value in locals().items() if key in _OPTION_NAMES}
         settings = self._configure(name, given)
@@ -495,6 +518,10 @@ class CircuitBreaker(Configured, GuardForms):
 
     def _compile(self, settings: Settings) -> _Plan:
         rules = _Plan(settings, self._owner(), self._metered())
+        if rules.backend is not None:
+            from resilient.redis import resolve
+
+            rules.backend = resolve(self, settings)
         old: _Plan | None = getattr(self, "_plan", None)
         if rules.capped is not None and (old is None or old.capped != rules.capped):
             config.warn(f"{rules.owner}: {rules.capped}")  # once, not at every reload
@@ -508,6 +535,12 @@ class CircuitBreaker(Configured, GuardForms):
         if there is one, else to CLOSED with the window kept.
         """
         c = compiled
+        link = self._link
+        moved = (None if link is None else link.backend) is not c.backend
+        if moved:  # (a reload that sets, changes or drops the backend)
+            if link is not None:
+                link.backend.unlink(link)
+            self._link = None if c.backend is None else c.backend.link(self)  # type: ignore[union-attr]
         with self._lock:
             self._plan = c  # (the phases made below read it)
             now = c.now()
@@ -551,6 +584,8 @@ class CircuitBreaker(Configured, GuardForms):
                 st.meter = c.meter  # (a meter came or went: the phase stays)
         events.deliver()
         self._listening_changed()  # (a meter came or went, perhaps)
+        if moved and self._link is not None:
+            self._fleet_load(self._link)
 
     # -- the call path ----------------------------------------------------------------
 
@@ -617,6 +652,12 @@ class CircuitBreaker(Configured, GuardForms):
                 if self._state is not st:
                     return  # a probe of a half-open spell that has ended: stale
                 c = self._plan  # (as of now: a reload or a meter may have switched it)
+                link = self._link
+                if st.gen and link is not None and link.backend._usable():
+                    # A fleet spell: the fleet's probes decide together (the worker hands
+                    # back the outcome); this process counts its own, for metrics.
+                    self._fleet_probed(c, link, st, outcome, exc)
+                    return
                 if outcome is None:
                     st.admitted -= 1  # ignored or cancelled: let another probe in
                     return
@@ -721,10 +762,23 @@ class CircuitBreaker(Configured, GuardForms):
         events.deliver()
         return True
 
-    def _install(self, new: _Phase, why: str, tally: Tally | None = None, *, now: float) -> None:
+    def _install(
+        self,
+        new: _Phase,
+        why: str,
+        tally: Tally | None = None,
+        *,
+        now: float,
+        fleet: bool = False,
+    ) -> None:
         """Under the lock: make ``new`` current, keep the change in the history and
-        queue its event (stamped ``now``), which this thread delivers once it lets go."""
+        queue its event (stamped ``now``), which this thread delivers once it lets go.
+        ``fleet``: the change comes from the fleet (else, with a backend, it goes to it)."""
         old = getattr(self, "_state", None)
+        if old is not None and self._link is not None and not fleet:
+            if not new.gen:
+                new.gen = old.gen  # (made here, from the state the fleet last told)
+            self._fleet_send(self._link, old, new, why, now)
         self._adopt(new)
         if old is not None and old.kind is not new.kind:
             if old.refusal is not None:  # the spell's rejections, told once at its end
@@ -808,8 +862,9 @@ class CircuitBreaker(Configured, GuardForms):
         probing.cause = st.cause  # until a probe fails: what opened the spell before
         return probing
 
-    def _admit(self, st: _Phase) -> _Token:
-        """Admission off the fast path: a token, or CircuitOpenError."""
+    def _admit(self, st: _Phase, local: bool = False) -> object:
+        """Admission off the fast path: a token, or CircuitOpenError; with a backend,
+        MUST_WAIT for a half-open permit from the fleet (``local``: Redis is away)."""
         c = self._plan
         while True:
             kind = st.kind
@@ -817,6 +872,9 @@ class CircuitBreaker(Configured, GuardForms):
                 now = c.now()
                 if now < st.until:  # (the drivers refuse on their own, once armed: _reject)
                     raise self._reject(st, now)
+                link = self._link
+                if not local and link is not None and link.backend._usable():
+                    return MUST_WAIT  # the fleet's permit: _wait or _wait_async
                 # lazily, on the first call after
                 self._swap(st, self._probing(c, st, now), now, "open_for has passed")
             elif kind is HALF_OPEN:
@@ -825,6 +883,11 @@ class CircuitBreaker(Configured, GuardForms):
                 if max_wait is not None and now - st.since >= max_wait:
                     hung = f"probes did not report within half_open_max_wait={max_wait:g}s"
                     self._swap(st, self._opened(st, now, st.reopen_for), now, hung)
+                elif not local and self._link is not None and self._link.backend._usable():
+                    if now < st.ask_after:  # the fleet had no permit left a moment ago
+                        self._refused("half_open_full")
+                        raise CircuitOpenError(self.name, None, st.kind, st.cause)
+                    return MUST_WAIT
                 else:
                     with self._lock:
                         current = self._state is st
@@ -889,6 +952,151 @@ class CircuitBreaker(Configured, GuardForms):
         st = self._state
         if st.refusal is not None:
             self._arm_refusal(st, self._plan.now() if events.listened(self) else -math.inf)
+
+    # -- the fleet: decide locally, agree in Redis (docs/fleet.md) ----------------------
+    #
+    # With a backend the CLOSED path is unchanged (no Redis). A change this process makes
+    # is sent from _install to the backend's worker, which runs it as one script and
+    # hands the fleet's answer back to _fleet_adopt, as it does every change another
+    # process makes (a message, or the refresh each second). Only a half-open permit is
+    # asked in the call's way: _admit answers MUST_WAIT and the drivers call _wait (the
+    # sync client) or _wait_async. Whenever Redis is away, the breaker decides alone.
+
+    def _wait(self, state: _Phase) -> object:
+        link = self._link
+        shared = None if link is None else link.ask("probe", *self._probe_args())
+        return self._permitted(state, link, shared)
+
+    async def _wait_async(self, state: _Phase) -> object:
+        link = self._link
+        shared = None if link is None else await link.ask_async("probe", *self._probe_args())
+        return self._permitted(state, link, shared)
+
+    def _probe_args(self) -> tuple[str, str]:
+        c = self._plan
+        lease = PROBE_LEASE if c.half_open_max_wait is None else c.half_open_max_wait
+        return str(c.half_open_calls), str(math.ceil(lease * 1000))
+
+    def _permitted(self, st: _Phase, link: BreakerLink | None, shared: Shared | None) -> object:
+        """The fleet's answer to a probe: a permit (a probe's token), CLOSED (a token of
+        the closed state), or a refusal; no answer (Redis away): local admission."""
+        if link is None or shared is None:
+            return self._admit(self._state, local=True)
+        st = self._fleet_adopt(link, shared)
+        c = self._plan
+        now = c.now()
+        if shared.permit and st.kind is HALF_OPEN and st.gen == shared.gen:
+            with self._lock:
+                st.admitted += 1
+            return (st, now) if c.timed else st
+        if st.kind is HALF_OPEN:  # every permit is out: ask again a little later
+            st.ask_after = now + PROBE_RECHECK
+            self._refused("half_open_full")
+            raise CircuitOpenError(self.name, None, st.kind, st.cause)
+        if st.kind in (OPEN, FORCED_OPEN) and (st.kind is FORCED_OPEN or now < st.until):
+            raise self._reject(st, now)
+        return self._admit(st, local=True)  # closed (or pinned, or a spell just over)
+
+    def _fleet_probed(
+        self,
+        c: _Plan,
+        link: BreakerLink,
+        st: _Phase,
+        outcome: int | None,
+        exc: BaseException | None,
+    ) -> None:
+        """Under the lock: a probe of a fleet spell reported; the fleet decides."""
+        if outcome is None:
+            st.admitted -= 1
+            code = "none"
+        else:
+            st.reported += 1
+            failed = outcome in (FAILURE, SLOW_FAILURE)
+            st.failures += failed
+            st.slow += outcome in (SLOW_SUCCESS, SLOW_FAILURE)
+            if failed and exc is not None:
+                st.cause = detached(exc) or st.cause
+            code = _PROBED[outcome]
+        slow_rate = repr(c.slow_rate) if c.timed else "2"  # (no rate of slow calls: never)
+        reopen_ms = str(math.ceil(st.reopen_for * 1000))
+        rate = repr(c.failure_rate)
+        link.send("probed", str(st.gen), code, str(c.half_open_calls), rate, slow_rate, reopen_ms)
+
+    def _fleet_send(
+        self, link: BreakerLink, old: _Phase, new: _Phase, why: str, now: float
+    ) -> None:
+        """Under the lock: a change this process made, for the fleet to agree on. Only
+        trips and code's force_open()/reset() are shared: an environment's pin and
+        disable() are this process's, and a spell decided here while Redis was away
+        (OPEN to HALF_OPEN to CLOSED) stays here."""
+        if why == "force_open()":
+            link.send("force", "forced_open", why)
+        elif why == "reset()":
+            link.send("force", "closed", why)
+        elif new.kind is OPEN and old.kind in (CLOSED, HALF_OPEN):
+            left = str(math.ceil(max(0.0, new.until - now) * 1000))
+            link.send("open", str(old.gen), left, why)
+
+    def _fleet_adopt(self, link: BreakerLink, shared: Shared) -> _Phase:
+        """The fleet's state, as Redis answered or another process told: adopted if its
+        generation is newer than the last one seen (a stale message changes nothing);
+        the current phase returned. A pin (the environment's, disable()) wins here."""
+        c = self._plan
+        # (how long a failed fleet spell reopens for, asked before the lock: user code)
+        reopen_for = c.open_duration(shared.opened + 1) if shared.state == "half_open" else 0.0
+        with self._lock:
+            st = self._state
+            if link is not self._link or shared.gen < link.known:
+                return st
+            link.known = shared.gen
+            if self._pinned_by_env or self._code_pin is DISABLED or st.kind is DISABLED:
+                return st
+            kind = State(shared.state)
+            now = c.now()
+            # The same state is kept; but an OPEN spell the fleet holds longer than this
+            # process thought (its clock ran ahead, a message came late) is taken as told.
+            if (
+                st.gen == shared.gen
+                and st.kind is kind
+                and (kind is not OPEN or now + shared.left <= st.until + 0.001)
+            ):
+                return st
+            if kind is CLOSED and st.kind is CLOSED:
+                st.gen = shared.gen  # (closed here too: the window stays)
+                return st
+            if kind is OPEN:
+                base = _Phase(CLOSED, st.window, times_opened=max(0, shared.opened - 1))
+                new = self._opened(base, now, shared.left, st.cause)
+            elif kind is HALF_OPEN:
+                new = _Phase(
+                    HALF_OPEN,
+                    st.window,
+                    since=now,
+                    times_opened=shared.opened,
+                    reopen_for=reopen_for,
+                )
+                new.cause = st.cause
+            elif kind is FORCED_OPEN:
+                new = self._pinned(FORCED_OPEN, st.window, now)
+            else:
+                new = self._closed(c)
+            new.gen = shared.gen
+            if shared.by:
+                why = f"the fleet: {shared.reason} (by {shared.by})"
+            else:
+                why = f"the fleet's state: {kind.value}"
+            self._install(new, why, now=now, fleet=True)
+            st = new
+        events.deliver()
+        return st
+
+    def _fleet_load(self, link: BreakerLink) -> None:
+        """As the breaker is made (or moved to a backend): the fleet's state and why,
+        read at once (bounded by the backend's timeout), so a process that starts late
+        is OPEN before its first call if the fleet is."""
+        shared = link.ask("read")
+        if shared is not None and shared.gen:  # (None: away, told; 0: nothing shared yet)
+            self._fleet_adopt(link, shared)
 
     # -- inspection and manual control ------------------------------------------------
 
@@ -1045,6 +1253,9 @@ class CircuitBreaker(Configured, GuardForms):
 
 
 _OPTION_NAMES = frozenset(option.name for option in OPTIONS)
+
+#: A probe's outcome as the fleet's script spells it.
+_PROBED = {SUCCESS: "ok", FAILURE: "fail", SLOW_SUCCESS: "slow_ok", SLOW_FAILURE: "slow_fail"}
 
 #: How a transition the environment made says so (``_switch``): not replayed elsewhere.
 _BY_ENVIRONMENT = ("RESILIENT_ENABLED=0", "the environment's state=")

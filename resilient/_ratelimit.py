@@ -22,7 +22,6 @@ float is several bytecodes).
 from __future__ import annotations
 
 import math
-import sys
 import threading
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -52,36 +51,6 @@ def _calls_rate(value: Any) -> float:
 
 opt.written(_calls_rate, parse.parse_float, "a decimal number, e.g. 100")
 
-
-def _backend(value: Any) -> Any:
-    """None, a RedisBackend, or a Redis URL (checked here; a backend when compiled).
-    Only a URL imports resilient.redis (and redis-py): a backend given means it is."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            from resilient import redis as fleet
-        except ImportError:
-            raise opt.Invalid(
-                'a URL needs redis-py: pip install "resilient-toolkit[redis]"'
-            ) from None
-        try:
-            fleet.check_url(value)
-        except ConfigError as error:
-            raise opt.Invalid(error.expected) from None
-        return value
-    fleet_module = sys.modules.get("resilient.redis")
-    if fleet_module is not None and isinstance(value, fleet_module.RedisBackend):
-        return value
-    raise opt.Invalid
-
-
-def _parse_backend(raw: str) -> str | None:
-    raw = raw.strip()
-    return None if raw.lower() == "none" else raw
-
-
-opt.written(_backend, _parse_backend, "none, or a Redis URL: redis://host:port/db")
 
 OPTIONS = (
     opt.Option(
@@ -115,13 +84,9 @@ OPTIONS = (
         " enclosing `resilient.deadline` that ends sooner wins.",
     ),
     opt.WAITING_CLOCK,
-    opt.Option(
-        "backend",
-        None,
-        _backend,
-        "None, a resilient.redis.RedisBackend, or a Redis URL (redis://host:port/db)",
+    opt.backend(
         "Where a fleet of processes shares the limit (docs/fleet.md): every call asks"
-        " Redis (one round trip); None: this process alone.",
+        " Redis (one round trip); None: this process alone."
     ),
     opt.Option(
         "fleet_size",
@@ -284,20 +249,11 @@ class RateLimiter(Configured, GuardForms):
 
     def _fleet(self, settings: Settings, backend: Any, plan: _Plan) -> _Fleet:
         """The fleet of a plan with a backend (a URL made one: resilient.redis loads)."""
-        option, value = settings.blame("backend")
-        if self.name is None:
-            raise ConfigError(
-                option,
-                value,
-                "a backend for a named RateLimiter (name=...): the name is what the fleet's"
-                " processes share in Redis",
-                owner=self._owner(),
-            )
-        if isinstance(backend, str):
-            from resilient.redis import backend_for
+        from resilient.redis import resolve
 
-            backend = backend_for(backend)
-        backend.key(self.name, "gcra")  # a name Redis keys cannot carry: ConfigError now
+        backend = resolve(self, settings)
+        backend.attach(self)  # (told of outages)
+        assert self.name is not None  # (resolve requires it)
         return _Fleet(backend, self.name, plan.interval, plan.tolerance)
 
     def _switch(self, compiled: _Plan) -> None:

@@ -23,6 +23,8 @@ __all__ = [
     "Event",
     "FallbackUsed",
     "FaultInjected",
+    "FleetRestored",
+    "FleetUnavailable",
     "HedgeStarted",
     "Rejected",
     "RetryGaveUp",
@@ -248,6 +250,32 @@ class HedgeStarted(NamedTuple):
         )
 
 
+class FleetUnavailable(NamedTuple):
+    """The policy's Redis backend (``backend``: its repr) stopped answering: the policy
+    runs on its local state (a breaker of its own, a limiter at its local share) until it
+    answers again. One per policy per outage, never one per call; ``error`` says what
+    failed (its type and text)."""
+
+    policy: Any
+    at: float
+    backend: str
+    error: str
+
+    def _log(self) -> tuple[str, dict[str, Any]]:
+        return f"uses its local state: {self.backend} is away", {"backend": self.backend}
+
+
+class FleetRestored(NamedTuple):
+    """The policy's Redis backend answers again: the policy shares the fleet's state."""
+
+    policy: Any
+    at: float
+    backend: str
+
+    def _log(self) -> tuple[str, dict[str, Any]]:
+        return f"shares the fleet's state again: {self.backend} answers", {"backend": self.backend}
+
+
 def _failure(error: BaseException | None, result: Any = None) -> str:
     """An error as a log line may show it: its type, not its text (which can hold a URL
     with a token, a query, a user's data); a failing result is never shown, but for its
@@ -268,6 +296,8 @@ Event = (
     | BudgetExhausted
     | FaultInjected
     | HedgeStarted
+    | FleetUnavailable
+    | FleetRestored
 )
 
 #: Every class of event, for ``isinstance`` and for listeners' filters.
@@ -281,6 +311,8 @@ EVENTS = (
     BudgetExhausted,
     FaultInjected,
     HedgeStarted,
+    FleetUnavailable,
+    FleetRestored,
 )
 
 #: Each event's log level (logging's numbers: this module imports no logging).
@@ -296,4 +328,8 @@ LEVELS: dict[type, int] = {
     # Hedging is routine by design (a p95 delay hedges one call in twenty): a line per
     # hedge at INFO would flood a busy service's log.
     HedgeStarted: 10,
+    # The outage's WARNING is the backend's own, once on resilient.fleet: a policy's
+    # line would repeat it for every policy on the backend.
+    FleetUnavailable: 20,
+    FleetRestored: 20,
 }

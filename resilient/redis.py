@@ -27,6 +27,8 @@ import asyncio
 import hashlib
 import logging
 import math
+import os
+import socket
 import threading
 import time
 import weakref
@@ -42,7 +44,19 @@ from redis.retry import Retry
 
 from resilient._errors import ConfigError
 
-__all__ = ["GCRA_SCRIPT", "RETRY_AFTER", "Admission", "RedisBackend", "backend_for", "check_url"]
+__all__ = [
+    "BREAKER_SCRIPT",
+    "GCRA_SCRIPT",
+    "REFRESH",
+    "RETRY_AFTER",
+    "Admission",
+    "BreakerLink",
+    "RedisBackend",
+    "Shared",
+    "backend_for",
+    "check_url",
+    "resolve",
+]
 
 #: Where a backend tells of an outage (one WARNING as Redis goes away, one as it answers
 #: again: never one per call).
@@ -214,6 +228,15 @@ class RedisBackend:
         self._away: str | None = None
         self._retry_at = 0.0
         self._told_trio = False
+        #: Where breakers publish their changes: one channel per prefix serves them all.
+        self.channel = f"{self.prefix}:changes"
+        self.who = _who()
+        # The breakers linked (by name) and every policy on the backend (told of outages).
+        self._links: dict[str, BreakerLink] = {}
+        self._policies: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._worker: _Worker | None = None
+        self._worker_lock = threading.Lock()
+        _backends.add(self)
 
     def __repr__(self) -> str:
         where = self._url if self._url is not None else repr(self._sync or self._async)
@@ -264,10 +287,76 @@ class RedisBackend:
         return client
 
     def close(self) -> None:
-        """Close the connections of the sync client the backend made (a client given
-        is left open: it is yours). Async clients close with :meth:`aclose`."""
+        """Stop the worker threads (if breakers started them) and close the connections
+        of the sync client the backend made (a client given is left open: it is yours).
+        Async clients close with :meth:`aclose`."""
+        with self._worker_lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop()
         if self._url is not None and self._sync is not None:
             self._sync.close()
+
+    # -- policies on the backend ------------------------------------------------------
+
+    def attach(self, policy: Any) -> None:
+        """``policy`` uses this backend: it hears of outages (events)."""
+        self._policies.add(policy)
+
+    def link(self, breaker: Any) -> BreakerLink:
+        """Tie ``breaker`` (named) to the fleet: its changes go to Redis, the fleet's
+        come back to it. Started here: the worker threads (a sync client is needed)."""
+        if self._sync is None:
+            raise ConfigError(
+                "backend",
+                self,
+                "a backend made from a URL or a redis.Redis for a CircuitBreaker: the fleet's"
+                " changes reach it through a worker thread, which needs a sync client",
+                owner=f"CircuitBreaker({breaker.name!r})",
+            )
+        link = BreakerLink(self, breaker)
+        self.attach(breaker)
+        self._links[link.name] = link
+        self._running()
+        return link
+
+    def unlink(self, link: BreakerLink) -> None:
+        if self._links.get(link.name) is link:
+            del self._links[link.name]
+
+    def _linked(self) -> list[BreakerLink]:
+        alive = []
+        for name, link in list(self._links.items()):
+            if link.ref() is None:
+                self._links.pop(name, None)
+            else:
+                alive.append(link)
+        return alive
+
+    def _running(self) -> _Worker:
+        """The worker of this process, started if needed (again in a forked child)."""
+        worker = self._worker
+        if worker is None or worker.pid != os.getpid():
+            with self._worker_lock:
+                worker = self._worker
+                if worker is None or worker.pid != os.getpid():
+                    worker = self._worker = _Worker(self)
+        return worker
+
+    def _enqueue(self, link: BreakerLink, command: str, args: tuple[str, ...]) -> None:
+        self._running().queue.put((link, command, args))
+
+    def _tell(self, event: type, **fields: Any) -> None:
+        """An outage's event (or the recovery's) to every policy on the backend."""
+        from resilient._core.configuration import events
+
+        for policy in list(self._policies):
+            plan = getattr(policy, "_plan", None)
+            now = getattr(plan, "now", time.monotonic)
+            try:
+                events.emit(policy, event(policy, now(), repr(self), **fields))
+            except Exception:  # pragma: no cover - listeners are guarded by events
+                pass
 
     async def aclose(self) -> None:
         """Close the connections the backend opened on this event loop."""
@@ -290,14 +379,17 @@ class RedisBackend:
             self._retry_at = time.monotonic() + RETRY_AFTER
             if self._away is not None:
                 return
-            self._away = f"{type(error).__name__}: {error}"
+            self._away = away = f"{type(error).__name__}: {error}"
         log.warning(
             "%r: Redis is away (%s); policies on it use their local state, and try Redis"
             " again every %gs",
             self,
-            self._away,
+            away,
             RETRY_AFTER,
         )
+        from resilient.events import FleetUnavailable
+
+        self._tell(FleetUnavailable, error=away)
 
     def _answered(self) -> None:
         """An operation succeeded: if Redis was away, it is back (told once)."""
@@ -307,6 +399,9 @@ class RedisBackend:
             was, self._away = self._away, None
         if was is not None:
             log.warning("%r: Redis answers again; policies on it share its state again", self)
+            from resilient.events import FleetRestored
+
+            self._tell(FleetRestored)
 
     def _asyncio_running(self) -> bool:
         """Whether this task runs on asyncio: redis.asyncio cannot run on trio, where
@@ -388,6 +483,44 @@ class RedisBackend:
         return admission.admitted, admission.retry_after
 
 
+def resolve(policy: Any, settings: Any) -> RedisBackend:
+    """A policy's ``backend`` setting as a backend (a URL: the one backend of that URL
+    in this process), checked against the policy: it needs a name the keys can carry."""
+    option, value = settings.blame("backend")
+    if policy.name is None:
+        raise ConfigError(
+            option,
+            value,
+            f"a backend for a named {type(policy).__name__} (name=...): the name is what the"
+            " fleet's processes share in Redis",
+            owner=policy._owner(),
+        )
+    backend = settings["backend"]
+    if isinstance(backend, str):
+        backend = backend_for(backend)
+    assert isinstance(backend, RedisBackend)
+    backend.key(policy.name, "state")  # a name the keys cannot carry: its ConfigError now
+    return backend
+
+
+#: Every backend of the process: a forked child restarts the workers of those with
+#: breakers linked (the parent's threads do not exist in the child).
+_backends: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for backend in list(_backends):
+        backend._worker_lock = threading.Lock()
+        backend._outage_lock = threading.Lock()
+        backend._worker = None
+        backend._by_loop = weakref.WeakKeyDictionary()
+        if backend._linked():
+            backend._running()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
 _by_url: dict[str, RedisBackend] = {}
 _by_url_lock = threading.Lock()
 
@@ -401,3 +534,459 @@ def backend_for(url: str) -> RedisBackend:
         if backend is None:
             backend = _by_url[url] = RedisBackend(url)
         return backend
+
+
+# -- the fleet's circuit breakers -------------------------------------------------------
+#
+# Decide locally, agree in Redis. Each process keeps its window (lock-free, no Redis on
+# the CLOSED path) and decides to open from it; what the fleet shares is small: the
+# state, its generation, the open-until time on the server's clock, the half-open probe
+# permits and the times opened. Each change is one run of BREAKER_SCRIPT, which checks
+# the generation the process saw (a stale process cannot undo a newer state), and
+# publishes the change; every process adopts it. A worker thread per backend runs the
+# changes (off the caller's path), listens, and reads every breaker once a second (the
+# backstop for a message missed). Only a half-open probe asks Redis in a call's way.
+
+#: One script for every change of a breaker's shared state, dispatched on ARGV[1]:
+#:
+#: - ``read``: the state, nothing written.
+#: - ``open <gen> <open_for_ms> <reason>``: open, if the state is still the generation
+#:   the caller saw (or the hash is missing: FLUSHALL, expiry) and closed or half_open.
+#: - ``probe <half_open_calls> <lease_ms>``: a half-open permit: an OPEN spell that has
+#:   ended turns half_open and gives the first; then up to ``half_open_calls`` in all.
+#:   A spell whose permits are all out for longer than ``lease_ms`` (a probe's process
+#:   died) starts again.
+#: - ``probed <gen> <outcome> <half_open_calls> <failure_rate> <slow_rate> <reopen_ms>``:
+#:   a probe's outcome (ok, fail, slow_ok, slow_fail, or none: a permit given back); the
+#:   last one closes or reopens.
+#: - ``force <state> <reason>``: forced_open, or closed (a reset: times opened forgotten).
+#:
+#: Each change: generation = max(gen + 1, the server's time in us), so generations grow
+#: across a FLUSHALL or a restart too; the hash and the history stream expire a day
+#: after the change (or after an open spell, if longer); the change is appended to the
+#: history (XADD MAXLEN ~ 100) and published on the channel (ARGV[2]) as
+#: "name\nstate\ngen\nleft_ms\nopened\nby\nreason". Every answer:
+#: {state, gen (text: Lua numbers are truncated to integers), left_ms, opened, permit,
+#: by, why} (who made the last change, and why).
+BREAKER_SCRIPT = """\
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local h, log = KEYS[1], KEYS[2]
+local cmd, channel, name, by = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local s = redis.call('HMGET', h, 'state', 'gen', 'until', 'opened', 'probes', 'passed',
+                     'failed', 'slow', 'since', 'why', 'by')
+local fresh = not s[1]
+local state = s[1] or 'closed'
+local gen = tonumber(s[2]) or 0
+local until_ms = tonumber(s[3]) or 0
+local opened = tonumber(s[4]) or 0
+local probes = tonumber(s[5]) or 0
+local passed = tonumber(s[6]) or 0
+local failed = tonumber(s[7]) or 0
+local slow = tonumber(s[8]) or 0
+local since = tonumber(s[9]) or 0
+local why, who = s[10] or '', s[11] or ''
+local DAY = 86400000
+
+local function left()
+  if state == 'open' and until_ms > now_ms then return until_ms - now_ms end
+  return 0
+end
+local function answer(permit)
+  return {state, string.format('%d', gen), left(), opened, permit, who, why}
+end
+local function counts()
+  redis.call('HSET', h, 'probes', string.format('%d', probes),
+             'passed', string.format('%d', passed), 'failed', string.format('%d', failed),
+             'slow', string.format('%d', slow))
+end
+local function move(new, reason, open_ms)
+  local old = state
+  state = new
+  gen = math.max(gen + 1, now_us)
+  probes, passed, failed, slow, since, why, who = 0, 0, 0, 0, now_ms, reason, by
+  if new == 'open' then
+    until_ms = now_ms + open_ms
+    opened = opened + 1
+  end
+  local ttl = DAY + left()
+  redis.call('HSET', h, 'state', state, 'gen', string.format('%d', gen),
+             'until', string.format('%d', until_ms), 'opened', string.format('%d', opened),
+             'since', string.format('%d', since), 'why', why, 'by', who)
+  counts()
+  redis.call('PEXPIRE', h, ttl)
+  redis.call('XADD', log, 'MAXLEN', '~', '100', '*', 'from', old, 'to', state,
+             'gen', string.format('%d', gen), 'left_ms', string.format('%d', left()),
+             'opened', string.format('%d', opened), 'by', by, 'reason', reason)
+  redis.call('PEXPIRE', log, ttl)
+  redis.call('PUBLISH', channel, table.concat({name, state, string.format('%d', gen),
+             string.format('%d', left()), string.format('%d', opened), by, reason}, '\\n'))
+end
+
+if cmd == 'read' then
+  return answer(0)
+elseif cmd == 'open' then
+  if (fresh or s[2] == ARGV[5]) and (state == 'closed' or state == 'half_open') then
+    move('open', ARGV[7], tonumber(ARGV[6]))
+  end
+  return answer(0)
+elseif cmd == 'probe' then
+  local calls, lease = tonumber(ARGV[5]), tonumber(ARGV[6])
+  if state == 'open' and now_ms >= until_ms then
+    move('half_open', 'open_for has passed')
+  elseif state == 'half_open' and probes >= calls and now_ms - since >= lease then
+    move('half_open', string.format('probes held their permits over %.3gs: a new spell',
+                                    lease / 1000))
+  elseif state ~= 'half_open' or probes >= calls then
+    return answer(0)
+  end
+  probes = probes + 1
+  redis.call('HSET', h, 'probes', string.format('%d', probes))
+  return answer(1)
+elseif cmd == 'probed' then
+  if fresh or s[2] ~= ARGV[5] or state ~= 'half_open' then
+    return answer(0)
+  end
+  local outcome, calls = ARGV[6], tonumber(ARGV[7])
+  if outcome == 'none' then
+    if probes > 0 then probes = probes - 1 end
+    counts()
+    return answer(0)
+  end
+  if outcome == 'fail' or outcome == 'slow_fail' then
+    failed = failed + 1
+  else
+    passed = passed + 1
+  end
+  if outcome == 'slow_ok' or outcome == 'slow_fail' then slow = slow + 1 end
+  local reported = passed + failed
+  if reported < calls then
+    counts()
+    return answer(0)
+  end
+  local rate, slow_rate = tonumber(ARGV[8]), tonumber(ARGV[9])
+  if failed / reported >= rate then
+    move('open', string.format('%d of %d probes failed, at or over failure_rate=%g',
+                               failed, reported, rate), tonumber(ARGV[10]))
+  elseif slow / reported >= slow_rate then
+    move('open', string.format('%d of %d probes were slow, at or over slow_call_rate=%g',
+                               slow, reported, slow_rate), tonumber(ARGV[10]))
+  else
+    move('closed', string.format('%d of %d probes succeeded', passed, reported))
+  end
+  return answer(0)
+elseif cmd == 'force' then
+  if ARGV[5] == 'closed' then opened = 0 end
+  move(ARGV[5], ARGV[6], 0)
+  return answer(0)
+end
+return redis.error_reply('unknown command ' .. tostring(cmd))
+"""
+_BREAKER_SHA = hashlib.sha1(BREAKER_SCRIPT.encode()).hexdigest()
+
+
+class Shared(NamedTuple):
+    """A breaker's state as the fleet shares it: ``state`` (closed, open, half_open,
+    forced_open), its generation, the seconds an OPEN spell has left (on the server's
+    clock, when it answered), the times opened, whether the answer gives a half-open
+    permit, and, for a change told by another process, who made it and why."""
+
+    state: str
+    gen: int
+    left: float
+    opened: int
+    permit: bool = False
+    by: str = ""
+    reason: str = ""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+def _shared(reply: Any) -> Shared:
+    state, gen, left_ms, opened, permit, by, why = reply
+    return Shared(
+        _text(state),
+        int(gen),
+        int(left_ms) / 1000.0,
+        int(opened),
+        permit == 1,
+        _text(by),
+        _text(why),
+    )
+
+
+#: Who makes a change, in the history and the messages: host and process.
+def _who() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class BreakerLink:
+    """One breaker's tie to its backend: the keys, and the generation it last saw.
+
+    The breaker calls :meth:`probe` (or :meth:`probe_async`) for a half-open permit and
+    :meth:`send` for a change it made; the backend's worker calls the breaker's
+    ``_fleet_adopt`` with each change the fleet makes. The link holds the breaker weakly:
+    a breaker dropped is forgotten by the worker."""
+
+    def __init__(self, backend: RedisBackend, breaker: Any) -> None:
+        self.backend = backend
+        self.name: str = breaker.name
+        self.keys = (backend.key(self.name, "breaker"), backend.key(self.name, "history"))
+        self.ref = weakref.ref(breaker)
+        self.known = 0  # the generation last adopted (0: none yet)
+
+    def _args(self, command: str, *args: str) -> tuple[str, ...]:
+        return (command, self.backend.channel, self.name, self.backend.who, *args)
+
+    def run(self, command: str, *args: str) -> Shared:
+        """One run of the script, sync (redis-py's errors raised as they are)."""
+        reply = self.backend._script(
+            self.backend._client(),
+            BREAKER_SCRIPT,
+            _BREAKER_SHA,
+            self.keys,
+            *self._args(command, *args),
+        )
+        return _shared(reply)
+
+    async def run_async(self, command: str, *args: str) -> Shared:
+        reply = await self.backend._script_async(
+            self.backend._client_async(),
+            BREAKER_SCRIPT,
+            _BREAKER_SHA,
+            self.keys,
+            *self._args(command, *args),
+        )
+        return _shared(reply)
+
+    def ask(self, command: str, *args: str) -> Shared | None:
+        """:meth:`run` in a call's way: None when Redis is away (the breaker decides
+        locally), the outage told by the backend."""
+        backend = self.backend
+        if not backend._usable():
+            return None
+        try:
+            shared = self.run(command, *args)
+        except Exception as error:
+            backend._lost(error)
+            return None
+        backend._answered()
+        return shared
+
+    async def ask_async(self, command: str, *args: str) -> Shared | None:
+        """:meth:`ask` for a task: on asyncio through redis.asyncio (a URL's clients);
+        elsewhere (trio, or a sync client given) the sync client in a worker thread."""
+        backend = self.backend
+        if not backend._usable():
+            return None
+        try:
+            if backend._url is not None and _on_asyncio():
+                shared = await self.run_async(command, *args)
+            elif backend._sync is not None:
+                import anyio.to_thread
+
+                shared = await anyio.to_thread.run_sync(lambda: self.run(command, *args))
+            else:
+                shared = await self.run_async(command, *args)
+        except Exception as error:
+            backend._lost(error)
+            return None
+        backend._answered()
+        return shared
+
+    def history(self, count: int) -> list[dict[str, Any]]:
+        """The fleet's last ``count`` changes of this breaker, oldest first (from the
+        stream; [] when Redis is away): when (server time, seconds), from, to, why, by
+        whom, the generation, the seconds an open spell had, the times opened."""
+        if not self.backend._usable():
+            return []
+        try:
+            rows: Any = self.backend._client().xrevrange(self.keys[1], count=count)
+        except Exception as error:
+            self.backend._lost(error)
+            return []
+        self.backend._answered()
+        changes = []
+        for entry_id, fields in reversed(rows):
+            text = {k.decode(): v.decode() for k, v in fields.items()}
+            stamp = entry_id.decode().partition("-")[0]
+            changes.append(
+                {
+                    "at": int(stamp) / 1000.0,
+                    "from": text.get("from", ""),
+                    "to": text.get("to", ""),
+                    "reason": text.get("reason", ""),
+                    "by": text.get("by", ""),
+                    "gen": int(text.get("gen", 0)),
+                    "open_for_seconds": int(text.get("left_ms", 0)) / 1000.0,
+                    "times_opened": int(text.get("opened", 0)),
+                }
+            )
+        return changes
+
+    def send(self, command: str, *args: str) -> None:
+        """A change this process made, for the worker to agree in Redis (off the call's
+        path); the worker hands the answer to the breaker."""
+        self.backend._enqueue(self, command, args)
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+#: How often the worker reads every breaker on its backend: the backstop for a message
+#: missed (a reconnect, a subscriber that was away), and how soon Redis is tried again
+#: after an outage (besides RETRY_AFTER's first call).
+REFRESH = 1.0
+
+
+class _Worker:
+    """A backend's two daemon threads: one runs the changes the breakers made (a queue)
+    and reads every breaker once a second; one listens on the channel. Started on the
+    first breaker linked, in the process that links it (a forked child starts its own),
+    stopped by ``RedisBackend.close()``."""
+
+    def __init__(self, backend: RedisBackend) -> None:
+        import queue
+
+        self.backend = backend
+        self.pid = os.getpid()
+        self.queue: queue.SimpleQueue[tuple[BreakerLink, str, tuple[str, ...]] | None]
+        self.queue = queue.SimpleQueue()
+        self.stopping = threading.Event()
+        self.pubsub: Any = None
+        self.threads = [
+            threading.Thread(
+                target=self._send, name=f"resilient-fleet-send {backend.prefix}", daemon=True
+            ),
+            threading.Thread(
+                target=self._listen, name=f"resilient-fleet-listen {backend.prefix}", daemon=True
+            ),
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self.stopping.set()
+        self.queue.put(None)
+        for thread in self.threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+
+    # -- the changes, and the refresh ---------------------------------------------------
+
+    def _send(self) -> None:
+        import queue
+
+        next_refresh = time.monotonic() + REFRESH
+        while not self.stopping.is_set():
+            try:
+                item = self.queue.get(timeout=max(0.0, next_refresh - time.monotonic()))
+            except queue.Empty:
+                item = None
+            if self.stopping.is_set():
+                return
+            if item is not None:
+                link, command, args = item
+                self._run(link, command, args)
+            if time.monotonic() >= next_refresh:
+                self._refresh()
+                next_refresh = time.monotonic() + REFRESH
+
+    def _run(self, link: BreakerLink, command: str, args: tuple[str, ...]) -> None:
+        backend = self.backend
+        if not backend._usable():
+            return  # away: the change stays this process's own (docs/fleet.md)
+        try:
+            shared = link.run(command, *args)
+        except Exception as error:
+            backend._lost(error)
+            return
+        backend._answered()
+        _hand(link, shared, answer=True)
+
+    def _refresh(self) -> None:
+        """Every breaker of the backend, read in one pipelined round trip."""
+        backend = self.backend
+        links = backend._linked()
+        if not links or not backend._usable():
+            return
+        try:
+            pipe = backend._client().pipeline(transaction=False)
+            pipe.time()
+            for link in links:
+                pipe.hmget(link.keys[0], "state", "gen", "until", "opened", "by", "why")
+            now_s, now_us, *rows = self._timed(pipe.execute())
+        except Exception as error:
+            backend._lost(error)
+            return
+        backend._answered()
+        now_ms = now_s * 1000 + now_us // 1000
+        for link, row in zip(links, rows, strict=True):
+            state, gen, until, opened, by, why = row
+            if state is None:
+                continue  # nothing shared (a FLUSHALL, an expiry): the next change writes it
+            left = max(0, int(until or 0) - now_ms) if state == b"open" else 0
+            shared = Shared(_text(state), int(gen), left / 1000.0, int(opened or 0))
+            _hand(link, shared._replace(by=_text(by), reason=_text(why)))
+
+    @staticmethod
+    def _timed(replies: list[Any]) -> list[Any]:
+        (seconds, micros), *rows = replies
+        return [int(seconds), int(micros), *rows]
+
+    # -- the channel --------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        backend = self.backend
+        while not self.stopping.is_set():
+            pubsub = None
+            try:
+                pubsub = backend._client().pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(backend.channel)
+                self.pubsub = pubsub
+                while not self.stopping.is_set():
+                    message = pubsub.get_message(timeout=REFRESH)
+                    if message is not None and message.get("type") == "message":
+                        self._heard(message["data"])
+            except Exception as error:
+                if self.stopping.is_set():
+                    return
+                if backend._usable():
+                    backend._lost(error)
+                self.stopping.wait(RETRY_AFTER)
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:
+                        pass
+
+    def _heard(self, data: bytes) -> None:
+        try:
+            name, state, gen, left_ms, opened, by, reason = data.decode().split("\n", 6)
+            shared = Shared(state, int(gen), int(left_ms) / 1000.0, int(opened), False, by, reason)
+        except ValueError:
+            return  # not one of ours
+        link = self.backend._links.get(name)
+        if link is not None:
+            _hand(link, shared)
+
+
+def _hand(link: BreakerLink, shared: Shared, *, answer: bool = False) -> None:
+    """Give the fleet's state to the breaker (if it still exists); an error of the
+    breaker's (a listener's are caught there) never stops the worker."""
+    breaker = link.ref()
+    if breaker is None:
+        return
+    try:
+        breaker._fleet_adopt(link, shared)
+    except Exception:  # pragma: no cover - a defect of ours, told, never fatal
+        log.exception("%r: adopting %s for breaker %r failed", link.backend, shared, link.name)

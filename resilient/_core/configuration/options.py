@@ -542,6 +542,46 @@ WAITING_CLOCK = Option(
 )
 
 
+def _fleet_backend(value: Any) -> Any:
+    """None, a RedisBackend, or a Redis URL (checked here; a backend when compiled).
+    Only a URL imports resilient.redis (and redis-py): a backend given means it is."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            from resilient import redis as fleet
+        except ImportError:
+            raise Invalid('a URL needs redis-py: pip install "resilient-toolkit[redis]"') from None
+        try:
+            fleet.check_url(value)
+        except ConfigError as error:
+            raise Invalid(error.expected) from None
+        return value
+    fleet_module = sys.modules.get("resilient.redis")
+    if fleet_module is not None and isinstance(value, fleet_module.RedisBackend):
+        return value
+    raise Invalid
+
+
+def _parse_backend(raw: str) -> str | None:
+    raw = raw.strip()
+    return None if raw.lower() == "none" else raw
+
+
+written(_fleet_backend, _parse_backend, "none, or a Redis URL: redis://host:port/db")
+
+
+def backend(doc: str) -> Option:
+    """The ``backend`` option of a policy a fleet of processes may share (docs/fleet.md)."""
+    return Option(
+        "backend",
+        None,
+        _fleet_backend,
+        "None, a resilient.redis.RedisBackend, or a Redis URL (redis://host:port/db)",
+        doc,
+    )
+
+
 def markdown_table(options: Sequence[Option]) -> str:
     """The options as a Markdown table, for the docs (a test keeps the docs in step)."""
     rows = ["| option | default | accepts | what it does |", "| --- | --- | --- | --- |"]
