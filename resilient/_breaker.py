@@ -1202,6 +1202,24 @@ class CircuitBreaker(Configured, GuardForms):
             "times_opened": st.times_opened,
             "rejected": m.rejected,
             "history": tail,
+            **self._fleet_health(),
+        }
+
+    def _fleet_health(self) -> dict[str, Any]:
+        """With a backend: whether the fleet is shared now, the generation this process
+        last adopted, and the fleet's last changes from Redis (its event-sourced record,
+        read at the call, bounded by the backend's timeout; [] while Redis is away)."""
+        link = self._link
+        if link is None:
+            return {}
+        backend = link.backend
+        return {
+            "fleet": {
+                "backend": repr(backend),
+                "shared": backend._away is None,
+                "generation": link.known,
+                "history": link.history(HEALTH_TAIL),
+            }
         }
 
     def force_open(self) -> None:
