@@ -548,6 +548,7 @@ class CircuitBreaker(Configured, GuardForms):
             env_pin = DISABLED if not c.enabled else _PINS[c.pinned]
             new: _Phase | None = None
             why, tally = "", None
+            lifted = False  # (with a backend: the fleet's state is read again, below)
             if env_pin is not None:
                 if st is None or st.kind is not env_pin:
                     new = self._pinned(env_pin, c.new_window() if st is None else st.window, now)
@@ -559,7 +560,7 @@ class CircuitBreaker(Configured, GuardForms):
             elif st is None:
                 new = self._closed(c)
             elif self._pinned_by_env:  # the environment's pin is lifted: code's calls apply
-                why = "the environment's pin was lifted"
+                why, lifted = "the environment's pin was lifted", True
                 if self._code_pin is not None:
                     new = self._pinned(self._code_pin, st.window, now)
                 else:
@@ -584,8 +585,8 @@ class CircuitBreaker(Configured, GuardForms):
                 st.meter = c.meter  # (a meter came or went: the phase stays)
         events.deliver()
         self._listening_changed()  # (a meter came or went, perhaps)
-        if moved and self._link is not None:
-            self._fleet_load(self._link)
+        if (moved or lifted) and self._link is not None:
+            self._fleet_load(self._link)  # (a pin took none of the fleet's changes)
 
     # -- the call path ----------------------------------------------------------------
 
@@ -776,8 +777,11 @@ class CircuitBreaker(Configured, GuardForms):
         ``fleet``: the change comes from the fleet (else, with a backend, it goes to it)."""
         old = getattr(self, "_state", None)
         if old is not None and self._link is not None and not fleet:
-            if not new.gen:
-                new.gen = old.gen  # (made here, from the state the fleet last told)
+            # Made here, from the state the fleet last told; but a half-open spell made
+            # here (Redis away, or nothing shared: a FLUSHALL) is this process's own, at
+            # generation 0: its probes are admitted and decide here (_permitted, _report).
+            if not new.gen and new.kind is not HALF_OPEN:
+                new.gen = old.gen or self._link.known
             self._fleet_send(self._link, old, new, why, now)
         self._adopt(new)
         if old is not None and old.kind is not new.kind:
@@ -989,7 +993,8 @@ class CircuitBreaker(Configured, GuardForms):
             with self._lock:
                 st.admitted += 1
             return (st, now) if c.timed else st
-        if st.kind is HALF_OPEN:  # every permit is out: ask again a little later
+        if st.kind is HALF_OPEN and st.gen:  # the fleet's spell, every permit out: ask
+            # again a little later (a spell of this process's own admits here, below)
             st.ask_after = now + PROBE_RECHECK
             self._refused("half_open_full")
             raise CircuitOpenError(self.name, None, st.kind, st.cause)
@@ -1034,8 +1039,9 @@ class CircuitBreaker(Configured, GuardForms):
         elif why == "reset()":
             link.send("force", "closed", why)
         elif new.kind is OPEN and old.kind in (CLOSED, HALF_OPEN):
-            left = str(math.ceil(max(0.0, new.until - now) * 1000))
-            link.send("open", str(old.gen), left, why)
+            # (whole ms, up: but now + open_for - now is open_for plus a float's error)
+            left = str(max(0, math.ceil((new.until - now) * 1000 - 1e-6)))
+            link.send("open", str(old.gen or link.known), left, why)
 
     def _fleet_adopt(self, link: BreakerLink, shared: Shared) -> _Phase:
         """The fleet's state, as Redis answered or another process told: adopted if its

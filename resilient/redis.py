@@ -231,8 +231,11 @@ class RedisBackend:
         #: Where breakers publish their changes: one channel per prefix serves them all.
         self.channel = f"{self.prefix}:changes"
         self.who = _who()
-        # The breakers linked (by name) and every policy on the backend (told of outages).
-        self._links: dict[str, BreakerLink] = {}
+        # The breakers linked, by name (a process may hold several of one name: each is
+        # told; a list is replaced, never changed in place, so the listener reads it
+        # without the lock), and every policy on the backend (told of outages).
+        self._links: dict[str, list[BreakerLink]] = {}
+        self._links_lock = threading.Lock()
         self._policies: weakref.WeakSet[Any] = weakref.WeakSet()
         self._worker: _Worker | None = None
         self._worker_lock = threading.Lock()
@@ -305,7 +308,9 @@ class RedisBackend:
 
     def link(self, breaker: Any) -> BreakerLink:
         """Tie ``breaker`` (named) to the fleet: its changes go to Redis, the fleet's
-        come back to it. Started here: the worker threads (a sync client is needed)."""
+        come back to it. Started here: the worker threads (a sync client is needed),
+        subscribed when this returns (waited for at most ``timeout``), so the state
+        the breaker reads next misses no change."""
         if self._sync is None:
             raise ConfigError(
                 "backend",
@@ -316,22 +321,32 @@ class RedisBackend:
             )
         link = BreakerLink(self, breaker)
         self.attach(breaker)
-        self._links[link.name] = link
-        self._running()
+        with self._links_lock:
+            self._links[link.name] = [*self._links.get(link.name, ()), link]
+        worker = self._running()
+        if self._usable():  # (bounded by the timeout; not at all while Redis is away)
+            worker.listening.wait(self.timeout)
         return link
 
     def unlink(self, link: BreakerLink) -> None:
-        if self._links.get(link.name) is link:
-            del self._links[link.name]
+        with self._links_lock:
+            kept = [other for other in self._links.get(link.name, ()) if other is not link]
+            if kept:
+                self._links[link.name] = kept
+            else:
+                self._links.pop(link.name, None)
 
     def _linked(self) -> list[BreakerLink]:
-        alive = []
-        for name, link in list(self._links.items()):
-            if link.ref() is None:
-                self._links.pop(name, None)
-            else:
-                alive.append(link)
-        return alive
+        """Every link whose breaker is alive (the others forgotten)."""
+        with self._links_lock:
+            for name, links in list(self._links.items()):
+                alive = [link for link in links if link.ref() is not None]
+                if len(alive) != len(links):
+                    if alive:
+                        self._links[name] = alive
+                    else:
+                        del self._links[name]
+            return [link for links in self._links.values() for link in links]
 
     def _running(self) -> _Worker:
         """The worker of this process, started if needed (again in a forked child)."""
@@ -512,6 +527,7 @@ def _after_fork() -> None:
     for backend in list(_backends):
         backend._worker_lock = threading.Lock()
         backend._outage_lock = threading.Lock()
+        backend._links_lock = threading.Lock()
         backend._worker = None
         backend._by_loop = weakref.WeakKeyDictionary()
         if backend._linked():
@@ -559,12 +575,14 @@ def backend_for(url: str) -> RedisBackend:
 #: - ``probed <gen> <outcome> <half_open_calls> <failure_rate> <slow_rate> <reopen_ms>``:
 #:   a probe's outcome (ok, fail, slow_ok, slow_fail, or none: a permit given back); the
 #:   last one closes or reopens.
-#: - ``force <state> <reason>``: forced_open, or closed (a reset: times opened forgotten).
+#: - ``force <state> <reason>``: forced_open, or closed (a reset).
 #:
-#: Each change: generation = max(gen + 1, the server's time in us), so generations grow
-#: across a FLUSHALL or a restart too; the hash and the history stream expire a day
-#: after the change (or after an open spell, if longer); the change is appended to the
-#: history (XADD MAXLEN ~ 100) and published on the channel (ARGV[2]) as
+#: ``opened`` counts the spells in a row, as one breaker's ``times_opened`` does: every
+#: close (the probes', or a reset) forgets it. Each change: generation = max(gen + 1,
+#: the server's time in us), so generations grow across a FLUSHALL or a restart too;
+#: the hash and the history stream expire a day after the change (or after an open
+#: spell, if longer); the change is appended to the history (XADD MAXLEN ~ 100) and
+#: published on the channel (ARGV[2]) as
 #: "name\nstate\ngen\nleft_ms\nopened\nby\nreason". Every answer:
 #: {state, gen (text: Lua numbers are truncated to integers), left_ms, opened, permit,
 #: by, why} (who made the last change, and why).
@@ -609,6 +627,8 @@ local function move(new, reason, open_ms)
   if new == 'open' then
     until_ms = now_ms + open_ms
     opened = opened + 1
+  elseif new == 'closed' then
+    opened = 0  -- spells in a row, as one process counts them: a close ends the run
   end
   local ttl = DAY + left()
   redis.call('HSET', h, 'state', state, 'gen', string.format('%d', gen),
@@ -677,7 +697,6 @@ elseif cmd == 'probed' then
   end
   return answer(0)
 elseif cmd == 'force' then
-  if ARGV[5] == 'closed' then opened = 0 end
   move(ARGV[5], ARGV[6], 0)
   return answer(0)
 end
@@ -845,6 +864,9 @@ def _on_asyncio() -> bool:
 #: missed (a reconnect, a subscriber that was away), and how soon Redis is tried again
 #: after an outage (besides RETRY_AFTER's first call).
 REFRESH = 1.0
+#: How long the listener waits for a message before it looks whether to stop: what
+#: ``close()`` may wait for it (a wait on the socket, no command to Redis).
+_LISTEN_POLL = 0.1
 
 
 class _Worker:
@@ -862,6 +884,10 @@ class _Worker:
         self.queue = queue.SimpleQueue()
         self.stopping = threading.Event()
         self.pubsub: Any = None
+        #: Set once Redis confirms the subscription (cleared when the connection fails):
+        #: a breaker linked waits for it before it reads the state (RedisBackend.link),
+        #: so no change falls between its read and the first message it can hear.
+        self.listening = threading.Event()
         self.threads = [
             threading.Thread(
                 target=self._send, name=f"resilient-fleet-send {backend.prefix}", daemon=True
@@ -949,14 +975,18 @@ class _Worker:
         while not self.stopping.is_set():
             pubsub = None
             try:
-                pubsub = backend._client().pubsub(ignore_subscribe_messages=True)
+                pubsub = backend._client().pubsub()
                 pubsub.subscribe(backend.channel)
                 self.pubsub = pubsub
                 while not self.stopping.is_set():
-                    message = pubsub.get_message(timeout=REFRESH)
-                    if message is not None and message.get("type") == "message":
+                    message = pubsub.get_message(timeout=_LISTEN_POLL)
+                    kind = None if message is None else message.get("type")
+                    if kind == "message":
                         self._heard(message["data"])
+                    elif kind == "subscribe":  # Redis confirms: every change from now on
+                        self.listening.set()
             except Exception as error:
+                self.listening.clear()
                 if self.stopping.is_set():
                     return
                 if backend._usable():
@@ -975,8 +1005,7 @@ class _Worker:
             shared = Shared(state, int(gen), int(left_ms) / 1000.0, int(opened), False, by, reason)
         except ValueError:
             return  # not one of ours
-        link = self.backend._links.get(name)
-        if link is not None:
+        for link in self.backend._links.get(name, ()):
             _hand(link, shared)
 
 
