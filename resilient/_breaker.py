@@ -1096,6 +1096,18 @@ class CircuitBreaker(Configured, GuardForms):
         events.deliver()
         return st
 
+    def _fleet_unsent(self, link: BreakerLink, gen: int) -> None:
+        """A probe's outcome of the fleet's spell ``gen`` could not be sent (Redis went
+        away): once every probe this process ran has reported, they decide its state."""
+        with self._lock:
+            st = self._state
+            if link is not self._link or st.kind is not HALF_OPEN or st.gen != gen:
+                return
+            if st.reported and st.reported >= st.admitted:
+                c = self._plan
+                self._install(*self._probed(c, st, c.now()), now=c.now())
+        events.deliver()
+
     def _fleet_load(self, link: BreakerLink) -> None:
         """As the breaker is made (or moved to a backend): the fleet's state and why,
         read at once (bounded by the backend's timeout), so a process that starts late

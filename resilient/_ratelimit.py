@@ -242,16 +242,19 @@ class RateLimiter(Configured, GuardForms):
                 f"at least one call a year ({per}): slower is no limit, but a typo",
                 owner=self._owner(),
             )
-        backend = settings["backend"]
-        if backend is not None:
-            plan.share(self._fleet(settings, backend, plan), settings["fleet_size"])
+        if settings["backend"] is not None:
+            fleet = self._fleet(settings, plan)
+            if fleet is not None:  # (None: a DEFAULT variable's, and this one is unnamed)
+                plan.share(fleet, settings["fleet_size"])
         return plan
 
-    def _fleet(self, settings: Settings, backend: Any, plan: _Plan) -> _Fleet:
+    def _fleet(self, settings: Settings, plan: _Plan) -> _Fleet | None:
         """The fleet of a plan with a backend (a URL made one: resilient.redis loads)."""
         from resilient.redis import resolve
 
         backend = resolve(self, settings)
+        if backend is None:
+            return None
         backend.attach(self)  # (told of outages)
         assert self.name is not None  # (resolve requires it)
         return _Fleet(backend, self.name, plan.interval, plan.tolerance)

@@ -498,10 +498,17 @@ class RedisBackend:
         return admission.admitted, admission.retry_after
 
 
-def resolve(policy: Any, settings: Any) -> RedisBackend:
+def resolve(policy: Any, settings: Any) -> RedisBackend | None:
     """A policy's ``backend`` setting as a backend (a URL: the one backend of that URL
-    in this process), checked against the policy: it needs a name the keys can carry."""
+    in this process), checked against the policy: it needs a name the keys can carry.
+    None for an unnamed policy whose backend a DEFAULT variable set: the fleet shares
+    named policies, and a DEFAULT variable must not break the unnamed ones (a library's
+    own, say), which stay this process's."""
+    from resilient._core.configuration.config import default_variable
+
     option, value = settings.blame("backend")
+    if policy.name is None and option == default_variable(policy.KIND, "backend"):
+        return None
     if policy.name is None:
         raise ConfigError(
             option,
@@ -756,6 +763,11 @@ class BreakerLink:
         self.keys = (backend.key(self.name, "breaker"), backend.key(self.name, "history"))
         self.ref = weakref.ref(breaker)
         self.known = 0  # the generation last adopted (0: none yet)
+        # This breaker's own changes sent and not yet answered, and the generation the
+        # last answer gave: a change made while others are queued builds on theirs.
+        self.pending = 0
+        self.chained = 0
+        self._lock = threading.Lock()
 
     def _args(self, command: str, *args: str) -> tuple[str, ...]:
         return (command, self.backend.channel, self.name, self.backend.who, *args)
@@ -848,8 +860,34 @@ class BreakerLink:
 
     def send(self, command: str, *args: str) -> None:
         """A change this process made, for the worker to agree in Redis (off the call's
-        path); the worker hands the answer to the breaker."""
+        path); the worker hands the answer to the breaker. A trip made while changes of
+        its own are still queued (a reset(), then failures at once) names no generation
+        of its own: it builds on the one the change before it leaves (:data:`_CHAIN`),
+        which the process has not seen yet."""
+        with self._lock:
+            if self.pending and command == "open":
+                args = (_CHAIN, *args[1:])
+            self.pending += 1
         self.backend._enqueue(self, command, args)
+
+    def _answered(self, shared: Shared | None) -> bool:
+        """One of this breaker's changes answered (None: not sent); whether it was the
+        last one queued (only then is its answer the state to adopt: an earlier one
+        would undo a change made here since)."""
+        with self._lock:
+            self.pending -= 1
+            if shared is not None:
+                self.chained = shared.gen
+            return self.pending == 0
+
+    def _chain(self, args: tuple[str, ...]) -> tuple[str, ...]:
+        if args and args[0] == _CHAIN:
+            return (str(self.chained or self.known), *args[1:])
+        return args
+
+
+#: In a queued ``open``, for the generation: the one the change queued before it leaves.
+_CHAIN = "chain"
 
 
 def _on_asyncio() -> bool:
@@ -928,15 +966,21 @@ class _Worker:
 
     def _run(self, link: BreakerLink, command: str, args: tuple[str, ...]) -> None:
         backend = self.backend
-        if not backend._usable():
-            return  # away: the change stays this process's own (docs/fleet.md)
-        try:
-            shared = link.run(command, *args)
-        except Exception as error:
-            backend._lost(error)
-            return
-        backend._answered()
-        _hand(link, shared, answer=True)
+        shared = None
+        if backend._usable():  # (else away: the change stays this process's own)
+            try:
+                shared = link.run(command, *link._chain(args))
+            except Exception as error:
+                backend._lost(error)
+            else:
+                backend._answered()
+        last = link._answered(shared)
+        if shared is None:
+            breaker = link.ref()
+            if breaker is not None and command == "probed":
+                breaker._fleet_unsent(link, int(args[0]))  # (its process decides)
+        elif last:
+            _hand(link, shared, answer=True)
 
     def _refresh(self) -> None:
         """Every breaker of the backend, read in one pipelined round trip."""
@@ -1011,9 +1055,11 @@ class _Worker:
 
 def _hand(link: BreakerLink, shared: Shared, *, answer: bool = False) -> None:
     """Give the fleet's state to the breaker (if it still exists); an error of the
-    breaker's (a listener's are caught there) never stops the worker."""
+    breaker's (a listener's are caught there) never stops the worker. While changes of
+    the breaker's own are queued, the others' wait: the answers to its own say what the
+    fleet holds then (and the refresh, a second later)."""
     breaker = link.ref()
-    if breaker is None:
+    if breaker is None or (link.pending and not answer):
         return
     try:
         breaker._fleet_adopt(link, shared)

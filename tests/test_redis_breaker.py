@@ -1051,3 +1051,87 @@ def test_a_forked_child_hears_a_trip_made_in_the_parent(
     assert done
     assert os.waitstatus_to_exitcode(status) == 0
     assert said == f"True|open|the fleet: {WHY} (by {fleet_of.backends[0].who})"
+
+
+def test_a_trip_right_after_a_reset_is_agreed_in_the_fleet(
+    fleet_of: Fleet, connect: Connect, quiet: pytest.LogCaptureFixture
+) -> None:
+    """reset() and a trip at once, before the worker has run the reset: the trip builds
+    on the reset's generation (it is not refused as stale), and the reset's answer does
+    not undo the trip made here since."""
+    r = connect(fleet_of.url)
+
+    def agreed(name: str) -> bool:
+        return bool(r.hget(keys(name)[0], "state") == b"open")
+
+    for round_ in range(5):
+        name = f"race-{round_}"
+        here, there = fleet_of.breakers(2, name, open_for=60.0)
+        link = here._link
+        assert link is not None
+        trip(here)
+        wait_until(functools.partial(lambda b: b.state is OPEN, there), "the first trip heard")
+        here.reset()
+        trip(here)  # (queued behind the reset's script)
+        wait_until(functools.partial(agreed, name), "the second trip agreed")
+        wait_until(functools.partial(lambda k: k.pending == 0, link), "every answer in")
+        time.sleep(0.05)  # (a late message would show now)
+        assert here.state is OPEN
+        assert there.state is OPEN
+        assert [e["to"] for e in stream(r, name)] == ["open", "closed", "open"]
+        assert [c.new for c in here.history] == [OPEN, CLOSED, OPEN]
+
+
+def test_a_probe_outcome_redis_could_not_take_decides_here(
+    own_fleet: Fleet, own_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fleet probe reported while Redis answered, and Redis died before the worker
+    sent the outcome: this process's probes decide its state (it is not left HALF_OPEN,
+    refusing, for the whole outage)."""
+    caplog.set_level(logging.WARNING, logger="resilient.fleet")
+    backend = own_fleet.backend()
+    breaker = CircuitBreaker("unsent", backend=backend, half_open_calls=1, open_for=SPELL, **SMALL)
+    trip(breaker)
+    wait_until(lambda: breaker._link is not None and breaker._link.known != 0, "trip agreed")
+    time.sleep(PAST_SPELL)
+    held, release = threading.Event(), threading.Event()
+
+    class Holding(BreakerLink):
+        """A link whose change holds the worker until released (so the probe's outcome
+        waits in the queue behind it)."""
+
+        def run(self, command: str, *args: str) -> Any:
+            held.set()
+            release.wait(5.0)
+            raise redis.ConnectionError("held")
+
+    holder = Holding(backend, breaker)
+    holder.pending = 1
+    backend._enqueue(holder, "read", ())
+    assert held.wait(5.0)
+    assert breaker.call(ok) == "ok"  # the fleet's permit; its outcome queued
+    assert breaker.state is HALF_OPEN
+    own_server.kill()
+    release.set()
+    wait_until(lambda: breaker.state is CLOSED, "the probe decided here")
+    assert breaker.history[-1].reason == "1 of 1 probes succeeded"
+    assert fleet_lines(caplog, "Redis is away") == 1
+
+
+def test_a_default_backend_variable_shares_named_policies_and_leaves_unnamed_ones_local(
+    fleet_of: Fleet, monkeypatch: pytest.MonkeyPatch, quiet: pytest.LogCaptureFixture
+) -> None:
+    """RESILIENT_DEFAULT_BREAKER_BACKEND (and the rate limiter's) puts every named policy
+    on the fleet; an unnamed one (a library's own) stays local instead of failing."""
+    monkeypatch.setenv("RESILIENT_DEFAULT_BREAKER_BACKEND", fleet_of.url)
+    monkeypatch.setenv("RESILIENT_DEFAULT_RATE_LIMITER_BACKEND", fleet_of.url)
+    unnamed = CircuitBreaker(**SMALL)
+    limiter = resilient.RateLimiter(5)
+    named = CircuitBreaker("by-default", **SMALL)
+    assert unnamed._link is None
+    assert limiter._plan.fleet is None
+    assert named._link is not None
+    assert named._link.backend is fleet.backend_for(fleet_of.url)
+    trip(unnamed)
+    assert limiter.try_acquire()
+    named.reset()
