@@ -767,6 +767,9 @@ class BreakerLink:
         # last answer gave: a change made while others are queued builds on theirs.
         self.pending = 0
         self.chained = 0
+        # The newest change of another process told while this breaker's own were
+        # queued: adopted after their answers (which it may be newer than).
+        self.deferred: Shared | None = None
         self._lock = threading.Lock()
 
     def _args(self, command: str, *args: str) -> tuple[str, ...]:
@@ -870,15 +873,27 @@ class BreakerLink:
             self.pending += 1
         self.backend._enqueue(self, command, args)
 
-    def _answered(self, shared: Shared | None) -> bool:
-        """One of this breaker's changes answered (None: not sent); whether it was the
+    def _answered(self, shared: Shared | None) -> tuple[bool, Shared | None]:
+        """One of this breaker's changes answered (None: not sent): whether it was the
         last one queued (only then is its answer the state to adopt: an earlier one
-        would undo a change made here since)."""
+        would undo a change made here since), and then what others told meanwhile."""
         with self._lock:
             self.pending -= 1
             if shared is not None:
                 self.chained = shared.gen
-            return self.pending == 0
+            if self.pending:
+                return False, None
+            deferred, self.deferred = self.deferred, None
+            return True, deferred
+
+    def _defer(self, shared: Shared) -> bool:
+        """Keep another process's change for later if this breaker's own are queued."""
+        with self._lock:
+            if not self.pending:
+                return False
+            if self.deferred is None or shared.gen > self.deferred.gen:
+                self.deferred = shared
+            return True
 
     def _chain(self, args: tuple[str, ...]) -> tuple[str, ...]:
         if args and args[0] == _CHAIN:
@@ -974,13 +989,15 @@ class _Worker:
                 backend._lost(error)
             else:
                 backend._answered()
-        last = link._answered(shared)
+        last, deferred = link._answered(shared)
         if shared is None:
             breaker = link.ref()
             if breaker is not None and command == "probed":
                 breaker._fleet_unsent(link, int(args[0]))  # (its process decides)
         elif last:
             _hand(link, shared, answer=True)
+        if deferred is not None:  # (adopted only if newer than what came before it)
+            _hand(link, deferred, answer=True)
 
     def _refresh(self) -> None:
         """Every breaker of the backend, read in one pipelined round trip."""
@@ -1056,10 +1073,9 @@ class _Worker:
 def _hand(link: BreakerLink, shared: Shared, *, answer: bool = False) -> None:
     """Give the fleet's state to the breaker (if it still exists); an error of the
     breaker's (a listener's are caught there) never stops the worker. While changes of
-    the breaker's own are queued, the others' wait: the answers to its own say what the
-    fleet holds then (and the refresh, a second later)."""
+    the breaker's own are queued, the others' wait for their answers (``_defer``)."""
     breaker = link.ref()
-    if breaker is None or (link.pending and not answer):
+    if breaker is None or (not answer and link._defer(shared)):
         return
     try:
         breaker._fleet_adopt(link, shared)
