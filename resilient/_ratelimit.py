@@ -36,7 +36,7 @@ from resilient._core.state.primitives import counter
 from resilient._errors import ConfigError, RateLimitedError
 
 if TYPE_CHECKING:
-    from resilient.redis import Admission, RedisBackend
+    from resilient.redis import RedisBackend
 
 __all__ = ["OPTIONS", "RateLimiter", "RateLimiterMetrics"]
 
@@ -125,11 +125,13 @@ class _Fleet:
     """A limiter's share of a fleet: the backend, the key's name, and the global
     schedule the fleet's GCRA keeps (the plan's own is the local share's)."""
 
-    __slots__ = ("backend", "interval", "name", "tolerance")
+    __slots__ = ("backend", "call", "interval", "name", "tolerance")
 
     def __init__(self, backend: RedisBackend, name: str, interval: float, tolerance: float):
         self.backend, self.name = backend, name
         self.interval, self.tolerance = interval, tolerance
+        # The script's key and arguments, made once (checked: a bad one raises now).
+        self.call = backend._gcra_call(name, interval, tolerance, lean=True)
 
 
 class _Plan:
@@ -535,12 +537,12 @@ class RateLimiter(Configured, GuardForms):
         started, wait = plan.now(), None
         for _ in range(self._ROUNDS):
             try:
-                admission = backend.gcra(fleet.name, fleet.interval, fleet.tolerance)
+                retry_after = backend._admit(fleet.call)
             except Exception as error:  # redis-py's, or a client given that cannot
                 backend._lost(error)
                 return False
             backend._answered()
-            wait = self._fleet_turn(plan, admission, limit, plan.now() - started)
+            wait = self._fleet_turn(plan, retry_after, limit, plan.now() - started)
             if wait is None:
                 return True
             plan.clock.sleep(wait)
@@ -557,25 +559,24 @@ class RateLimiter(Configured, GuardForms):
         started, wait = plan.now(), None
         for _ in range(self._ROUNDS):
             try:
-                admission = await backend.gcra_async(fleet.name, fleet.interval, fleet.tolerance)
+                retry_after = await backend._admit_async(fleet.call)
             except Exception as error:
                 backend._lost(error)
                 return False
             backend._answered()
-            wait = self._fleet_turn(plan, admission, limit, plan.now() - started)
+            wait = self._fleet_turn(plan, retry_after, limit, plan.now() - started)
             if wait is None:
                 return True
             await plan.clock.sleep_async(wait)
         raise self._fleet_refused(plan, limit, wait or 0.0)
 
     def _fleet_turn(
-        self, plan: _Plan, admission: Admission, limit: tuple[float, bool], waited: float
+        self, plan: _Plan, wait: float | None, limit: tuple[float, bool], waited: float
     ) -> float | None:
-        """The fleet's answer judged: None (admitted), the seconds to sleep before
-        asking again, or a refusal with the server's exact ``retry_after``."""
-        if admission.admitted:
+        """The fleet's answer (None: admitted; else the server's exact ``retry_after``)
+        judged: None (admitted), the seconds to sleep before asking again, or a refusal."""
+        if wait is None:
             return None
-        wait = admission.retry_after
         if wait > limit[0] - waited:
             raise self._fleet_refused(plan, limit, wait or 0.0)
         if testmode._mode.enabled:
