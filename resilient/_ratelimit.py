@@ -549,17 +549,20 @@ class RateLimiter(Configured, GuardForms):
         raise self._fleet_refused(plan, limit, wait or 0.0)
 
     async def _ask_fleet_async(self, plan: _Plan) -> bool:
-        """:meth:`_ask_fleet` on asyncio (redis.asyncio); off it (trio), False."""
+        """:meth:`_ask_fleet` for a task: on asyncio through redis.asyncio, on trio
+        through the sync client in a worker thread."""
         fleet = plan.fleet
         assert fleet is not None
         backend = fleet.backend
-        if not backend._usable() or not backend._asyncio_running():
+        if not backend._usable() or not backend._reachable_async():
             return False
         limit = dl.limit(plan.max_wait)
         started, wait = plan.now(), None
         for _ in range(self._ROUNDS):
             try:
-                retry_after = await backend._admit_async(fleet.call)
+                retry_after = await backend._run_async(
+                    backend._admit_async, backend._admit, fleet.call
+                )
             except Exception as error:
                 backend._lost(error)
                 return False

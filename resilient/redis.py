@@ -421,21 +421,31 @@ class RedisBackend:
 
             self._tell(FleetRestored)
 
-    def _asyncio_running(self) -> bool:
-        """Whether this task runs on asyncio: redis.asyncio cannot run on trio, where
-        the policies use their local state (told once per backend)."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            if not self._told_trio:
-                self._told_trio = True
-                log.warning(
-                    "%r: async calls off asyncio (trio) cannot reach Redis (redis.asyncio"
-                    " runs on asyncio only); they use the policies' local state",
-                    self,
-                )
-            return False
-        return True
+    def _reachable_async(self) -> bool:
+        """Whether a task here can reach Redis: on asyncio through redis.asyncio, else
+        (trio; or a sync client given) through the sync client in a worker thread. Only
+        a redis.asyncio client given, off asyncio, cannot: the policies then use their
+        local state (told once per backend)."""
+        if self._sync is not None or _on_asyncio():
+            return True
+        if not self._told_trio:
+            self._told_trio = True
+            log.warning(
+                "%r: async calls off asyncio (trio) cannot use the redis.asyncio client"
+                " given; they use the policies' local state (give the backend a URL or a"
+                " redis.Redis to reach Redis from trio)",
+                self,
+            )
+        return False
+
+    async def _run_async(self, on_asyncio: Any, in_thread: Any, *args: Any) -> Any:
+        """``await on_asyncio(*args)`` on asyncio with an async client (a URL's, or one
+        given); else ``in_thread(*args)`` with the sync client, in a worker thread."""
+        if _on_asyncio() and (self._url is not None or self._async is not None):
+            return await on_asyncio(*args)
+        import anyio.to_thread
+
+        return await anyio.to_thread.run_sync(in_thread, *args)
 
     # -- scripts ------------------------------------------------------------------------
 
@@ -834,17 +844,10 @@ class BreakerLink:
         """:meth:`ask` for a task: on asyncio through redis.asyncio (a URL's clients);
         elsewhere (trio, or a sync client given) the sync client in a worker thread."""
         backend = self.backend
-        if not backend._usable():
+        if not backend._usable() or not backend._reachable_async():
             return None
         try:
-            if backend._url is not None and _on_asyncio():
-                shared = await self.run_async(command, *args)
-            elif backend._sync is not None:
-                import anyio.to_thread
-
-                shared = await anyio.to_thread.run_sync(lambda: self.run(command, *args))
-            else:
-                shared = await self.run_async(command, *args)
+            shared: Shared = await backend._run_async(self.run_async, self.run, command, *args)
         except Exception as error:
             backend._lost(error)
             return None

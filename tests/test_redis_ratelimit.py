@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
+import redis.asyncio
 
 import resilient
 import resilient.redis as fleet
@@ -199,12 +200,44 @@ def test_asyncio_calls_share_the_fleet_and_fall_back(
     assert fleet_warnings(caplog, "Redis answers again") == 1
 
 
-def test_on_trio_async_calls_use_the_local_share(
+def test_on_trio_async_calls_share_the_fleet_through_a_thread(
     redis_flushed: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """trio cannot run redis.asyncio: a task there asks the fleet through the sync client
+    in a worker thread, and shares the fleet's budget (not the local share)."""
     caplog.set_level(logging.WARNING, logger="resilient.fleet")
     backend = RedisBackend(redis_flushed.url)
     limiter = RateLimiter(6, HOUR, name="on-trio", fleet_size=3, backend=backend)
+    other = RateLimiter(
+        6, HOUR, name="on-trio", fleet_size=3, backend=RedisBackend(redis_flushed.url)
+    )
+    assert [other.try_acquire() for _ in range(2)] == [True, True]  # another process's
+
+    async def main() -> list[bool]:
+        got = []
+        for _ in range(6):
+            try:
+                await limiter.acquire_async()
+                got.append(True)
+            except RateLimitedError:
+                got.append(False)
+        return got
+
+    assert anyio.run(main, backend="trio") == [True] * 4 + [False] * 2  # the fleet's 6
+    assert fleet_warnings(caplog, "") == 0
+    assert not backend.gcra("on-trio", HOUR / 6, 5 * HOUR / 6).admitted  # all spent
+    backend.close()
+    other._plan.fleet.backend.close()  # type: ignore[union-attr]
+
+
+def test_on_trio_a_redis_asyncio_client_given_leaves_the_local_share(
+    redis_flushed: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a redis.asyncio client given cannot be used from trio: the local share,
+    told once."""
+    caplog.set_level(logging.WARNING, logger="resilient.fleet")
+    backend = RedisBackend(redis.asyncio.Redis.from_url(redis_flushed.url))
+    limiter = RateLimiter(6, HOUR, name="on-trio-async", fleet_size=3, backend=backend)
 
     async def main() -> list[bool]:
         got = []
@@ -218,7 +251,6 @@ def test_on_trio_async_calls_use_the_local_share(
 
     assert anyio.run(main, backend="trio") == [True, True, False, False]  # 6 / 3
     assert fleet_warnings(caplog, "trio") == 1
-    assert backend.gcra("on-trio", HOUR / 6, 5 * HOUR / 6).admitted  # Redis untouched
 
 
 def test_without_a_backend_nothing_of_redis_is_loaded() -> None:
