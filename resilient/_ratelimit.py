@@ -148,6 +148,7 @@ class _Plan:
         "early",
         "fast",
         "fleet",
+        "fleet_size",
         "interval",
         "max_wait",
         "meter",
@@ -175,6 +176,7 @@ class _Plan:
         self.tolerance = (self.burst - 1) * self.interval
         self.early = self.due = self.tolerance + self.interval * 1e-9
         self.fleet: _Fleet | None = None
+        self.fleet_size = 1
         self.max_wait: float = settings["max_wait"]
         self.clock: Clock = settings["clock"] or SYSTEM_CLOCK
         self.now = self.clock.monotonic
@@ -186,7 +188,7 @@ class _Plan:
         schedule admits this process's share, ``rate / fleet_size`` with a burst of
         ``burst // fleet_size`` (at least 1): the fleet together never more than
         the whole."""
-        self.fleet = fleet
+        self.fleet, self.fleet_size = fleet, fleet_size
         burst = max(1, self.burst // fleet_size)
         self.interval = fleet.interval * fleet_size
         self.tolerance = (burst - 1) * self.interval
@@ -329,6 +331,22 @@ class RateLimiter(Configured, GuardForms):
             "available": m.available,
             "waiting": m.waiting,
             "rejected": m.rejected,
+            **self._fleet_health(),
+        }
+
+    def _fleet_health(self) -> dict[str, Any]:
+        """With a backend: whether the limit is shared now (else each process admits its
+        share), and the share. ``available`` and ``waiting`` are the local share's."""
+        fleet = self._plan.fleet
+        if fleet is None:
+            return {}
+        backend = fleet.backend
+        return {
+            "fleet": {
+                "backend": repr(backend),
+                "shared": backend._away is None,
+                "fleet_size": self._plan.fleet_size,
+            }
         }
 
     def reset(self) -> None:

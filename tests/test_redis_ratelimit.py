@@ -265,3 +265,14 @@ def test_without_a_backend_nothing_of_redis_is_loaded() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_health_shows_whether_the_limit_is_shared(redis_flushed: RedisServer) -> None:
+    backend = RedisBackend(redis_flushed.url)
+    limiter = RateLimiter(6, HOUR, name="healthy", fleet_size=3, backend=backend)
+    (found,) = resilient.health(names=["healthy"])["policies"]
+    fleet_part = found["fleet"]
+    assert fleet_part == {"backend": repr(backend), "shared": True, "fleet_size": 3}
+    assert "fleet" not in RateLimiter(6, name="alone")._health()
+    assert limiter.try_acquire()
+    backend.close()
