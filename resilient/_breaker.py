@@ -973,8 +973,20 @@ class CircuitBreaker(Configured, GuardForms):
 
     async def _wait_async(self, state: _Phase) -> object:
         link = self._link
-        shared = None if link is None else await link.ask_async("probe", *self._probe_args())
+        shared = None
+        if link is not None:
+            shared = await link.ask_async(
+                "probe", *self._probe_args(), abandoned=self._fleet_abandoned
+            )
         return self._permitted(state, link, shared)
+
+    def _fleet_abandoned(self, shared: Shared) -> None:
+        """A task asking for a permit was cancelled while the script ran: a permit the
+        fleet gave it goes back, as a probe that counts as nothing does."""
+        link = self._link
+        if shared.permit and link is not None:
+            c = self._plan
+            link.send("probed", str(shared.gen), "none", str(c.half_open_calls), "1", "2", "0")
 
     def _probe_args(self) -> tuple[str, str]:
         c = self._plan

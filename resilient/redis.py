@@ -24,6 +24,7 @@ Install with ``pip install "resilient-toolkit[redis]"`` (redis-py 5.0.1 or later
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import math
@@ -32,6 +33,7 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 import redis
@@ -206,7 +208,8 @@ class RedisBackend:
         self._async: redis.asyncio.Redis | None = None
         # From a URL: one async client per event loop (redis.asyncio's connections belong
         # to the loop that opened them), dropped with the loop.
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis]
+        # (each with the async generator that closes it as its loop shuts down)
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]]
         self._by_loop = weakref.WeakKeyDictionary()
         if isinstance(client_or_url, str):
             self._options = _options(client_or_url, self.timeout)
@@ -250,11 +253,18 @@ class RedisBackend:
 
     def key(self, name: str, what: str) -> str:
         """The key of ``what`` for the policy ``name``: ``{prefix}:{name}:what``."""
-        if not isinstance(name, str) or not name or "{" in name or "}" in name:
+        if (
+            not isinstance(name, str)
+            or not name
+            or "{" in name
+            or "}" in name
+            or not name.isprintable()
+        ):
             raise ConfigError(
                 "name",
                 name,
-                "a non-empty policy name without '{' or '}' (it is the keys' hash tag)",
+                "a non-empty policy name without '{' or '}' (it is the keys' hash tag) and"
+                " without control characters such as a newline (it is told in messages)",
                 owner="RedisBackend",
             )
         return f"{self.prefix}:{{{name}}}:{what}"
@@ -269,7 +279,10 @@ class RedisBackend:
             )
         return self._sync
 
-    def _client_async(self) -> redis.asyncio.Redis:
+    async def _client_async(self) -> redis.asyncio.Redis:
+        """The async client: the one given, or this event loop's own (made from the URL
+        on first use, and closed as the loop shuts down its async generators, which
+        asyncio.run() and asyncio.Runner do: a loop that ends leaves no connection)."""
         if self._async is not None:
             return self._async
         if self._url is None:
@@ -284,13 +297,28 @@ class RedisBackend:
                 "RedisBackend's async calls run on asyncio (redis.asyncio), and no asyncio"
                 " event loop is running here"
             ) from None
-        client = self._by_loop.get(loop)
-        if client is None:
-            client = redis.asyncio.Redis.from_url(
-                self._url, retry=AsyncRetry(NoBackoff(), 0), **self._options
-            )
-            self._by_loop[loop] = client
+        kept = self._by_loop.get(loop)
+        if kept is not None:
+            return kept[0]  # type: ignore[no-any-return]
+        client = redis.asyncio.Redis.from_url(
+            self._url, retry=AsyncRetry(NoBackoff(), 0), **self._options
+        )
+        closer = self._closer(loop, client)
+        await closer.__anext__()  # (started: the loop's asyncgen hooks now track it)
+        self._by_loop[loop] = (client, closer)
         return client
+
+    async def _closer(
+        self, loop: asyncio.AbstractEventLoop, client: redis.asyncio.Redis
+    ) -> AsyncIterator[None]:
+        """Suspended until the loop shuts its async generators down (or aclose()):
+        then the loop's client is closed, while the loop still runs."""
+        try:
+            yield
+        finally:
+            if self._by_loop.get(loop, (None,))[0] is client:
+                del self._by_loop[loop]
+            await client.aclose()
 
     def close(self) -> None:
         """Stop the worker threads (if breakers started them) and close the connections
@@ -380,9 +408,9 @@ class RedisBackend:
         """Close the connections the backend opened on this event loop."""
         if self._url is None:
             return
-        client = self._by_loop.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        kept = self._by_loop.pop(asyncio.get_running_loop(), None)
+        if kept is not None:
+            await kept[1].aclose()  # (its finally closes the client)
 
     # -- outages: what the policies report, told once each way -------------------------
 
@@ -498,7 +526,7 @@ class RedisBackend:
     async def gcra_async(self, name: str, interval: float, tolerance: float) -> Admission:
         """:meth:`gcra` on asyncio."""
         key, *args = self._gcra_call(name, interval, tolerance)
-        client = self._client_async()
+        client = await self._client_async()
         reply = await self._script_async(client, GCRA_SCRIPT, _GCRA_SHA, (key,), *args)
         return self._admission(reply)
 
@@ -523,7 +551,7 @@ class RedisBackend:
 
     async def _admit_async(self, call: tuple[str, ...]) -> float | None:
         key, *args = call
-        client = self._client_async()
+        client = await self._client_async()
         reply = await self._script_async(client, GCRA_SCRIPT, _GCRA_SHA, (key,), *args)
         return None if reply == 1 else float(reply[1]) / 1e6
 
@@ -818,7 +846,7 @@ class BreakerLink:
 
     async def run_async(self, command: str, *args: str) -> Shared:
         reply = await self.backend._script_async(
-            self.backend._client_async(),
+            await self.backend._client_async(),
             BREAKER_SCRIPT,
             _BREAKER_SHA,
             self.keys,
@@ -840,14 +868,31 @@ class BreakerLink:
         backend._answered()
         return shared
 
-    async def ask_async(self, command: str, *args: str) -> Shared | None:
+    async def ask_async(
+        self,
+        command: str,
+        *args: str,
+        abandoned: Callable[[Shared], object] | None = None,
+    ) -> Shared | None:
         """:meth:`ask` for a task: on asyncio through redis.asyncio (a URL's clients);
-        elsewhere (trio, or a sync client given) the sync client in a worker thread."""
+        elsewhere (trio, or a sync client given) the sync client in a worker thread.
+        ``abandoned``: called with the answer if the task is cancelled while the script
+        runs on asyncio (a permit the server gave must be given back): the script runs
+        in a task of its own, shielded, so the answer is still read."""
         backend = self.backend
         if not backend._usable() or not backend._reachable_async():
             return None
         try:
-            shared: Shared = await backend._run_async(self.run_async, self.run, command, *args)
+            asking = backend._run_async(self.run_async, self.run, command, *args)
+            if abandoned is None or not _on_asyncio():
+                shared: Shared = await asking
+            else:
+                task = asyncio.ensure_future(asking)
+                try:
+                    shared = await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    task.add_done_callback(functools.partial(_abandon, abandoned))
+                    raise
         except Exception as error:
             backend._lost(error)
             return None
@@ -922,6 +967,16 @@ class BreakerLink:
         if args and args[0] == _CHAIN:
             return (str(self.chained or self.known), *args[1:])
         return args
+
+
+def _abandon(abandoned: Callable[[Shared], object], task: asyncio.Future[Shared]) -> None:
+    """A probe's task, done after its caller was cancelled: its answer handed on."""
+    if task.cancelled() or task.exception() is not None:
+        return  # (nothing given: the script did not answer)
+    try:
+        abandoned(task.result())
+    except Exception:  # pragma: no cover - a defect of ours, told, never fatal
+        log.exception("handing back an abandoned probe's answer failed")
 
 
 #: In a queued ``open``, for the generation: the one the change queued before it leaves.
