@@ -586,7 +586,9 @@ class CircuitBreaker(Configured, GuardForms):
         events.deliver()
         self._listening_changed()  # (a meter came or went, perhaps)
         if (moved or lifted) and self._link is not None:
-            self._fleet_load(self._link)  # (a pin took none of the fleet's changes)
+            if lifted:
+                self._link.known = 0  # (a pin took none of the fleet's changes: all anew)
+            self._fleet_load(self._link)
 
     # -- the call path ----------------------------------------------------------------
 
@@ -1066,17 +1068,19 @@ class CircuitBreaker(Configured, GuardForms):
             st = self._state
             if link is not self._link or shared.gen < link.known:
                 return st
-            link.known = shared.gen
             if self._pinned_by_env or self._code_pin is DISABLED or st.kind is DISABLED:
-                return st
+                return st  # (nothing seen: the lift reads the fleet again)
             kind = State(shared.state)
             now = c.now()
-            # The same state is kept; but an OPEN spell the fleet holds longer than this
-            # process thought (its clock ran ahead, a message came late) is taken as told.
-            if (
-                st.gen == shared.gen
-                and st.kind is kind
-                and (kind is not OPEN or now + shared.left <= st.until + 0.001)
+            told_again = shared.gen == link.known
+            link.known = shared.gen
+            # A state told again (a refresh, an answer, a message after the answer) is
+            # not taken again: what this process made of it since stays (a spell it
+            # decided while Redis was away, say). But an OPEN spell the fleet holds
+            # longer than this process thought (its clock ran ahead, a message came
+            # late) is taken as told.
+            if (told_again or (st.gen == shared.gen and st.kind is kind)) and not (
+                kind is OPEN and st.kind is OPEN and now + shared.left > st.until + 0.001
             ):
                 return st
             if kind is CLOSED and st.kind is CLOSED:

@@ -21,6 +21,26 @@ from resilient import CircuitBreaker, ConfigError, ResilienceError
 from resilient._errors import shown
 from tests.redis_server import redis_flushed, redis_server  # noqa: F401  (fixtures)
 
+
+@pytest.fixture(autouse=True)
+def _fleet_backends_closed() -> Iterator[None]:
+    """The Redis backends a test made (its own, or one per URL from a variable) are
+    closed after it, so no worker thread of theirs runs into the next test (where its
+    garbage, or an outage it finds as the test's server stops, would show)."""
+    fleet = sys.modules.get("resilient.redis")
+    before = set() if fleet is None else set(fleet._backends)
+    yield
+    fleet = sys.modules.get("resilient.redis")
+    if fleet is None:
+        return
+    for url, backend in list(fleet._by_url.items()):
+        if backend not in before:
+            del fleet._by_url[url]
+    for backend in list(fleet._backends):
+        if backend not in before:
+            backend.close()
+
+
 MODES = ("sync", "asyncio", "trio")
 FORMS = ("decorator", "with", "call")
 

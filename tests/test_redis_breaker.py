@@ -823,10 +823,11 @@ def test_force_open_and_reset_are_fleet_wide_disable_and_env_pins_stay_local(
     assert a.state is DISABLED
     c.force_open()
     wait_until(lambda: b.state is FORCED_OPEN, "force_open() told")
-    gen = int(r.hget(keys("ctl")[0], "gen") or 0)
     assert a._link is not None
-    wait_until(lambda: a._link is not None and a._link.known == gen, "heard where disabled")
+    known = a._link.known
+    time.sleep(0.3)  # (b heard it; a pinned breaker takes nothing, not even its generation)
     assert a.state is DISABLED
+    assert a._link.known == known
     a.reset()  # sent after anything a sent before (one worker, in order)
     wait_until(lambda: states(breakers) == [CLOSED] * 3, "reset() told")
     assert [(e["to"], e["reason"]) for e in stream(r, "ctl")] == [
@@ -844,10 +845,7 @@ def test_force_open_and_reset_are_fleet_wide_disable_and_env_pins_stay_local(
     gen = int(r.hget(keys("ctl")[0], "gen") or 0)
     tripped = a._link.run("open", str(gen), "60000", "another process tripped")
     assert tripped.state == "open"
-    wait_until(
-        lambda: all(x._link is not None and x._link.known == tripped.gen for x in breakers),
-        "the trip heard everywhere",
-    )
+    time.sleep(0.3)  # (told by message in ms: a pinned breaker takes none of it)
     assert states(breakers) == [FORCED_OPEN] * 3  # the pin wins over the fleet
     monkeypatch.delenv(variable)
     resilient.reload()  # lifted: the fleet's state, read again at once

@@ -424,7 +424,7 @@ def test_a_url_makes_clients_with_the_timeout_and_no_retries(redis_flushed: Redi
             pool.release(connection)
 
         async def main() -> None:
-            client = backend._client_async()
+            client = await backend._client_async()
             try:
                 kwargs = client.connection_pool.connection_kwargs
                 assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 0.25
