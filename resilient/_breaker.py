@@ -659,18 +659,18 @@ class CircuitBreaker(Configured, GuardForms):
                 if st.gen and link is not None and link.backend._usable():
                     # A fleet spell: the fleet's probes decide together (the worker hands
                     # back the outcome); this process counts its own, for metrics.
-                    self._fleet_probed(c, link, st, outcome, exc)
-                    return
-                if outcome is None:
+                    self._fleet_probed(c, link, st, outcome, exc, now)
+                elif outcome is None:
                     st.admitted -= 1  # ignored or cancelled: let another probe in
                     return
-                st.reported += 1
-                st.failures += outcome in (FAILURE, SLOW_FAILURE)
-                st.slow += outcome in (SLOW_SUCCESS, SLOW_FAILURE)
-                if outcome in (FAILURE, SLOW_FAILURE) and exc is not None:
-                    st.cause = detached(exc) or st.cause
-                if st.reported >= c.half_open_calls:  # the last probe decides, once
-                    self._install(*self._probed(c, st, now), now=now)
+                else:
+                    st.reported += 1
+                    st.failures += outcome in (FAILURE, SLOW_FAILURE)
+                    st.slow += outcome in (SLOW_SUCCESS, SLOW_FAILURE)
+                    if outcome in (FAILURE, SLOW_FAILURE) and exc is not None:
+                        st.cause = detached(exc) or st.cause
+                    if st.reported >= c.half_open_calls:  # the last probe decides, once
+                        self._install(*self._probed(c, st, now), now=now)
             events.deliver()
 
     def _judge(
@@ -1023,8 +1023,11 @@ class CircuitBreaker(Configured, GuardForms):
         st: _Phase,
         outcome: int | None,
         exc: BaseException | None,
+        now: float,
     ) -> None:
-        """Under the lock: a probe of a fleet spell reported; the fleet decides."""
+        """Under the lock: a probe of a fleet spell reported; the fleet decides. When
+        this process ran every probe of the spell, it knows the fleet's decision: it
+        takes it at once (its next call is not refused while the worker agrees)."""
         if outcome is None:
             st.admitted -= 1
             code = "none"
@@ -1040,6 +1043,10 @@ class CircuitBreaker(Configured, GuardForms):
         reopen_ms = str(math.ceil(st.reopen_for * 1000))
         rate = repr(c.failure_rate)
         link.send("probed", str(st.gen), code, str(c.half_open_calls), rate, slow_rate, reopen_ms)
+        if outcome is not None and st.reported >= c.half_open_calls:  # every probe ours
+            new, why, tally = self._probed(c, st, now)
+            new.gen = st.gen  # (the fleet's answer, a generation later, is adopted)
+            self._install(new, why, tally, now=now, fleet=True)  # (sent just above)
 
     def _fleet_send(
         self, link: BreakerLink, old: _Phase, new: _Phase, why: str, now: float

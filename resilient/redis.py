@@ -172,6 +172,15 @@ def _options(url: str, timeout: float) -> dict[str, Any]:
             " operation, and it never retries (a retry is the caller's decision)",
             owner="RedisBackend",
         )
+    try:  # a connection made, not connected: what its class does not take, refused now
+        redis.ConnectionPool.from_url(url).make_connection()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            "url",
+            url,
+            f"a Redis URL whose query arguments redis-py's connections take ({exc})",
+            owner="RedisBackend",
+        ) from None
     return {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
@@ -234,8 +243,10 @@ class RedisBackend:
         self._away: str | None = None
         self._retry_at = 0.0
         self._told_trio = False
-        #: Where breakers publish their changes: one channel per prefix serves them all.
-        self.channel = f"{self.prefix}:changes"
+        #: Where breakers publish their changes: one channel per prefix and database
+        #: serves them all (channels are not per database in Redis: the number is in
+        #: the name, so services on databases of their own never hear each other).
+        self.channel = f"{self.prefix}:changes:{self._database()}"
         self.who = _who()
         # The breakers linked, by name (a process may hold several of one name: each is
         # told; a list is replaced, never changed in place, so the listener reads it
@@ -246,6 +257,10 @@ class RedisBackend:
         self._worker: _Worker | None = None
         self._worker_lock = threading.Lock()
         _backends.add(self)
+
+    def _database(self) -> int:
+        client: Any = self._sync if self._sync is not None else self._async
+        return int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
 
     def __repr__(self) -> str:
         where = self._url if self._url is not None else repr(self._sync or self._async)

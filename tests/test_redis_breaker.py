@@ -439,8 +439,8 @@ def test_a_stale_change_cannot_undo_a_newer_state(
     # A stale message on the channel (a late delivery): heard, and changes nothing.
     stale = "\n".join(["stale", "open", str(old_gen), "60000", "1", "someone", "an old trip"])
     newer = "\n".join(["mark", "forced_open", str(gen + 1), "0", "0", "someone", "a marker"])
-    assert r.publish("resilient:changes", stale) == 2
-    assert r.publish("resilient:changes", newer) == 2
+    assert r.publish("resilient:changes:0", stale) == 2
+    assert r.publish("resilient:changes:0", newer) == 2
     # Each listener hears in order: once the marker is adopted, the stale one was heard.
     wait_until(lambda: mark_a.state is mark_b.state is FORCED_OPEN, "the marker adopted")
     assert (a.state, b.state) == (CLOSED, CLOSED)
@@ -1088,10 +1088,13 @@ def test_a_probe_outcome_redis_could_not_take_decides_here(
     refusing, for the whole outage)."""
     caplog.set_level(logging.WARNING, logger="resilient.fleet")
     backend = own_fleet.backend()
-    breaker = CircuitBreaker("unsent", backend=backend, half_open_calls=1, open_for=SPELL, **SMALL)
+    breaker = CircuitBreaker("unsent", backend=backend, half_open_calls=2, open_for=SPELL, **SMALL)
     trip(breaker)
     wait_until(lambda: breaker._link is not None and breaker._link.known != 0, "trip agreed")
     time.sleep(PAST_SPELL)
+    # Another process takes the spell's first permit, and never reports (it is slow).
+    elsewhere = BreakerLink(own_fleet.backend(), Named("unsent"))
+    assert elsewhere.run("probe", "2", "60000").permit
     held, release = threading.Event(), threading.Event()
 
     class Holding(BreakerLink):

@@ -424,7 +424,7 @@ def wait_for(what: Callable[[], bool], timeout: float = 10.0) -> None:
 
 def subscribed(client: redis.Redis, prefix: str, count: int) -> None:
     """Wait (bounded) until ``count`` processes listen on the prefix's channel."""
-    channel = f"{prefix}:changes"
+    channel = f"{prefix}:changes:0"  # (the database 0)
     wait_for(lambda: dict(client.pubsub_numsub(channel)).get(channel.encode()) == count)
 
 
