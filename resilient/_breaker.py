@@ -549,6 +549,7 @@ class CircuitBreaker(Configured, GuardForms):
             new: _Phase | None = None
             why, tally = "", None
             lifted = False  # (with a backend: the fleet's state is read again, below)
+            owed: tuple[str, str] | None = None  # (or code's call made under the pin, told)
             if env_pin is not None:
                 if st is None or st.kind is not env_pin:
                     new = self._pinned(env_pin, c.new_window() if st is None else st.window, now)
@@ -561,6 +562,10 @@ class CircuitBreaker(Configured, GuardForms):
                 new = self._closed(c)
             elif self._pinned_by_env:  # the environment's pin is lifted: code's calls apply
                 why, lifted = "the environment's pin was lifted", True
+                if self._code_pin is FORCED_OPEN:
+                    owed = ("forced_open", "force_open()")
+                elif self._code_pin is None and self._fresh_on_lift:
+                    owed = ("closed", "reset()")
                 if self._code_pin is not None:
                     new = self._pinned(self._code_pin, st.window, now)
                 else:
@@ -585,10 +590,13 @@ class CircuitBreaker(Configured, GuardForms):
                 st.meter = c.meter  # (a meter came or went: the phase stays)
         events.deliver()
         self._listening_changed()  # (a meter came or went, perhaps)
-        if (moved or lifted) and self._link is not None:
+        link = self._link
+        if link is not None and lifted and owed is not None:
+            link.send("force", *owed)  # (force_open() or reset() made under the pin)
+        elif link is not None and (moved or lifted):
             if lifted:
-                self._link.known = 0  # (a pin took none of the fleet's changes: all anew)
-            self._fleet_load(self._link)
+                link.known = 0  # (a pin took none of the fleet's changes: all anew)
+            self._fleet_load(link)
 
     # -- the call path ----------------------------------------------------------------
 
@@ -1000,6 +1008,12 @@ class CircuitBreaker(Configured, GuardForms):
         the closed state), or a refusal; no answer (Redis away): local admission."""
         if link is None or shared is None:
             return self._admit(self._state, local=True)
+        if not shared.gen:  # nothing shared (a FLUSHALL, an expiry): this spell is ours
+            with self._lock:
+                st = self._state
+                if st.kind is HALF_OPEN:
+                    st.gen = 0  # (its probes are admitted and decide here)
+            return self._admit(st, local=True)
         st = self._fleet_adopt(link, shared)
         c = self._plan
         now = c.now()
@@ -1059,6 +1073,8 @@ class CircuitBreaker(Configured, GuardForms):
             link.send("force", "forced_open", why)
         elif why == "reset()":
             link.send("force", "closed", why)
+        elif new.kind is CLOSED and old.kind is HALF_OPEN and old.gen:
+            link.send("close", str(old.gen), why)  # (a reload that needs fewer probes)
         elif new.kind is OPEN and old.kind in (CLOSED, HALF_OPEN):
             # (whole ms, up: but now + open_for - now is open_for plus a float's error)
             left = str(max(0, math.ceil((new.until - now) * 1000 - 1e-6)))
@@ -1110,6 +1126,12 @@ class CircuitBreaker(Configured, GuardForms):
             else:
                 new = self._closed(c)
             new.gen = shared.gen
+            # force_open() and reset() are the fleet's: so is the pin they make or lift
+            # (a lift of the environment's pin returns to it, as to one made here).
+            if kind is FORCED_OPEN:
+                self._code_pin = FORCED_OPEN
+            elif self._code_pin is FORCED_OPEN:
+                self._code_pin = None
             if shared.by:
                 why = f"the fleet: {shared.reason} (by {shared.by})"
             else:
@@ -1301,7 +1323,7 @@ class CircuitBreaker(Configured, GuardForms):
             c = self._plan
             self._rejected = counter()
             self._code_pin = None
-            self._fresh_on_lift = True
+            self._fresh_on_lift = self._pinned_by_env  # (made under a pin: at its lift)
             if not self._pinned_by_env:
                 now = c.now()
                 self._install(self._closed(c), "reset()", now=now)

@@ -610,6 +610,13 @@ def _after_fork() -> None:
         backend._links_lock = threading.Lock()
         backend._worker = None
         backend._by_loop = weakref.WeakKeyDictionary()
+        for link in backend._linked():
+            # The parent's queued changes are not the child's, nor its deferred messages
+            # (and a lock held in another thread at the fork would stay held): the child
+            # starts afresh and takes the fleet's state at the next refresh.
+            link._lock = threading.Lock()
+            link.pending = link.chained = link.known = 0
+            link.deferred = None
         if backend._linked():
             backend._running()
 
@@ -655,6 +662,9 @@ def backend_for(url: str) -> RedisBackend:
 #: - ``probed <gen> <outcome> <half_open_calls> <failure_rate> <slow_rate> <reopen_ms>``:
 #:   a probe's outcome (ok, fail, slow_ok, slow_fail, or none: a permit given back); the
 #:   last one closes or reopens.
+#: - ``close <gen> <reason>``: close a half-open spell, if it is still the generation
+#:   the caller saw (a process whose probes decided it without the script: a reload
+#:   that needs fewer probes, or Redis away as they reported).
 #: - ``force <state> <reason>``: forced_open, or closed (a reset).
 #:
 #: ``opened`` counts the spells in a row, as one breaker's ``times_opened`` does: every
@@ -774,6 +784,11 @@ elseif cmd == 'probed' then
                                slow, reported, slow_rate), tonumber(ARGV[10]))
   else
     move('closed', string.format('%d of %d probes succeeded', passed, reported))
+  end
+  return answer(0)
+elseif cmd == 'close' then
+  if not fresh and s[2] == ARGV[5] and state == 'half_open' then
+    move('closed', ARGV[6])
   end
   return answer(0)
 elseif cmd == 'force' then

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,36 +26,11 @@ import redis
 import resilient.redis as fleet
 from resilient import CircuitBreaker, CircuitOpenError, ConfigError, RateLimiter, State
 from resilient.redis import RedisBackend
+from tests.fleet_helpers import PAST_SPELL, SMALL, SPELL, ok, trip, wait_until
 from tests.redis_server import Blackhole, DelayProxy, RedisServer
 
 CLOSED, OPEN, HALF_OPEN = State.CLOSED, State.OPEN, State.HALF_OPEN
-SMALL: dict[str, Any] = {"window_size": 4, "min_calls": 2}
-SPELL = 0.3
-PAST_SPELL = SPELL + 0.2
 ONE: dict[str, Any] = {**SMALL, "half_open_calls": 1}
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.005)
-
-
-def boom() -> None:
-    raise ValueError("the dependency is down")
-
-
-def ok() -> str:
-    return "ok"
-
-
-def trip(breaker: CircuitBreaker) -> None:
-    for _ in range(2):
-        with pytest.raises(ValueError, match="down"):
-            breaker.call(boom)
-    assert breaker.state is OPEN
 
 
 def away_lines(caplog: pytest.LogCaptureFixture) -> int:

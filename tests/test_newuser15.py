@@ -9,7 +9,7 @@ Real redis-server only (tests/redis_server.py fixtures); every wait is a bounded
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -18,17 +18,10 @@ import resilient
 import resilient.redis as fleet
 from resilient import CircuitBreaker, CircuitOpenError, ConfigError, State
 from resilient.redis import RedisBackend
+from tests.fleet_helpers import wait_until
 from tests.redis_server import DelayProxy, RedisServer
 
 SMALL = {"window_size": 2, "min_calls": 2}
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.005)
 
 
 def boom() -> None:

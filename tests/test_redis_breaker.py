@@ -35,50 +35,20 @@ import resilient.redis as fleet
 from resilient import CircuitBreaker, CircuitOpenError, ConfigError, State
 from resilient.events import FleetRestored, FleetUnavailable
 from resilient.redis import BreakerLink, RedisBackend
+from tests.fleet_helpers import PAST_SPELL, SMALL, SPELL, Named, boom, ok, trip, wait_until
 from tests.redis_server import Blackhole, DelayProxy, RedisServer
 
 CLOSED, OPEN, HALF_OPEN = State.CLOSED, State.OPEN, State.HALF_OPEN
 FORCED_OPEN, DISABLED = State.FORCED_OPEN, State.DISABLED
 DAY_MS = 86_400_000
-#: Two failures in a window of four: a trip (failure_rate 0.5, min_calls 2).
-SMALL: dict[str, Any] = {"window_size": 4, "min_calls": 2}
 WHY = "2 of the last 2 calls failed, at or over failure_rate=0.5"
 WHY4 = "2 of the last 4 calls failed, at or over failure_rate=0.5"  # (after successes)
-SPELL = 0.3  # the first OPEN spell; a reopened one lasts a minute (see short_then_long)
-#: Past a spell of SPELL seen from any process: its end is kept to the ms, and a process
-#: that heard of it late ends it late, never early.
-PAST_SPELL = SPELL + 0.2
 
 
 def short_then_long(times_opened: int) -> float:
     """open_for: SPELL for the first spell, a minute for a reopened one (so a test
     sees the reopened spell whole)."""
     return SPELL if times_opened == 1 else 60.0
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 3.0) -> None:
-    """Poll ``predicate`` every 5 ms, at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.005)
-
-
-def boom() -> None:
-    raise ValueError("the dependency is down")
-
-
-def ok() -> str:
-    return "ok"
-
-
-def trip(breaker: CircuitBreaker) -> None:
-    """Two failures: the breaker opens locally, at once (its worker tells the fleet)."""
-    for _ in range(2):
-        with pytest.raises(ValueError, match="down"):
-            breaker.call(boom)
-    assert breaker.state is OPEN
 
 
 def states(breakers: list[CircuitBreaker]) -> list[State]:
@@ -863,14 +833,6 @@ def test_force_open_and_reset_are_fleet_wide_disable_and_env_pins_stay_local(
 
 
 # -- 10. the environment moves a breaker to the fleet and back ----------------------------
-
-
-class Named:
-    """What a BreakerLink needs of a breaker: its name (for a process that only runs
-    the fleet's script: another process, as far as this one can tell)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
 
 
 def test_the_environment_moves_a_named_breaker_to_the_fleet_and_back(
