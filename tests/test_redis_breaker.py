@@ -332,7 +332,8 @@ def test_exactly_half_open_calls_probes_run_fleet_wide(
         assert 50.0 < (rejected.value.retry_after or 0.0) <= 60.0
     for breaker in breakers:
         assert breaker.history[-1].old is HALF_OPEN
-        assert breaker.history[-1].reason == f"the fleet: {why} (by {who})"
+        # (a process that ran every probe decided at once, in its own words)
+        assert breaker.history[-1].reason in (why, f"the fleet: {why} (by {who})")
     assert stream(r, "probes")[-1]["reason"] == why
     assert len(ran) == permits  # nothing ran since
 
@@ -765,7 +766,8 @@ def test_async_probes_get_exactly_half_open_calls_permits(
     # asyncio: each process asked through redis.asyncio; trio: the sync client, in threads
     assert clients == ([1] * processes if mode == "asyncio" else [0] * processes)
     why = f"{permits} of {permits} probes succeeded"
-    assert breakers[1].history[-1].reason == f"the fleet: {why} (by {fleet_of.backends[0].who})"
+    told = f"the fleet: {why} (by {fleet_of.backends[0].who})"
+    assert {b.history[-1].reason for b in breakers} <= {why, told}  # (see above)
 
 
 # -- 9. manual control: fleet-wide or local ----------------------------------------------
