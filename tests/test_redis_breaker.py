@@ -605,6 +605,13 @@ def test_redis_killed_then_restarted(
 
     own_server.start()  # empty: no keys, no scripts
     wait_until(lambda: one._away is None and two._away is None, "Redis found again", 5.0)
+    wait_until(  # (told just after: the state clears first, then the line and the events)
+        lambda: (
+            all(fleet_lines(caplog, "Redis answers again", x) for x in (one, two))
+            and all(len(events) == 2 for events in heard.values())
+        ),
+        "the recovery told",
+    )
     assert fleet_lines(caplog, "Redis answers again", one) == 1
     assert fleet_lines(caplog, "Redis answers again", two) == 1
     assert all(events == ["FleetUnavailable", "FleetRestored"] for events in heard.values())
