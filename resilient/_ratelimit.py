@@ -546,20 +546,17 @@ class RateLimiter(Configured, GuardForms):
     def _ask_fleet(self, plan: _Plan, most: float | None = None) -> bool:
         """True once Redis admits the call; False when it cannot be asked (the local
         share decides); RateLimitedError when its turn is beyond the limit."""
+        from resilient.redis import AWAY  # (loaded: the plan has a backend)
+
         fleet = plan.fleet
         assert fleet is not None
         backend = fleet.backend
-        if not backend._usable():
-            return False
         limit = dl.limit(plan.max_wait if most is None else most)
         started, wait = plan.now(), None
         for _ in range(self._ROUNDS):
-            try:
-                retry_after = backend._admit(fleet.call)
-            except Exception as error:  # redis-py's, or a client given that cannot
-                backend._lost(error)
+            retry_after = backend._attempt(backend._admit, fleet.call)
+            if retry_after is AWAY:
                 return False
-            backend._answered()
             wait = self._fleet_turn(plan, retry_after, limit, plan.now() - started)
             if wait is None:
                 return True
@@ -569,22 +566,19 @@ class RateLimiter(Configured, GuardForms):
     async def _ask_fleet_async(self, plan: _Plan) -> bool:
         """:meth:`_ask_fleet` for a task: on asyncio through redis.asyncio, on trio
         through the sync client in a worker thread."""
+        from resilient.redis import AWAY  # (loaded: the plan has a backend)
+
         fleet = plan.fleet
         assert fleet is not None
         backend = fleet.backend
-        if not backend._usable() or not backend._reachable_async():
-            return False
         limit = dl.limit(plan.max_wait)
         started, wait = plan.now(), None
         for _ in range(self._ROUNDS):
-            try:
-                retry_after = await backend._run_async(
-                    backend._admit_async, backend._admit, fleet.call
-                )
-            except Exception as error:
-                backend._lost(error)
+            retry_after = await backend._attempt_async(
+                backend._run_async, backend._admit_async, backend._admit, fleet.call
+            )
+            if retry_after is AWAY:
                 return False
-            backend._answered()
             wait = self._fleet_turn(plan, retry_after, limit, plan.now() - started)
             if wait is None:
                 return True

@@ -481,6 +481,32 @@ class RedisBackend:
             )
         return False
 
+    def _attempt(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, an operation on Redis, or :data:`AWAY` when Redis is away (in
+        its back-off) or the operation fails: every policy's one way to ask Redis, so an
+        outage is told once (the first failure) and so is the recovery."""
+        if not self._usable():
+            return AWAY
+        try:
+            value = fn(*args)
+        except Exception as error:  # redis-py's, or a client given that cannot
+            self._lost(error)
+            return AWAY
+        self._answered()
+        return value
+
+    async def _attempt_async(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """:meth:`_attempt` of ``await fn(*args)``, from a task that can reach Redis."""
+        if not self._usable() or not self._reachable_async():
+            return AWAY
+        try:
+            value = await fn(*args)
+        except Exception as error:
+            self._lost(error)
+            return AWAY
+        self._answered()
+        return value
+
     async def _run_async(self, on_asyncio: Any, in_thread: Any, *args: Any) -> Any:
         """``await on_asyncio(*args)`` on asyncio with an async client (a URL's, or one
         given); else ``in_thread(*args)`` with the sync client, in a worker thread."""
@@ -887,16 +913,8 @@ class BreakerLink:
     def ask(self, command: str, *args: str) -> Shared | None:
         """:meth:`run` in a call's way: None when Redis is away (the breaker decides
         locally), the outage told by the backend."""
-        backend = self.backend
-        if not backend._usable():
-            return None
-        try:
-            shared = self.run(command, *args)
-        except Exception as error:
-            backend._lost(error)
-            return None
-        backend._answered()
-        return shared
+        shared = self.backend._attempt(self.run, command, *args)
+        return None if shared is AWAY else shared
 
     async def ask_async(
         self,
@@ -909,38 +927,30 @@ class BreakerLink:
         ``abandoned``: called with the answer if the task is cancelled while the script
         runs on asyncio (a permit the server gave must be given back): the script runs
         in a task of its own, shielded, so the answer is still read."""
-        backend = self.backend
-        if not backend._usable() or not backend._reachable_async():
-            return None
+        shared = await self.backend._attempt_async(self._asking, command, args, abandoned)
+        return None if shared is AWAY else shared
+
+    async def _asking(
+        self, command: str, args: tuple[str, ...], abandoned: Callable[[Shared], object] | None
+    ) -> Shared:
+        asking = self.backend._run_async(self.run_async, self.run, command, *args)
+        if abandoned is None or not _on_asyncio():
+            return await asking  # type: ignore[no-any-return]
+        task = asyncio.ensure_future(asking)
         try:
-            asking = backend._run_async(self.run_async, self.run, command, *args)
-            if abandoned is None or not _on_asyncio():
-                shared: Shared = await asking
-            else:
-                task = asyncio.ensure_future(asking)
-                try:
-                    shared = await asyncio.shield(task)
-                except asyncio.CancelledError:
-                    task.add_done_callback(functools.partial(_abandon, abandoned))
-                    raise
-        except Exception as error:
-            backend._lost(error)
-            return None
-        backend._answered()
-        return shared
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(functools.partial(_abandon, abandoned))
+            raise
 
     def history(self, count: int) -> list[dict[str, Any]]:
         """The fleet's last ``count`` changes of this breaker, oldest first (from the
         stream; [] when Redis is away): when (server time, seconds), from, to, why, by
         whom, the generation, the seconds an open spell had, the times opened."""
-        if not self.backend._usable():
+        backend = self.backend
+        rows = backend._attempt(lambda: backend._client().xrevrange(self.keys[1], count=count))
+        if rows is AWAY:
             return []
-        try:
-            rows: Any = self.backend._client().xrevrange(self.keys[1], count=count)
-        except Exception as error:
-            self.backend._lost(error)
-            return []
-        self.backend._answered()
         changes = []
         for entry_id, fields in reversed(rows):
             text = {k.decode(): v.decode() for k, v in fields.items()}
@@ -1008,6 +1018,9 @@ def _abandon(abandoned: Callable[[Shared], object], task: asyncio.Future[Shared]
     except Exception:  # pragma: no cover - a defect of ours, told, never fatal
         log.exception("handing back an abandoned probe's answer failed")
 
+
+#: What :meth:`RedisBackend._attempt` answers when Redis could not be asked.
+AWAY: Any = object()
 
 #: In a queued ``open``, for the generation: the one the change queued before it leaves.
 _CHAIN = "chain"
@@ -1088,15 +1101,9 @@ class _Worker:
                 next_refresh = time.monotonic() + REFRESH
 
     def _run(self, link: BreakerLink, command: str, args: tuple[str, ...]) -> None:
-        backend = self.backend
-        shared = None
-        if backend._usable():  # (else away: the change stays this process's own)
-            try:
-                shared = link.run(command, *link._chain(args))
-            except Exception as error:
-                backend._lost(error)
-            else:
-                backend._answered()
+        shared = self.backend._attempt(link.run, command, *link._chain(args))
+        if shared is AWAY:  # (the change stays this process's own)
+            shared = None
         last, deferred = link._answered(shared)
         if shared is None:
             breaker = link.ref()
@@ -1111,18 +1118,16 @@ class _Worker:
         """Every breaker of the backend, read in one pipelined round trip."""
         backend = self.backend
         links = backend._linked()
-        if not links or not backend._usable():
+        if not links:
             return
-        try:
-            pipe = backend._client().pipeline(transaction=False)
-            pipe.time()
-            for link in links:
-                pipe.hmget(link.keys[0], "state", "gen", "until", "opened", "by", "why")
-            now_s, now_us, *rows = self._timed(pipe.execute())
-        except Exception as error:
-            backend._lost(error)
+        pipe = backend._client().pipeline(transaction=False)
+        pipe.time()
+        for link in links:
+            pipe.hmget(link.keys[0], "state", "gen", "until", "opened", "by", "why")
+        replies = backend._attempt(pipe.execute)
+        if replies is AWAY:
             return
-        backend._answered()
+        now_s, now_us, *rows = self._timed(replies)
         now_ms = now_s * 1000 + now_us // 1000
         for link, row in zip(links, rows, strict=True):
             state, gen, until, opened, by, why = row
