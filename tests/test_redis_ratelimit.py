@@ -200,6 +200,22 @@ def test_asyncio_calls_share_the_fleet_and_fall_back(
     assert fleet_warnings(caplog, "Redis answers again") == 1
 
 
+def on_trio(limiter: RateLimiter, calls: int) -> list[bool]:
+    """``calls`` acquisitions in a trio task, each admitted or refused."""
+
+    async def main() -> list[bool]:
+        got = []
+        for _ in range(calls):
+            try:
+                await limiter.acquire_async()
+                got.append(True)
+            except RateLimitedError:
+                got.append(False)
+        return got
+
+    return anyio.run(main, backend="trio")
+
+
 def test_on_trio_async_calls_share_the_fleet_through_a_thread(
     redis_flushed: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -213,17 +229,7 @@ def test_on_trio_async_calls_share_the_fleet_through_a_thread(
     )
     assert [other.try_acquire() for _ in range(2)] == [True, True]  # another process's
 
-    async def main() -> list[bool]:
-        got = []
-        for _ in range(6):
-            try:
-                await limiter.acquire_async()
-                got.append(True)
-            except RateLimitedError:
-                got.append(False)
-        return got
-
-    assert anyio.run(main, backend="trio") == [True] * 4 + [False] * 2  # the fleet's 6
+    assert on_trio(limiter, 6) == [True] * 4 + [False] * 2  # the fleet's 6
     assert fleet_warnings(caplog, "") == 0
     assert not backend.gcra("on-trio", HOUR / 6, 5 * HOUR / 6).admitted  # all spent
     backend.close()
@@ -239,17 +245,7 @@ def test_on_trio_a_redis_asyncio_client_given_leaves_the_local_share(
     backend = RedisBackend(redis.asyncio.Redis.from_url(redis_flushed.url))
     limiter = RateLimiter(6, HOUR, name="on-trio-async", fleet_size=3, backend=backend)
 
-    async def main() -> list[bool]:
-        got = []
-        for _ in range(4):
-            try:
-                await limiter.acquire_async()
-                got.append(True)
-            except RateLimitedError:
-                got.append(False)
-        return got
-
-    assert anyio.run(main, backend="trio") == [True, True, False, False]  # 6 / 3
+    assert on_trio(limiter, 4) == [True, True, False, False]  # 6 / 3
     assert fleet_warnings(caplog, "trio") == 1
 
 
